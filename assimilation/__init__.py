@@ -1,0 +1,1 @@
+"""Ensemble Kalman filters as pure JAX functions (no biogeochemistry, no I/O)."""

@@ -1,0 +1,1 @@
+"""Process model, neural surrogates, training, refit and checkpoints of coastal biogeochemistry."""
