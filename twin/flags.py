@@ -98,14 +98,15 @@ def map_flag(scheme: str, native: str) -> FlagMeaning | None:
     return table.get(key)
 
 
-def worst(*flags):
+def worst(*flag_arrays):
     """Worst-wins aggregation on the QARTOD scale: missing > bad > suspect > good > not evaluated.
 
-    Works elementwise on numpy arrays. Not evaluated only survives when nothing evaluated the value.
+    Works elementwise on integer arrays of equal shape. Not evaluated only survives when nothing
+    evaluated the value.
     """
     import numpy as np
-    rank = {NOT_EVALUATED: 0, GOOD: 1, SUSPECT: 2, BAD: 3, MISSING: 4}
-    inverse = np.array([NOT_EVALUATED, GOOD, SUSPECT, BAD, MISSING])
-    stacked = np.stack([np.asarray(f) for f in flags])
-    ranks = np.vectorize(lambda v: rank.get(int(v), 0), otypes=[int])(stacked)
-    return inverse[ranks.max(axis=0)].astype(np.int8)
+    rank = np.zeros(10, np.int8)  # indexed by flag value
+    rank[[NOT_EVALUATED, GOOD, SUSPECT, BAD, MISSING]] = [0, 1, 2, 3, 4]
+    by_rank = np.array([NOT_EVALUATED, GOOD, SUSPECT, BAD, MISSING], np.int8)
+    stacked = np.stack([np.asarray(f, dtype=np.int64) for f in flag_arrays])
+    return by_rank[rank[stacked].max(axis=0)]

@@ -1,0 +1,285 @@
+"""Configuration: YAML into typed, frozen objects that reject unknown keys.
+
+Every section is a pydantic model with ``extra="forbid"`` and ``frozen=True``. ``load_config`` turns
+pydantic's errors into one ``ConfigError`` listing each problem with its key path, the offending value and,
+for unknown keys, a did-you-mean hint. Relative paths are resolved against the config file's folder.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from twin.errors import ConfigError
+from twin.units import CANONICAL_UNITS
+
+ReaderFormat = Literal["somlit", "coasthf", "oceansites", "swmp", "csv", "gridded"]
+Variable = str  # a key of twin.units.CANONICAL_UNITS, checked by validators
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Frozen(BaseModel):
+    """Base of every config section: immutable, unknown keys rejected."""
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _check_variables(names, where: str):
+    unknown = [n for n in names if n not in CANONICAL_UNITS]
+    if unknown:
+        hints = {n: difflib.get_close_matches(n, CANONICAL_UNITS, n=1) for n in unknown}
+        text = ", ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in hints.items())
+        raise ValueError(f"unknown variable(s) in {where}: {text}")
+    return names
+
+
+class SiteConfig(Frozen):
+    """A station of the twin."""
+    name: str = Field(min_length=1, description="station id as written in the data, e.g. 'Point B'")
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=360)
+    layers: tuple[Literal["surface", "bottom"], ...] = ("surface", "bottom")
+    bottom_depth_m: PositiveFloat = 30.0
+    aliases: tuple[str, ...] = Field(default=(), description="other ids of this station in other sources")
+
+
+class SourceConfig(Frozen):
+    """One data source: a file or glob, read by one reader."""
+    path: str = Field(min_length=1, description="file or glob, relative to the config file")
+    format: ReaderFormat | None = None
+    mapping: str | None = Field(default=None, description="YAML mapping for format 'csv'")
+    sites: tuple[str, ...] | None = Field(default=None, description="keep only these sites")
+    error_sd: dict[Variable, PositiveFloat] = Field(default_factory=dict)
+    fluorescence_calibration: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="site -> (slope, offset): chlorophyll = slope * fluo + offset")
+    utc_offset_hours: float | None = Field(default=None, ge=-14, le=14)
+    radius_km: PositiveFloat | None = Field(default=None, description="gridded products: pixel radius")
+
+    @field_validator("error_sd")
+    @classmethod
+    def _known_error_vars(cls, v):
+        _check_variables(v, "error_sd")
+        return v
+
+    @model_validator(mode="after")
+    def _mapping_for_csv(self):
+        if self.format == "csv" and not self.mapping:
+            raise ValueError("format 'csv' needs 'mapping' (a YAML column mapping file)")
+        return self
+
+
+class GrossRange(Frozen):
+    fail_span: tuple[float, float]
+    suspect_span: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        lo, hi = self.fail_span
+        if lo >= hi:
+            raise ValueError(f"fail_span must be (low, high) with low < high, got {self.fail_span}")
+        if self.suspect_span is not None:
+            slo, shi = self.suspect_span
+            if not lo <= slo < shi <= hi:
+                raise ValueError(f"suspect_span {self.suspect_span} must lie inside fail_span {self.fail_span}")
+        return self
+
+
+class SeasonalSpan(Frozen):
+    """Climatology test: values outside ``span`` in these months are suspect."""
+    months: tuple[int, int] = Field(description="first and last month, 1-12 (inclusive)")
+    span: tuple[float, float]
+
+    @field_validator("months")
+    @classmethod
+    def _months(cls, v):
+        if not all(1 <= m <= 12 for m in v):
+            raise ValueError(f"months must be within 1..12, got {v}")
+        return v
+
+
+class Spike(Frozen):
+    suspect_threshold: PositiveFloat
+    fail_threshold: PositiveFloat
+
+
+class RateOfChange(Frozen):
+    threshold_per_hour: PositiveFloat
+
+
+class FlatLine(Frozen):
+    tolerance: float = Field(ge=0)
+    suspect_hours: PositiveFloat = 3.0
+    fail_hours: PositiveFloat = 6.0
+
+
+class QcConfig(Frozen):
+    """QARTOD thresholds per canonical variable. Built-in gross ranges apply to variables not listed.
+
+    Spike, rate of change and flat line run only on series whose median interval is below
+    ``high_frequency_max_interval_hours`` (they are meaningless on weekly bottles).
+    """
+    gross_range: dict[Variable, GrossRange] = Field(default_factory=dict)
+    climatology: dict[Variable, tuple[SeasonalSpan, ...]] = Field(default_factory=dict)
+    spike: dict[Variable, Spike] = Field(default_factory=dict)
+    rate_of_change: dict[Variable, RateOfChange] = Field(default_factory=dict)
+    flat_line: dict[Variable, FlatLine] = Field(default_factory=dict)
+    high_frequency_max_interval_hours: PositiveFloat = 6.0
+    use_builtin_defaults: bool = True
+
+    @field_validator("gross_range", "climatology", "spike", "rate_of_change", "flat_line")
+    @classmethod
+    def _known(cls, v, info):
+        _check_variables(v, f"qc.{info.field_name}")
+        return v
+
+
+class OutputConfig(Frozen):
+    directory: str = "runs/latest"
+    plots: bool = True
+
+
+class TwinConfig(Frozen):
+    """The whole configuration of a twin run."""
+    name: str = Field(default="twin", min_length=1)
+    description: str = ""
+    sites: tuple[SiteConfig, ...] = ()
+    sources: tuple[SourceConfig, ...] = ()
+    qc: QcConfig = QcConfig()
+    output: OutputConfig = OutputConfig()
+    seed: int = Field(default=0, ge=0)
+    # Sections of later stages (model, emulator, filter, hindcast, alerts) are free-form until their
+    # typed models land; keeping them here would silently accept typos, so they are not accepted yet.
+
+    @model_validator(mode="after")
+    def _unique_sites(self):
+        names = [s.name for s in self.sites]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate site names {dup}")
+        return self
+
+
+def _key_path(loc) -> str:
+    return ".".join(str(p) for p in loc) if loc else "<root>"
+
+
+def _fields_at(model: type[BaseModel], loc) -> list[str]:
+    """Valid keys of the model section that ``loc`` (path to an unknown key) points into."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is not None:  # otherwise ``part`` is a key of a dict section: stay on its model
+                current = _inner_model(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _inner_model(annotation):
+    import typing
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+    """One readable line per pydantic error: key path, problem, value, did-you-mean hint."""
+    problems = []
+    for err in exc.errors():
+        loc = err.get("loc", ())
+        path = _key_path(loc)
+        if err["type"] == "extra_forbidden":
+            key = str(loc[-1]) if loc else ""
+            valid = _fields_at(model, loc)
+            hint = difflib.get_close_matches(key, valid, n=1)
+            msg = f"{path}: unknown key"
+            msg += f" (did you mean {hint[0]!r}?)" if hint else ""
+            if valid:
+                msg += f"; valid keys here: {', '.join(valid)}"
+        else:
+            value = err.get("input")
+            shown = repr(value) if not isinstance(value, dict) else "{...}"
+            msg = f"{path}: {err['msg'].removeprefix('Value error, ')} (got {shown})"
+        problems.append(msg)
+    return problems
+
+
+def parse_config(data: Any, source: str = "<config>", model: type[BaseModel] = TwinConfig):
+    """Validate already-loaded YAML data into ``model``; raise ConfigError listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"<root>: expected a mapping of keys, got {type(data).__name__}"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc, model)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Load a YAML file; a syntax error becomes a ConfigError naming the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read file: {exc.strerror}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [f"{where}invalid YAML ({getattr(exc, 'problem', exc)})"]) from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TwinConfig:
+    """Load, validate and resolve a config file (relative paths become absolute)."""
+    path = Path(path)
+    data = read_yaml(path)
+    if overrides:
+        data = {**(data or {}), **overrides}
+    config = parse_config(data, str(path))
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: TwinConfig, base: Path) -> TwinConfig:
+    def absolute(p: str | None) -> str | None:
+        if p is None:
+            return None
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (base / q).resolve())
+    sources = tuple(s.model_copy(update={"path": absolute(s.path), "mapping": absolute(s.mapping)})
+                    for s in config.sources)
+    return config.model_copy(update={"sources": sources})
+
+
+def config_to_dict(config: BaseModel) -> dict:
+    return config.model_dump(mode="json")
+
+
+def config_hash(config: BaseModel) -> str:
+    """Stable short hash of a resolved config (for checkpoints and lineage)."""
+    text = json.dumps(config_to_dict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dump_config(config: BaseModel) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
+
+
+def write_resolved_config(config: BaseModel, directory: str | Path) -> Path:
+    """Write ``resolved_config.yaml`` next to a run's outputs (atomically)."""
+    from twin.observations import atomic_write
+    target = Path(directory) / "resolved_config.yaml"
+    text = dump_config(config)
+    return atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
