@@ -111,7 +111,7 @@ class RateOfChange(Frozen):
 
 
 class FlatLine(Frozen):
-    tolerance: float = Field(ge=0)
+    tolerance: PositiveFloat
     suspect_hours: PositiveFloat = 3.0
     fail_hours: PositiveFloat = 6.0
 

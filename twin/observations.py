@@ -228,6 +228,9 @@ def to_netcdf(ds: xr.Dataset, path: str | Path) -> Path:
     """Write a canonical table as CF NetCDF (atomically)."""
     validate(ds)
     out = _cf_attrs(ds)
+    for name, dt in _FIELDS.items():  # netCDF4 needs numpy unicode (not object) arrays when empty
+        if dt is str:
+            out[name] = out[name].astype(np.str_) if out.sizes[OBS_DIM] == 0 else out[name]
     encoding = {name: {"dtype": str} for name, dt in _FIELDS.items() if dt is str}
     encoding["time"] = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}
     return atomic_write(path, lambda tmp: out.to_netcdf(tmp, engine="netcdf4", encoding=encoding))

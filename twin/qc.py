@@ -57,8 +57,8 @@ BUILTIN_RATE_OF_CHANGE: dict[str, RateOfChange] = {
     "salinity": RateOfChange(threshold_per_hour=3.0),
 }
 BUILTIN_FLAT_LINE: dict[str, FlatLine] = {
-    "temperature": FlatLine(tolerance=0.0, suspect_hours=6.0, fail_hours=24.0),
-    "salinity": FlatLine(tolerance=0.0, suspect_hours=6.0, fail_hours=24.0),
+    "temperature": FlatLine(tolerance=1e-4, suspect_hours=6.0, fail_hours=24.0),
+    "salinity": FlatLine(tolerance=1e-4, suspect_hours=6.0, fail_hours=24.0),
 }
 
 

@@ -1,0 +1,30 @@
+"""Shared test helpers: where the real data live, and small canonical tables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (../shared/data is only on the project's machines)")
+    return path
+
+
+@pytest.fixture
+def small_table():
+    from twin.observations import make_observations
+    times = np.array(["2020-01-01T00", "2020-01-08T00", "2020-01-15T00", "2020-01-15T00"], "datetime64[ns]")
+    return make_observations(
+        time=times, site=["Point B"] * 4, variable=["nitrate"] * 4, value=[1.0, 0.05, np.nan, 2.0],
+        qc=np.array([1, 1, 9, 3], np.int8), native_qc=["2", "0", "9", "3"], source="fixture.csv",
+        censored=[False, True, False, False], layer="surface", layer_code="S", depth=1.0,
+        error_sd=0.3, line=[2, 3, 4, 5])

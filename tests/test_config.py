@@ -1,0 +1,66 @@
+import pytest
+
+from twin.cli import main
+from twin.config import TwinConfig, config_hash, load_config, parse_config
+from twin.errors import ConfigError
+
+
+def test_unknown_key_gets_path_and_hint():
+    with pytest.raises(ConfigError, match=r"sites\.0\.latitud: unknown key \(did you mean 'latitude'\?\)"):
+        parse_config({"sites": [{"name": "Point B", "latitud": 43.7, "longitude": 7.3}]})
+
+
+def test_unknown_key_inside_a_dict_section_gets_hint():
+    with pytest.raises(ConfigError, match=r"qc\.spike\.oxygen\.fail_treshold: unknown key \(did you mean "
+                                          r"'fail_threshold'\?\)"):
+        parse_config({"qc": {"spike": {"oxygen": {"suspect_threshold": 1, "fail_treshold": 2}}}})
+
+
+def test_out_of_range_value_names_field_and_value():
+    with pytest.raises(ConfigError, match=r"sites\.0\.latitude: .*less than or equal to 90.*\(got 95\)"):
+        parse_config({"sites": [{"name": "x", "latitude": 95, "longitude": 0}]})
+
+
+def test_wrong_type_and_unknown_variable():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"seed": "abc", "qc": {"gross_range": {"nitrat": {"fail_span": [0, 1]}}}})
+    text = str(info.value)
+    assert "seed:" in text and "'abc'" in text
+    assert "did you mean 'nitrate'" in text
+
+
+def test_inconsistent_spans_rejected():
+    with pytest.raises(ConfigError, match="suspect_span .* must lie inside fail_span"):
+        parse_config({"qc": {"gross_range": {"nitrate": {"fail_span": [0, 10], "suspect_span": [-1, 5]}}}})
+
+
+def test_config_is_frozen_and_hash_stable():
+    cfg = parse_config({"name": "a", "sites": [{"name": "Point B", "latitude": 43.68, "longitude": 7.32}]})
+    with pytest.raises(Exception):
+        cfg.name = "b"
+    assert config_hash(cfg) == config_hash(parse_config({"name": "a", "sites": [
+        {"name": "Point B", "latitude": 43.68, "longitude": 7.32}]}))
+    assert config_hash(cfg) != config_hash(TwinConfig())
+
+
+def test_relative_paths_resolved_against_config_folder(tmp_path):
+    (tmp_path / "c.yaml").write_text("sources:\n  - path: data/x.csv\n    format: somlit\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.sources[0].path == str((tmp_path / "data" / "x.csv").resolve())
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: a\nsites: [\n")
+    with pytest.raises(ConfigError, match=r"(?s)bad.yaml.*line \d+"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_config_check_cli(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("name: demo\nsites:\n  - name: Point B\n    latitude: 43.68\n    longitude: 7.32\n")
+    assert main(["config", "check", str(good)]) == 0
+    assert "name: Point B" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nmae: demo\n")
+    assert main(["config", "check", str(bad)]) == 2
+    assert "did you mean 'name'" in capsys.readouterr().err
