@@ -125,7 +125,8 @@ def run_series_tests(variable: str, values: np.ndarray, times: np.ndarray, confi
                 continue
             if spike is not None:
                 result["spike"][seg] = _flags(qartod.spike_test(
-                    v, suspect_threshold=spike.suspect_threshold, fail_threshold=spike.fail_threshold))
+                    v, suspect_threshold=spike.suspect_threshold, fail_threshold=spike.fail_threshold,
+                    method="differential"))  # "average" also flags both neighbours of a spike
             if roc is not None:
                 result["rate_of_change"][seg] = _flags(qartod.rate_of_change_test(
                     v, t, threshold=roc.threshold_per_hour / 3600.0))
