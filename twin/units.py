@@ -111,6 +111,9 @@ _register(("chlorophyll", "poc", "pon"), ("mg m-3", "mg/m3", "ug/l", "ug l-1", "
                                           "microgram/l"), _IDENTITY)
 _register(("oxygen_saturation", "relative_humidity"), ("%", "percent"), _IDENTITY)
 _register(("fluorescence",), ("ffu", "fu", "rfu", "1", "none", "raw", "counts"), _IDENTITY)
+# Sonde chlorophyll fluorescence reported in chlorophyll-equivalent units (NERRS ChlFluor, ug/L):
+# kept as fluorescence, a chlorophyll value only through a stated calibration.
+_register(("fluorescence",), ("ug/l", "ug l-1", "mg m-3"), _IDENTITY)
 _register(("turbidity",), ("ntu", "fnu"), _IDENTITY)
 _register(("par",), ("umol m-2 s-1", "ue m-2 s-1", "umol/m2/s", "microeinstein/m2/s", "ue/m2/s",
                      "umol photons m-2 s-1"), _IDENTITY)
@@ -125,6 +128,11 @@ _register(("air_pressure",), ("hpa", "mb", "mbar", "millibar"), _IDENTITY)
 _register(("wind_speed",), ("m/s", "m s-1", "meter/second"), _IDENTITY)
 _register(("wind_direction",), ("degree", "deg", "degrees"), _IDENTITY)
 _register(("precipitation",), ("mm", "millimeter"), _IDENTITY)
+# Spellings met in SOMLIT extractions and Coriolis-cotier (COAST-HF) CSV headers.
+_register(("salinity",), ("pss",), _IDENTITY)
+_register(("par",), ("micro einstein m-2 s-1", "microeinstein m-2 s-1", "umol photon m-2 s-1"), _IDENTITY)
+_register(("air_pressure",), ("hectopascal",), _IDENTITY)
+_register(("fluorescence",), ("relative unit", "relative units"), _IDENTITY)
 
 
 def converter(variable: str, unit: str) -> Callable[[np.ndarray], np.ndarray]:
