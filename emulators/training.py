@@ -1,0 +1,604 @@
+"""Training of the emulator on multi-step rollouts, its model-error estimate, and its evaluation.
+
+Training (DESIGN section 5): optax AdamW with a warm-up and cosine decay of the learning rate, on windows of
+trajectories unrolled with the emulator itself (``lax.scan``) for a horizon that grows by stages (a
+curriculum: 1 step, then a few, then many), so that long free runs stay stable. The loss is the squared error
+of the unrolled log state, in units of the one-step increment's sd, divided by the step index (errors of an
+unrolled run grow with it), weighted per sample (the refit's confidence weights, Brajard et al. 2020).
+Whole trajectories (members) are held out for validation; the weights with the best validation loss are
+kept, and training stops early when it no longer improves.
+
+References:
+    Brajard, Carrassi, Bocquet and Bertino 2020, J. Comput. Sci. 44, 101171 (emulators trained on analyses).
+    Keisler 2022, arXiv:2202.07575 (multi-step rollout loss for stable learned simulators).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time as time_module
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from emulators.checkpoint import make_lineage_entry
+from emulators.network import (
+    Activation,
+    Emulator,
+    ModelError,
+    NetworkConfig,
+    _log_step,
+    build_network,
+)
+from emulators.normalisation import (
+    DEFAULT_LOG_FLOOR,
+    TrainingRanges,
+    fit_normalisation,
+    fit_ranges,
+    to_log_state,
+)
+
+__all__ = [
+    "TrainConfig",
+    "TrajectoryData",
+    "estimate_model_error",
+    "free_run_skill",
+    "long_run_check",
+    "split_by_group",
+    "train",
+]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrajectoryData:
+    """Trajectories to train or evaluate on (numpy arrays, at the edge of the jitted kernels).
+
+    Attributes:
+        states: (num_traj, num_steps + 1, num_state), mmol m-3.
+        forcing: (num_traj, num_steps, num_forcing), forcing features over each step.
+        day_of_year: (num_traj, num_steps), day of year at the start of each step (0 = 1 January).
+        site: (num_traj,) int, site index of each trajectory.
+        group: (num_traj,) int, the member (or any unit) a trajectory belongs to; validation holds out whole
+            groups.
+        state_names: (num_state,) names.
+        forcing_names: (num_forcing,) names.
+        description: what the data are, for the lineage.
+    """
+
+    states: np.ndarray
+    forcing: np.ndarray
+    day_of_year: np.ndarray
+    site: np.ndarray
+    group: np.ndarray
+    state_names: tuple[str, ...]
+    forcing_names: tuple[str, ...]
+    description: str = ""
+
+    def __post_init__(self):
+        num_traj, num_steps_plus_1, num_state = np.shape(self.states)
+        num_steps = num_steps_plus_1 - 1
+        expected = {
+            "forcing": (num_traj, num_steps, len(self.forcing_names)),
+            "day_of_year": (num_traj, num_steps),
+            "site": (num_traj,),
+            "group": (num_traj,),
+        }
+        for name, shape in expected.items():
+            if np.shape(getattr(self, name)) != shape:
+                raise ValueError(f"TrajectoryData.{name} has shape {np.shape(getattr(self, name))}, expected {shape}")
+        if len(self.state_names) != num_state:
+            raise ValueError(f"{len(self.state_names)} state_names for {num_state} state variables")
+        if num_steps < 1:
+            raise ValueError("trajectories need at least one step")
+
+    @property
+    def num_traj(self) -> int:
+        return int(np.shape(self.states)[0])
+
+    @property
+    def num_steps(self) -> int:
+        return int(np.shape(self.states)[1]) - 1
+
+    def take(self, index: np.ndarray) -> TrajectoryData:
+        """The trajectories at ``index``."""
+        return dataclasses.replace(
+            self,
+            states=self.states[index],
+            forcing=self.forcing[index],
+            day_of_year=self.day_of_year[index],
+            site=self.site[index],
+            group=self.group[index],
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a training run; its repr is the record.
+
+    Attributes:
+        hidden_sizes, activation, site_features: the network (see :class:`NetworkConfig`).
+        seed: seed of the initial weights, the validation split and the batches.
+        learning_rate: peak learning rate of AdamW.
+        warmup_steps: linear warm-up of the learning rate.
+        final_learning_rate_fraction: the cosine decay ends at this fraction of the peak.
+        weight_decay: AdamW decoupled weight decay.
+        gradient_clip: global gradient-norm clip.
+        batch_size: windows per optimizer step.
+        rollout_schedule: (horizon, optimizer steps) stages of the curriculum, in order.
+        steps_per_eval: optimizer steps between validations (and progress-bar updates).
+        validation_fraction: fraction of groups (members) held out for validation.
+        validation_horizon: horizon of the validation rollout loss; the last stage's horizon when None.
+        patience: validations without improvement before stopping early (within the last stage).
+        log_floor: concentration floor before the log, mmol m-3.
+    """
+
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: Activation = "tanh"
+    site_features: int = 4
+    seed: int = 0
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    final_learning_rate_fraction: float = 0.02
+    weight_decay: float = 1e-5
+    gradient_clip: float = 1.0
+    batch_size: int = 128
+    rollout_schedule: tuple[tuple[int, int], ...] = ((1, 500), (4, 500), (16, 1000))
+    steps_per_eval: int = 100
+    validation_fraction: float = 0.2
+    validation_horizon: int | None = None
+    patience: int = 5
+    log_floor: float = DEFAULT_LOG_FLOOR
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        object.__setattr__(
+            self, "rollout_schedule", tuple((int(h), int(n)) for h, n in self.rollout_schedule)
+        )
+        if not self.rollout_schedule or any(h < 1 or n < 1 for h, n in self.rollout_schedule):
+            raise ValueError(
+                f"rollout_schedule must be non-empty (horizon >= 1, steps >= 1) pairs, got {self.rollout_schedule}"
+            )
+        for name in ("learning_rate", "batch_size", "steps_per_eval", "patience", "log_floor"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.validation_horizon is not None and self.validation_horizon < 1:
+            raise ValueError(f"validation_horizon must be >= 1, got {self.validation_horizon}")
+
+    @property
+    def total_steps(self) -> int:
+        return sum(n for _, n in self.rollout_schedule)
+
+    @property
+    def eval_horizon(self) -> int:
+        return self.validation_horizon or self.rollout_schedule[-1][0]
+
+
+def split_by_group(data: TrajectoryData, validation_fraction: float, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of training and validation trajectories, holding out whole groups (members).
+
+    At least one group goes to each side; with a single group the split falls back to trajectories.
+    """
+    groups = np.unique(data.group)
+    if groups.size >= 2:
+        order = np.asarray(jax.random.permutation(key, groups.size))
+        num_val = min(max(1, round(validation_fraction * groups.size)), groups.size - 1)
+        val_groups = groups[order[:num_val]]
+        is_val = np.isin(data.group, val_groups)
+    else:
+        if data.num_traj < 2:
+            raise ValueError("validation needs at least two trajectories or two groups")
+        order = np.asarray(jax.random.permutation(key, data.num_traj))
+        num_val = min(max(1, round(validation_fraction * data.num_traj)), data.num_traj - 1)
+        is_val = np.zeros(data.num_traj, dtype=bool)
+        is_val[order[:num_val]] = True
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+# --- the rollout loss -----------------------------------------------------------------------------------
+
+
+def _device_arrays(data: TrajectoryData, log_floor: float, sample_weights: np.ndarray | None) -> dict[str, jax.Array]:
+    log_states = to_log_state(jnp.asarray(data.states, jnp.float32), log_floor)
+    if sample_weights is None:
+        weights = jnp.ones(log_states.shape[:2] + (1,), jnp.float32)
+    else:
+        weights = np.asarray(sample_weights, np.float32)
+        if weights.ndim == 2:
+            weights = weights[..., None]
+        if weights.shape[:2] != log_states.shape[:2] or weights.shape[2] not in (1, log_states.shape[2]):
+            raise ValueError(
+                f"sample_weights must be (num_traj, num_steps + 1) or (num_traj, num_steps + 1, num_state) = "
+                f"{log_states.shape}, got {np.shape(sample_weights)}"
+            )
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ValueError("sample_weights must be finite and >= 0")
+        weights = jnp.asarray(weights)
+    return {
+        "log_states": log_states,
+        "forcing": jnp.asarray(data.forcing, jnp.float32),
+        "day_of_year": jnp.asarray(data.day_of_year, jnp.float32),
+        "site": jnp.asarray(data.site, jnp.int32),
+        "weights": weights,
+    }
+
+
+def _window(arrays, traj, start, horizon):
+    """Window of ``horizon`` steps of trajectory ``traj`` from ``start`` (one sample; vmapped)."""
+    def cut(a, length):
+        a = a[traj]
+        return jax.lax.dynamic_slice_in_dim(a, start, length, axis=0)
+
+    return (
+        cut(arrays["log_states"], horizon + 1),
+        cut(arrays["forcing"], horizon),
+        cut(arrays["day_of_year"], horizon),
+        arrays["site"][traj],
+        cut(arrays["weights"], horizon + 1),
+    )
+
+
+def _window_loss(graphdef, weights, normalisation, window):
+    """Weighted squared error of an unrolled window, in increment-sd units, divided by the step index."""
+    log_states, forcing, day_of_year, site, sample_weights = window
+
+    def _step(log_state, inputs):
+        forcing_t, day_t = inputs
+        next_log_state = _log_step(graphdef, weights, normalisation, log_state, forcing_t, day_t, site)
+        return next_log_state, next_log_state
+
+    _, predicted = jax.lax.scan(_step, log_states[0], (forcing, day_of_year))
+    error = (predicted - log_states[1:]) / normalisation.increment_sd
+    step_index = jnp.arange(1, forcing.shape[0] + 1, dtype=jnp.float32)[:, None]
+    w = jnp.broadcast_to(sample_weights[1:], error.shape)
+    return jnp.sum(w * error**2 / step_index), jnp.sum(w)
+
+
+def _batch_loss(graphdef, weights, normalisation, windows):
+    total, weight = jax.vmap(_window_loss, in_axes=(None, None, None, 0))(graphdef, weights, normalisation, windows)
+    return jnp.sum(total) / jnp.maximum(jnp.sum(weight), 1e-12)
+
+
+def _sample_windows(key, arrays, train_index, horizon, batch_size):
+    num_steps = arrays["forcing"].shape[1]
+    key_traj, key_start = jax.random.split(key)
+    traj = train_index[jax.random.randint(key_traj, (batch_size,), 0, train_index.shape[0])]
+    start = jax.random.randint(key_start, (batch_size,), 0, num_steps - horizon + 1)
+    return jax.vmap(_window, in_axes=(None, 0, 0, None))(arrays, traj, start, horizon)
+
+
+def _validation_windows(arrays, val_index, horizon, max_windows=2048):
+    """Fixed, evenly spaced validation windows (the same at every validation)."""
+    num_steps = arrays["forcing"].shape[1]
+    starts = np.arange(0, num_steps - horizon + 1, max(1, horizon // 2))
+    traj, start = np.meshgrid(np.asarray(val_index), starts, indexing="ij")
+    traj, start = traj.ravel(), start.ravel()
+    if traj.size > max_windows:
+        keep = np.linspace(0, traj.size - 1, max_windows).round().astype(int)
+        traj, start = traj[keep], start[keep]
+    return jax.vmap(_window, in_axes=(None, 0, 0, None))(arrays, jnp.asarray(traj), jnp.asarray(start), horizon)
+
+
+def _make_chunk(graphdef, tx, horizon, batch_size, num_steps):
+    """``num_steps`` optimizer steps at one horizon, fused under one jit with ``lax.scan``."""
+
+    @jax.jit
+    def chunk(weights, opt_state, normalisation, arrays, train_index, key):
+        def body(carry, step_key):
+            weights, opt_state = carry
+            windows = _sample_windows(step_key, arrays, train_index, horizon, batch_size)
+            loss, grads = jax.value_and_grad(
+                lambda w: _batch_loss(graphdef, w, normalisation, windows)
+            )(weights)
+            updates, opt_state = tx.update(grads, opt_state, weights)
+            return (optax.apply_updates(weights, updates), opt_state), loss
+
+        (weights, opt_state), losses = jax.lax.scan(body, (weights, opt_state), jax.random.split(key, num_steps))
+        return weights, opt_state, jnp.mean(losses)
+
+    return chunk
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+
+def _merged_ranges(a: TrainingRanges, b: TrainingRanges) -> TrainingRanges:
+    return TrainingRanges(
+        state_min=jnp.minimum(a.state_min, b.state_min),
+        state_max=jnp.maximum(a.state_max, b.state_max),
+        forcing_min=jnp.minimum(a.forcing_min, b.forcing_min),
+        forcing_max=jnp.maximum(a.forcing_max, b.forcing_max),
+    )
+
+
+def train(
+    config: TrainConfig,
+    data: TrajectoryData,
+    key: jax.Array,
+    *,
+    initial: Emulator | None = None,
+    sample_weights: np.ndarray | None = None,
+    config_hash: str = "",
+    progress: bool = True,
+) -> tuple[Emulator, dict[str, Any]]:
+    """Trains an emulator on trajectories (pretraining), or fine-tunes ``initial`` on new ones (refit).
+
+    Args:
+        config: training settings.
+        data: trajectories; the forcing features and state variables must match ``initial``'s if given.
+        key: PRNG key (validation split and batches).
+        initial: an emulator to start from (a refit): its architecture and normalisation are kept, its
+            training ranges widened to the new data's, its lineage extended.
+        sample_weights: (num_traj, num_steps + 1) or (num_traj, num_steps + 1, num_state) weights of the
+            target states (e.g. the analyses' confidence); uniform when None.
+        config_hash: hash of the configuration, stored with the emulator.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The emulator with the best validation loss (its model error estimated on the validation
+        trajectories), and the history: ``step``, ``horizon``, ``train_loss``, ``val_loss`` per validation,
+        ``best_val_loss``, ``initial_val_loss``, ``stopped_early``, ``seconds``.
+    """
+    started = time_module.perf_counter()
+    key_split, key_train = jax.random.split(key)
+    train_index, val_index = split_by_group(data, config.validation_fraction, key_split)
+
+    if initial is None:
+        net_config = NetworkConfig(
+            state_names=data.state_names,
+            forcing_names=data.forcing_names,
+            num_sites=int(np.max(data.site)) + 1,
+            site_features=config.site_features,
+            hidden_sizes=config.hidden_sizes,
+            activation=config.activation,
+            seed=config.seed,
+        )
+        graphdef, weights = nnx.split(build_network(net_config))
+        train_part = data.take(train_index)
+        normalisation = fit_normalisation(train_part.states, train_part.forcing, log_floor=config.log_floor)
+        ranges = fit_ranges(train_part.states, train_part.forcing)
+        lineage: tuple[dict[str, Any], ...] = ()
+        kind = "pretrain"
+    else:
+        net_config = initial.config
+        if tuple(data.state_names) != net_config.state_names or tuple(data.forcing_names) != net_config.forcing_names:
+            raise ValueError(
+                "refit data must have the initial emulator's variables: state "
+                f"{net_config.state_names} vs {tuple(data.state_names)}, forcing {net_config.forcing_names} vs "
+                f"{tuple(data.forcing_names)}"
+            )
+        if int(np.max(data.site)) >= net_config.num_sites:
+            raise ValueError(f"site index {int(np.max(data.site))} >= num_sites={net_config.num_sites} of the emulator")
+        graphdef, weights = initial.graphdef, initial.weights
+        normalisation = initial.normalisation
+        ranges = _merged_ranges(initial.ranges, fit_ranges(data.states, data.forcing))
+        lineage = tuple(initial.lineage)
+        kind = "refit"
+
+    arrays = _device_arrays(data, float(normalisation.log_floor), sample_weights)
+    max_horizon = max(max(h for h, _ in config.rollout_schedule), config.eval_horizon)
+    if max_horizon > data.num_steps:
+        raise ValueError(f"rollout horizon {max_horizon} exceeds the trajectories' {data.num_steps} steps")
+    val_windows = _validation_windows(arrays, val_index, config.eval_horizon)
+    val_loss_fn = jax.jit(lambda w: _batch_loss(graphdef, w, normalisation, val_windows))
+
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=min(config.warmup_steps, config.total_steps // 2),
+        decay_steps=config.total_steps,
+        end_value=config.learning_rate * config.final_learning_rate_fraction,
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(config.gradient_clip),
+        optax.adamw(schedule, weight_decay=config.weight_decay),
+    )
+    opt_state = tx.init(weights)
+    train_index_device = jnp.asarray(train_index, jnp.int32)
+
+    initial_val = float(val_loss_fn(weights))
+    best_val, best_weights, since_best = initial_val, weights, 0
+    history: dict[str, Any] = {"step": [], "horizon": [], "train_loss": [], "val_loss": []}
+    step, stopped_early = 0, False
+    bar = tqdm(total=config.total_steps, desc=f"emulator {kind}", disable=not progress, unit="step")
+    for stage, (horizon, stage_steps) in enumerate(config.rollout_schedule):
+        last_stage = stage == len(config.rollout_schedule) - 1
+        chunks = [config.steps_per_eval] * (stage_steps // config.steps_per_eval)
+        if stage_steps % config.steps_per_eval:
+            chunks.append(stage_steps % config.steps_per_eval)
+        compiled = {}
+        for chunk_steps in chunks:
+            if chunk_steps not in compiled:
+                compiled[chunk_steps] = _make_chunk(graphdef, tx, horizon, config.batch_size, chunk_steps)
+            key_train, key_chunk = jax.random.split(key_train)
+            weights, opt_state, train_loss = compiled[chunk_steps](
+                weights, opt_state, normalisation, arrays, train_index_device, key_chunk
+            )
+            step += chunk_steps
+            val = float(val_loss_fn(weights))
+            history["step"].append(step)
+            history["horizon"].append(horizon)
+            history["train_loss"].append(float(train_loss))
+            history["val_loss"].append(val)
+            bar.update(chunk_steps)
+            bar.set_postfix(horizon=horizon, train=f"{float(train_loss):.3g}", val=f"{val:.3g}")
+            if not np.isfinite(val):
+                raise FloatingPointError(
+                    f"validation loss is {val} at step {step} (horizon {horizon}); lower learning_rate "
+                    f"(now {config.learning_rate}) or gradient_clip (now {config.gradient_clip})"
+                )
+            if val < best_val:
+                best_val, best_weights, since_best = val, weights, 0
+            else:
+                since_best += 1
+            if last_stage and since_best >= config.patience:
+                stopped_early = True
+                break
+    bar.close()
+
+    model_error = estimate_model_error(graphdef, best_weights, normalisation, data.take(val_index))
+    emulator = Emulator(
+        config=net_config,
+        graphdef=graphdef,
+        weights=best_weights,
+        normalisation=normalisation,
+        ranges=ranges,
+        model_error=model_error,
+        config_hash=config_hash,
+        lineage=lineage
+        + (
+            make_lineage_entry(
+                kind,
+                data.description or f"{data.num_traj} trajectories of {data.num_steps} steps",
+                skill_before={"val_loss": initial_val},
+                skill_after={"val_loss": best_val},
+                kept=True,
+                time=datetime.datetime.now(datetime.UTC),
+            ),
+        ),
+    )
+    history.update(
+        best_val_loss=best_val,
+        initial_val_loss=initial_val,
+        stopped_early=stopped_early,
+        seconds=time_module.perf_counter() - started,
+        num_train_traj=int(train_index.size),
+        num_val_traj=int(val_index.size),
+    )
+    return emulator, history
+
+
+# --- model error and evaluation ------------------------------------------------------------------------
+
+
+def estimate_model_error(graphdef, weights, normalisation, data: TrajectoryData) -> ModelError:
+    """One-step residuals of the emulator on ``data`` (validation trajectories), summarised per variable."""
+    arrays = _device_arrays(data, float(normalisation.log_floor), None)
+
+    @jax.jit
+    def residuals(weights):
+        log_states = arrays["log_states"]
+        site = jnp.broadcast_to(arrays["site"][:, None], log_states.shape[:1] + (data.num_steps,))
+        predicted = _log_step(
+            graphdef, weights, normalisation, log_states[:, :-1], arrays["forcing"], arrays["day_of_year"], site
+        )
+        return predicted - log_states[:, 1:], jnp.exp(predicted) - jnp.exp(log_states[:, 1:])
+
+    log_residual, state_residual = residuals(weights)
+    log_residual = np.asarray(log_residual, np.float64).reshape(-1, log_residual.shape[-1])
+    state_residual = np.asarray(state_residual, np.float64).reshape(-1, state_residual.shape[-1])
+    log_sd = log_residual.std(axis=0)
+    return ModelError(
+        log_bias=jnp.asarray(log_residual.mean(axis=0), jnp.float32),
+        log_sd=jnp.asarray(log_sd, jnp.float32),
+        normalised_sd=jnp.asarray(log_sd / np.asarray(normalisation.state_sd, np.float64), jnp.float32),
+        state_sd=jnp.asarray(state_residual.std(axis=0), jnp.float32),
+    )
+
+
+def free_run_skill(emulator: Emulator, data: TrajectoryData) -> dict[str, float]:
+    """Range-normalised RMSE per state variable of free runs against the reference trajectories.
+
+    Each trajectory is run freely from its first state over all its steps; per trajectory and variable, the
+    RMSE over the steps is divided by the range (max - min) of the reference; the result is the mean over
+    trajectories. 0.10 means errors of a tenth of the variable's range.
+
+    Returns:
+        {state name: normalised RMSE}.
+    """
+    predicted = emulator.run(
+        jnp.asarray(data.states[:, 0], jnp.float32),
+        jnp.asarray(np.swapaxes(data.forcing, 0, 1), jnp.float32),
+        jnp.asarray(np.swapaxes(data.day_of_year, 0, 1), jnp.float32),
+        jnp.asarray(data.site, jnp.int32),
+        check=False,
+    )
+    predicted = np.swapaxes(np.asarray(predicted, np.float64), 0, 1)
+    reference = np.asarray(data.states[:, 1:], np.float64)
+    rmse = np.sqrt(np.mean((predicted - reference) ** 2, axis=1))
+    value_range = reference.max(axis=1) - reference.min(axis=1)
+    normalised = rmse / np.maximum(value_range, 1e-12)
+    return {name: float(v) for name, v in zip(emulator.config.state_names, normalised.mean(axis=0), strict=True)}
+
+
+def _climatology(states: np.ndarray, day_of_year: np.ndarray, num_bins: int = 12) -> np.ndarray:
+    """Mean annual cycle in ``num_bins`` bins: states (num_steps, ..., num_state) -> (num_bins, ..., num_state)."""
+    bins = np.minimum((np.asarray(day_of_year) / 365.25 * num_bins).astype(int), num_bins - 1)
+    return np.stack([states[bins == b].mean(axis=0) for b in range(num_bins)])
+
+
+def long_run_check(
+    emulator: Emulator,
+    reference: TrajectoryData,
+    *,
+    min_correlation: float = 0.8,
+    amplitude_bounds: tuple[float, float] = (0.5, 2.0),
+) -> dict[str, Any]:
+    """A long free run (e.g. 20 years) against a reference run of the process model.
+
+    Checks that the emulator stays finite and positive, and seasonal: per variable, the climatological
+    annual cycle (monthly means over the run) correlates with the reference's above ``min_correlation`` and
+    its amplitude (max - min of the monthly means) is within ``amplitude_bounds`` times the reference's.
+    Variables whose reference has no annual cycle (amplitude below 1e-6 of its mean) are not judged on it.
+
+    Args:
+        emulator: the emulator.
+        reference: one or more long trajectories of the process model (the emulator starts from their
+            first state).
+
+    Returns:
+        {"finite", "positive", "seasonal": bool; "correlation", "amplitude_ratio": {name: float};
+        "ok": all three}.
+    """
+    predicted = np.asarray(
+        emulator.run(
+            jnp.asarray(reference.states[:, 0], jnp.float32),
+            jnp.asarray(np.swapaxes(reference.forcing, 0, 1), jnp.float32),
+            jnp.asarray(np.swapaxes(reference.day_of_year, 0, 1), jnp.float32),
+            jnp.asarray(reference.site, jnp.int32),
+            check=False,
+        ),
+        np.float64,
+    )
+    truth = np.swapaxes(np.asarray(reference.states[:, 1:], np.float64), 0, 1)
+    day = np.asarray(reference.day_of_year[0])
+    finite = bool(np.all(np.isfinite(predicted)))
+    positive = bool(np.all(predicted > 0))
+    correlation, amplitude_ratio, seasonal = {}, {}, True
+    if finite:
+        clim_pred = _climatology(predicted, day)
+        clim_true = _climatology(truth, day)
+        for i, name in enumerate(emulator.config.state_names):
+            p = clim_pred[..., i].reshape(clim_pred.shape[0], -1)
+            t = clim_true[..., i].reshape(clim_true.shape[0], -1)
+            amp_true = np.ptp(t, axis=0)
+            amp_pred = np.ptp(p, axis=0)
+            judged = amp_true > 1e-6 * np.abs(t).mean(axis=0)
+            corr = [np.corrcoef(p[:, j], t[:, j])[0, 1] if judged[j] else np.nan for j in range(t.shape[1])]
+            ratio = np.where(judged, amp_pred / np.maximum(amp_true, 1e-30), np.nan)
+            correlation[name] = float(np.nanmin(corr)) if np.any(judged) else float("nan")
+            amplitude_ratio[name] = float(np.nanmin(ratio)) if np.any(judged) else float("nan")
+            if np.any(judged):
+                worst_high = float(np.nanmax(ratio))
+                seasonal &= bool(
+                    correlation[name] >= min_correlation
+                    and amplitude_ratio[name] >= amplitude_bounds[0]
+                    and worst_high <= amplitude_bounds[1]
+                )
+    else:
+        seasonal = False
+    return {
+        "finite": finite,
+        "positive": positive,
+        "seasonal": seasonal,
+        "correlation": correlation,
+        "amplitude_ratio": amplitude_ratio,
+        "ok": finite and positive and seasonal,
+    }
