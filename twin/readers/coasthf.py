@@ -282,7 +282,7 @@ def _header(path: Path, line: str, layers: dict[int, str]) -> tuple[list[str], l
         try:
             convert = converter(variable, unit)
         except ValueError as exc:
-            raise InputError(path, f"unknown unit: {exc}", line=1, field=col) from None
+            raise InputError(path, str(exc), line=1, field=col) from None
         params.append(dict(column=col, code=code, variable=variable, layer=layers.get(level, ""),
                            layer_code=f"LEVEL{level}", convert=convert))
     return columns, params, housekeeping

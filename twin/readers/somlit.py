@@ -280,7 +280,7 @@ def _units(path: Path, columns: list[str], pairs: dict[str, str], units_row: lis
         try:
             converter(VARIABLES[code], unit)
         except ValueError as exc:
-            raise InputError(path, f"unknown unit: {exc}", line=line_no if units_row is not None else None,
+            raise InputError(path, str(exc), line=line_no if units_row is not None else None,
                              field=code) from None
         units[code] = unit
     return units
