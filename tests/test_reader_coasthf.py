@@ -382,3 +382,11 @@ def test_sentinel_only(tmp_path):
     assert (ds["qc"].values == flags.MISSING).all() and np.isnan(ds["value"].values).all()
     assert set(ds["native_qc"].values) == {"1"}
     assert ds.attrs["fill_values"] == 16 and ds.attrs["housekeeping_values"] == 2
+
+
+def test_crlf_and_blank_lines_keep_line_numbers(tmp_path):
+    lines = list(FIXTURE_LINES)
+    lines.insert(3, "")
+    ds = coasthf.read(_write(tmp_path, "\r\n".join(lines) + "\r\n"))
+    assert sorted(set(ds["line"].values.tolist())) == [2, 3, 5, 6, 7, 8]
+    assert _at(ds, 5, "par", "LEVEL0")["native_qc"] == "5"

@@ -386,3 +386,33 @@ def test_present_value_without_flag_is_not_evaluated(tmp_path):
     ds = somlit.read(_write(tmp_path, _native_with(9, "qT", "")))
     r = one(ds, line=9, variable="temperature")
     assert r["qc"] == flags.NOT_EVALUATED and r["native_qc"] == "" and r["value"] == pytest.approx(12.9)
+
+
+def test_windows_1252_encoding_and_crlf(tmp_path):
+    path = tmp_path / "cp1252.csv"
+    path.write_bytes(NATIVE_TEXT.replace("\n", "\r\n").encode("cp1252"))
+    ds = somlit.read(path)
+    assert ds.sizes["obs"] == 90 and "DN15: ‰" in ds.attrs["units"]
+    assert one(ds, line=5, variable="ammonium")["value"] == pytest.approx(0.12)
+
+
+def test_blank_lines_keep_line_numbers(tmp_path):
+    lines = list(NATIVE_LINES)
+    lines.insert(8, "")  # a blank line before the Sola samples
+    ds = somlit.read(_write(tmp_path, "\n".join(lines) + "\n"))
+    assert sorted(set(ds["line"].values.tolist())) == [5, 6, 8, 10, 11, 12]
+    assert one(ds, line=10, variable="temperature")["value"] == pytest.approx(12.90)
+
+
+def test_extra_columns_are_listed_not_ingested(tmp_path):
+    lines = [line + (";EXTRA" if i == 2 else ";" if i == 3 else ";1.5") if i >= 2 and not line.startswith("//")
+             else line for i, line in enumerate(NATIVE_LINES)]
+    ds = somlit.read(_write(tmp_path, "\n".join(lines) + "\n"))
+    assert ds.sizes["obs"] == 90 and ds.attrs["ignored_columns"] == "EXTRA"
+
+
+def test_r_export_truncated_inside_quoted_field(tmp_path):
+    text = REXPORT.read_text(encoding="utf-8").rstrip("\n")
+    cut = text[: text.rindex('"0.22"') + 3]  # ends with '"0.'
+    with pytest.raises(InputError, match=r"line 5: expected 41 fields, found 40 \(truncated line\?\)"):
+        somlit.read(_write(tmp_path, cut))

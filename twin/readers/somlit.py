@@ -190,15 +190,22 @@ def _error_sd_table(error_sd: Mapping[str, float] | None) -> dict[str, float]:
     return table
 
 
+def _decode(data: bytes) -> str:
+    """UTF-8, else Windows-1252 (French Windows exports: µ, ‰, °), else Latin-1 (never fails)."""
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
 def _read_lines(path: Path) -> list[str]:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(path, f"cannot read file ({exc.strerror or exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")  # French extractions are sometimes Windows-1252/Latin-1
+    text = _decode(data)
     text = text.lstrip("\ufeff")
     if not text.strip():
         raise InputError(path, "empty file: expected a SOMLIT header line")
