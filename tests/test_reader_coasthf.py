@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from twin import flags
 from twin.errors import InputError
@@ -390,3 +392,29 @@ def test_crlf_and_blank_lines_keep_line_numbers(tmp_path):
     ds = coasthf.read(_write(tmp_path, "\r\n".join(lines) + "\r\n"))
     assert sorted(set(ds["line"].values.tolist())) == [2, 3, 5, 6, 7, 8]
     assert _at(ds, 5, "par", "LEVEL0")["native_qc"] == "5"
+
+
+# ---------------------------------------------------------------------------------------------- property
+
+
+OCEANSITES_QARTOD = {"0": 2, "1": 1, "2": 1, "3": 3, "4": 4, "5": 1, "6": 1, "7": 3, "8": 3, "9": 9}
+_value = st.one_of(st.just(""), st.sampled_from(["-99999", "-214748", "214748", "-1000", "99999"]),
+                   st.floats(-50.0, 50.0).map(lambda x: f"{x:.3f}"))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cells=st.lists(st.tuples(_value, st.sampled_from(list("0123456789"))), min_size=1, max_size=20))
+def test_property_fill_and_flags(tmp_path, cells):
+    """One temperature column: empty or fill -> 9 and NaN whatever the digit, else the OceanSITES table."""
+    header = "PLATFORM,DATE (yyyy-mm-ddThh:mi:ssZ),LATITUDE (degree_north),LONGITUDE (degree_east)," \
+             "TEMP LEVEL1 (degree_Celsius),QC"
+    body = [f"EXIN0002,2025-01-01T{i:02d}:00:00Z,43.683,7.317,{v},0111{d}" for i, (v, d) in enumerate(cells)]
+    path = tmp_path / "prop.csv"
+    path.write_text("\n".join([header, *body]) + "\n")
+    ds = coasthf.read(path)
+    present = np.array([v != "" and abs(float(v)) < 99999 and float(v) != -1000 for v, _ in cells])
+    expected = np.where(present, [OCEANSITES_QARTOD[d] for _, d in cells], 9)
+    assert ds["qc"].values.tolist() == expected.tolist()
+    assert np.isnan(ds["value"].values[~present]).all()
+    assert ds["native_qc"].values.tolist() == [d for _, d in cells]
+    assert ds["censored"].values.tolist() == (present & np.array([d == "6" for _, d in cells])).tolist()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from twin import flags
 from twin.errors import InputError
@@ -416,3 +418,30 @@ def test_r_export_truncated_inside_quoted_field(tmp_path):
     cut = text[: text.rindex('"0.22"') + 3]  # ends with '"0.'
     with pytest.raises(InputError, match=r"line 5: expected 41 fields, found 40 \(truncated line\?\)"):
         somlit.read(_write(tmp_path, cut))
+
+
+# ---------------------------------------------------------------------------------------------- property
+
+
+_cell = st.tuples(st.one_of(st.just("999999"), st.just(""), st.floats(0.0, 50.0).map(lambda x: f"{x:.3f}")),
+                  st.sampled_from(list("0123456789")))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cells=st.lists(st.tuples(_cell, _cell), min_size=1, max_size=12))
+def test_property_qc_follows_policy(tmp_path, cells):
+    """Whatever the values and flags: missing -> 9, else the SOMLIT table; censored only for a present 0."""
+    header = "ID_SITE;DATE;HEURE;COEF_MAREE;MAREE;PROF_TEXT;PROF_NUM;nomSite*;gpsLat*;gpsLong*;T;qT;NO3;qNO3"
+    body = [f"12;2021-01-{1 + i % 28:02d};08:00:00;0;inc;S;1;Point B;43.68;7.31;{t};{qt};{n};{qn}"
+            for i, ((t, qt), (n, qn)) in enumerate(cells)]
+    path = tmp_path / "prop.csv"
+    path.write_text("\n".join([header, *body]) + "\n")
+    ds = somlit.read(path)
+    flat = [c for pair in cells for c in pair]
+    present = np.array([v not in ("", "999999") for v, _ in flat])
+    expected_qc = np.where(present, [QARTOD_OF_SOMLIT[f] for _, f in flat], 9)
+    # rows repeating a date (i and i+28) cannot occur with max_size 12: no duplicates here
+    assert ds["qc"].values.tolist() == expected_qc.tolist()
+    assert ds["censored"].values.tolist() == (present & np.array([f == "0" for _, f in flat])).tolist()
+    assert np.isnan(ds["value"].values[~present]).all() and np.isfinite(ds["value"].values[present]).all()
+    assert ds["native_qc"].values.tolist() == [f for _, f in flat]

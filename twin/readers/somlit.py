@@ -145,7 +145,6 @@ def read(path: str | Path, *, error_sd: Mapping[str, float] | None = None) -> xr
     native, qc, censored = _flags(path, frame, codes, line_no)
     qc[absent] = flags.MISSING
     censored &= ~absent
-    qc[(native == "") & ~absent] = flags.NOT_EVALUATED
 
     variables = np.array([VARIABLES[c] for c in codes], dtype=object)
     ds = make_observations(
@@ -162,14 +161,12 @@ def read(path: str | Path, *, error_sd: Mapping[str, float] | None = None) -> xr
     sample_keys = pd.DataFrame({"site": site, "layer": layer_code, "depth": depth, "time": time})
     if sample_keys.duplicated().any():
         ds = flag_duplicates(ds)
+    used = {"", "ID_SITE", "COEF_MAREE", "MAREE", *REQUIRED_COLUMNS, *pairs, *pairs.values()}
     ds.attrs.update(
         format="somlit", layout="r-export" if delim == "," else "native",
         units="; ".join(f"{c}: {units[c]}" for c in codes),
         metadata="\n".join(lines[:header_idx]),
-        ignored_columns=", ".join(c for c in columns
-                                  if c not in REQUIRED_COLUMNS and c not in pairs
-                                  and c not in {f"q{p}" for p in pairs}
-                                  and c not in ("", "ID_SITE", "COEF_MAREE", "MAREE")),
+        ignored_columns=", ".join(c for c in columns if c not in used),
         time_zone="UTC assumed: SOMLIT does not state the time zone of HEURE",
     )
     return ds
