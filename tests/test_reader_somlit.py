@@ -322,8 +322,8 @@ def test_flag_column_without_value_column(tmp_path):
 
 def test_unknown_unit(tmp_path):
     lines = list(NATIVE_LINES)
-    lines[3] = lines[3].replace("degC", "kelvin")
-    with pytest.raises(InputError, match=r"bad\.csv, line 4, field 'T': unknown unit.*'kelvin'"):
+    lines[3] = lines[3].replace("degC", "degC per fortnight")
+    with pytest.raises(InputError, match=r"bad\.csv, line 4, field 'T': unknown unit.*'degC per fortnight'"):
         somlit.read(_write(tmp_path, "\n".join(lines) + "\n"))
 
 
