@@ -134,6 +134,11 @@ _register(("par",), ("micro einstein m-2 s-1", "microeinstein m-2 s-1", "umol ph
 _register(("air_pressure",), ("hectopascal",), _IDENTITY)
 _register(("fluorescence",), ("relative unit", "relative units"), _IDENTITY)
 
+# Gridded products and CF time series (added with the OceanSITES and gridded readers).
+_register(("chlorophyll",), ("milligram m-3", "mg m^-3", "milligram/m^3"), _IDENTITY)
+_register(("salinity",), ("1",), _IDENTITY)
+_register(("temperature", "air_temperature"), ("k", "kelvin", "degK"), lambda x: np.asarray(x, dtype=float) - 273.15)
+
 
 def converter(variable: str, unit: str) -> Callable[[np.ndarray], np.ndarray]:
     """Function converting values of ``variable`` from ``unit`` to the canonical unit.

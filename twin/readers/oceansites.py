@@ -100,7 +100,8 @@ _NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF")
 _ANCILLARY_SUFFIXES = ("_QC", "_DM", "_UNCERTAINTY", "_STD", "_MIN", "_MAX", "_N", "_ERR")
 
 
-def _open(path: Path) -> xr.Dataset:
+def open_netcdf(path: Path, load: bool = True) -> xr.Dataset:
+    """Open a NetCDF file with xarray; InputError naming the file when it is missing, empty or damaged."""
     if not path.exists():
         raise InputError(path, "cannot read file: no such file")
     with open(path, "rb") as fh:
@@ -111,7 +112,8 @@ def _open(path: Path) -> xr.Dataset:
         raise InputError(path, f"not a NetCDF file (starts with {magic!r})")
     try:
         ds = xr.open_dataset(path, mask_and_scale=True, decode_times=True)
-        ds.load()
+        if load:
+            ds.load()
     except Exception as exc:  # netCDF4/h5py raise OSError, RuntimeError, ValueError... for a damaged file
         if "time" in str(exc).lower() and "decode" in str(exc).lower():
             raise InputError(path, f"time axis cannot be decoded: {exc}", field="TIME") from None
@@ -228,7 +230,7 @@ def read(path: str | Path, *, site: str | None = None, layer: str = "",
     """
     path = Path(path)
     sd = resolve_error_sd(error_sd)
-    ds = _open(path)
+    ds = open_netcdf(path)
     time_name = _find_time(ds)
     if time_name is None:
         raise InputError(path, "no time variable (TIME, or standard_name 'time' / axis 'T')", field="TIME")
