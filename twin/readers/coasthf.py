@@ -175,11 +175,10 @@ def read(path: str | Path, *, error_sd: Mapping[str, float] | None = None,
     repeated_lines = pd.DataFrame({"site": site, "time": time}).duplicated().any()
     if repeated_lines or len(set(pairs)) < len(pairs):
         ds = flag_duplicates(ds)
-    hk_idx = [columns.index(c) for c in housekeeping]
     ds.attrs.update(
         format="coasthf",
         housekeeping_columns=", ".join(housekeeping),
-        housekeeping_values=int(frame[housekeeping].notna().to_numpy().sum()) if hk_idx else 0,
+        housekeeping_values=int(frame[housekeeping].notna().to_numpy().sum()) if housekeeping else 0,
         fill_values=int((fill & np.isfinite(raw)).sum()),
         derived_chlorophyll=0 if derived is None else int(derived.sizes["obs"]),
         time_zone="UTC (DATE carries Z)",
