@@ -530,8 +530,9 @@ def read(path: str | Path, *, mapping: str | Path | dict | Mapping,
     layer, layer_code = "", ""
     if m.layer is not None:
         if m.layer.value is not None:
-            layer_code = str(m.layer.value)
-            layer = m.layer.codes.get(layer_code, layer_code)
+            code = str(m.layer.value)
+            layer = m.layer.codes.get(code, code)
+            layer_code = code if code in m.layer.codes else ""  # a constant canonical layer is not a code
         else:
             codes = _column(path, frame, m.layer.column, "", m.delimiter, "layer").fillna("").astype(str).str.strip()
             table = dict(m.layer.codes) | {v: v for v in LAYERS}
