@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from twin import flags
@@ -63,8 +64,11 @@ def _column(name: str, values, n: int) -> np.ndarray:
     if np.ndim(values) == 0:
         values = [values] * n
     if dtype is str:
-        arr = np.asarray(values, dtype=object)
-        return np.array(["" if v is None else str(v) for v in arr], dtype=object)
+        arr = np.asarray(values)
+        if arr.dtype.kind != "U":  # objects or bytes: None becomes "", the rest their text
+            arr = np.asarray(values, dtype=object)
+            arr = np.where(pd.isna(arr), "", arr).astype(str)
+        return arr.astype(object)
     arr = np.asarray(values)
     if dtype == "datetime64[ns]":
         arr = arr.astype("datetime64[ns]")
@@ -157,19 +161,16 @@ def mark_duplicates(ds: xr.Dataset) -> np.ndarray:
     ``flag_duplicates``, so a replicate never enters the filter twice with independent errors.
     """
     n = ds.sizes[OBS_DIM]
-    if n == 0:
-        return np.zeros(0, bool)
     usable = np.isin(ds["qc"].values, (flags.GOOD, flags.NOT_EVALUATED))
-    depth = np.nan_to_num(ds["depth"].values, nan=-1.0)
-    keys = np.rec.fromarrays([ds["site"].values.astype(str), ds["layer"].values.astype(str), depth,
-                              ds["variable"].values.astype(str),
-                              ds["time"].values.astype("datetime64[ns]").astype(np.int64)])
     dup = np.zeros(n, bool)
-    idx = np.flatnonzero(usable)
-    if idx.size:
-        _, first = np.unique(keys[idx], return_index=True)
-        dup[idx] = True
-        dup[idx[first]] = False
+    if not usable.any():
+        return dup
+    keys = pd.DataFrame({
+        "site": ds["site"].values[usable], "layer": ds["layer"].values[usable],
+        "depth": np.nan_to_num(ds["depth"].values[usable], nan=-1.0),
+        "variable": ds["variable"].values[usable], "time": ds["time"].values[usable],
+    })
+    dup[usable] = keys.duplicated(keep="first").to_numpy()
     return dup
 
 
