@@ -45,9 +45,9 @@ def summarise(table: xr.Dataset) -> list[dict]:
         "censored": table["censored"].values.astype(bool),
         "time": table["time"].values,
     })
-    labels = {(c, d): depth_label(c, d) for c, d in
-              df[["layer_code", "depth_m"]].drop_duplicates().itertuples(index=False)}
-    df["depth"] = [labels[(c, d)] for c, d in zip(df["layer_code"], df["depth_m"])]
+    depth_text = {d: depth_label("", d) for d in np.unique(df["depth_m"].dropna())}
+    df["depth"] = np.where(df["layer_code"] != "", df["layer_code"],
+                           df["depth_m"].map(depth_text).fillna(""))
     qc, cens = df["qc"], df["censored"]
     df["is_good"] = (qc == flags.GOOD) & ~cens
     df["is_censored"] = (qc == flags.GOOD) & cens
