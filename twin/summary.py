@@ -88,13 +88,14 @@ def format_summary(series: list[dict]) -> str:
     if not series:
         return "no observations"
     header = (f"{'site':<12} {'depth':<7} {'variable':<18} {'good':>7} {'susp':>6} {'bad':>6} "
-              f"{'cens':>6} {'miss':>6}  {'first':<10} {'last':<10} {'med.int(d)':>10} {'max.gap(d)':>10}")
+              f"{'cens':>6} {'miss':>6} {'(n.e.)':>6}  {'first':<10} {'last':<10} {'med.int(d)':>10} {'max.gap(d)':>10}")
     lines = [header, "-" * len(header)]
     for s in series:
         fmt = lambda v: "-" if v is None else f"{v:.3g}"
         lines.append(
             f"{s['site'][:12]:<12} {s['depth'][:7]:<7} {s['variable'][:18]:<18} {s['count_good']:>7} "
-            f"{s['count_suspect']:>6} {s['count_bad']:>6} {s['count_censored']:>6} {s['count_missing']:>6}  "
+            f"{s['count_suspect']:>6} {s['count_bad']:>6} {s['count_censored']:>6} {s['count_missing']:>6} {s['count_not_evaluated']:>6}  "
             f"{(s['first'] or '-')[:10]:<10} {(s['last'] or '-')[:10]:<10} "
             f"{fmt(s['median_interval_days']):>10} {fmt(s['longest_gap_days']):>10}")
+    lines.append("miss includes (n.e.), values never evaluated (e.g. SOMLIT flag 8, or a source without flags)")
     return "\n".join(lines)
