@@ -271,3 +271,28 @@ def test_missing_file_and_encoding(tmp_path):
         generic_csv.read(path, mapping=_simple_map())
     ds = generic_csv.read(path, mapping=_simple_map(encoding="latin-1", comment="#"))
     assert ds.sizes["obs"] == 1
+
+
+# --- property: what is written is what is read -------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.floats(-5, 35, allow_nan=False, width=32),
+                          st.sampled_from(["0", "1", "2", "3", "4", "9", ""])), min_size=1, max_size=30))
+def test_round_trip_wide(tmp_path_factory, rows):
+    path = tmp_path_factory.mktemp("rt") / "rt.csv"
+    times = np.datetime64("2020-01-01T00:00", "ns") + np.array([r[0] for r in rows]) * np.timedelta64(1, "m")
+    lines = ["t,T,Tq"] + [f"{np.datetime_as_string(t, unit='m')},{v!r},{q}" for t, (_, v, q) in zip(times, rows)]
+    path.write_text("\n".join(lines) + "\n")
+    ds = generic_csv.read(path, mapping=_simple_map())
+    order = np.argsort(ds["line"].values, kind="stable")
+    np.testing.assert_array_equal(ds["value"].values[order], [float(r[1]) for r in rows])
+    np.testing.assert_array_equal(ds["time"].values[order], times)
+    expected_qc = [9 if q == "9" else {"": 2, "0": 2, "1": 1, "2": 1, "3": 3, "4": 4}[q] for _, _, q in rows]
+    got = ds["qc"].values[order]
+    dup = got != np.array(expected_qc)
+    # the only allowed difference: a later duplicate of a usable row is flagged suspect
+    assert (got[dup] == flags.SUSPECT).all()
+

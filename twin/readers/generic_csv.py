@@ -67,6 +67,7 @@ from twin.observations import (LAYERS, OBS_DIM, flag_duplicates, make_observatio
                                validate)
 from twin.units import CANONICAL_UNITS, DEFAULT_ERROR_SD, converter
 
+_NERRS_RE = re.compile(r"^\s*<\s*(-?\d+)\s*>")
 _OFFSET_RE = re.compile(r"^(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?$")
 
 
@@ -362,7 +363,13 @@ def map_native_flags(path, scheme: str, native: np.ndarray, lines: np.ndarray | 
         text = str(value).strip()
         if text == "":
             continue
-        meaning = flags.map_flag(scheme, text)
+        key = text
+        if scheme == "nerrs":  # CDMO strings "<0> [GIC] (CSM)": the number between <> is the flag
+            found = _NERRS_RE.match(text)
+            key = found.group(1) if found else text
+        meaning = flags.map_flag(scheme, key)
+        if meaning is not None and scheme == "nerrs" and "SBL" in text:  # below detection (see swmp.py)
+            meaning = flags.FlagMeaning(flags.GOOD if key == "-4" else meaning.qc, censored=True)
         if meaning is None:
             i = int(np.argmax(idx == j))
             valid = sorted(flags.FLAG_SCHEMES[scheme])
@@ -418,7 +425,7 @@ def _records(path: Path, m: Mapping) -> tuple[list[str], list[list[str]], np.nda
     return header, records, lines
 
 
-def _column(path: Path, frame: pd.DataFrame, name: str, header_line: str, delimiter: str, what: str):
+def _column(path: Path, frame: pd.DataFrame, name: str, delimiter: str, what: str):
     if name not in frame.columns:
         hint = _did_you_mean(name, frame.columns)
         if len(frame.columns) == 1 and any(d in frame.columns[0] for d in ",;\t|" if d != delimiter):
@@ -428,23 +435,44 @@ def _column(path: Path, frame: pd.DataFrame, name: str, header_line: str, delimi
     return frame[name]
 
 
+def _text(column: pd.Series) -> np.ndarray:
+    """Stripped text of a column as an object array of str ("" for empty), one strip per distinct value."""
+    idx, uniques = pd.factorize(column, use_na_sentinel=True)
+    stripped = np.array([str(u).strip() for u in uniques] + [""], dtype=object)
+    return stripped[idx]
+
+
+_NA_TOKENS = {"nan", "na", "n/a"}
+
+
 def _parse_values(path, text: pd.Series, m: Mapping, lines, field: str):
-    """Text cells -> (float values, censored); sentinels and empty cells -> NaN."""
-    s = text.fillna("").astype(str).str.strip()
-    censored = s.str.startswith("<").to_numpy()
-    if censored.any():
-        s = s.str.lstrip("<").str.strip()
+    """Text cells -> (float values, censored); empty cells, NA tokens and sentinels -> NaN.
+
+    Fast path: one C-level ``pd.to_numeric`` over the column; only the cells it cannot read (empty,
+    sentinel words, ``<x`` censored values, garbage) go through the string checks.
+    """
+    raw = text.to_numpy(dtype=object)
+    series = pd.Series(raw, dtype=object)
     if m.decimal == ",":
-        s = s.str.replace(",", ".", regex=False)
-    missing_text = {str(v).strip() for v in m.missing_values if isinstance(v, str)}
+        series = series.str.replace(",", ".", regex=False)
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan, copy=True)
+    censored = np.zeros(values.size, bool)
+    todo = np.flatnonzero(np.isnan(values))
+    if todo.size:
+        sub = series.iloc[todo].fillna("").astype(str).str.strip()
+        missing_text = {str(v).strip() for v in m.missing_values if isinstance(v, str)}
+        missing = (sub.eq("") | sub.isin(missing_text) | sub.str.lower().isin(_NA_TOKENS)).to_numpy()
+        cens = sub.str.startswith("<").to_numpy() & ~missing
+        num = pd.to_numeric(sub.str.lstrip("<").str.strip().where(~missing, None), errors="coerce") \
+            .to_numpy(dtype=float, na_value=np.nan)
+        bad = np.isnan(num) & ~missing
+        if bad.any():
+            i = int(todo[np.argmax(bad)])
+            raise InputError(path, f"value {raw[i]!r} is not a number (add it to missing_values if it means "
+                             "missing)", line=int(lines[i]), field=field)
+        values[todo] = num
+        censored[todo] = cens
     missing_num = np.array([float(v) for v in m.missing_values if not isinstance(v, str)], dtype=float)
-    is_missing = s.eq("") | s.isin(missing_text) | s.str.lower().isin({"nan", "na", "n/a"})
-    values = pd.to_numeric(s.where(~is_missing, None), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    bad = np.isnan(values) & ~is_missing.to_numpy()
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise InputError(path, f"value {text.iloc[i]!r} is not a number (add it to missing_values if it "
-                         "means missing)", line=int(lines[i]), field=field)
     if missing_num.size:
         values = np.where(np.isin(values, missing_num), np.nan, values)
     return values, censored & np.isfinite(values)
@@ -453,13 +481,13 @@ def _parse_values(path, text: pd.Series, m: Mapping, lines, field: str):
 def _parse_time(path, frame, m: Mapping, lines, delimiter) -> np.ndarray:
     spec = m.time
     if spec.column is not None:
-        text = _column(path, frame, spec.column, "", delimiter, "time").astype(str).str.strip()
+        text = _column(path, frame, spec.column, delimiter, "time").astype(str).str.strip()
         field = spec.column
     else:
-        text = _column(path, frame, spec.date_column, "", delimiter, "date").astype(str).str.strip()
+        text = _column(path, frame, spec.date_column, delimiter, "date").astype(str).str.strip()
         field = spec.date_column
         if spec.time_column is not None:
-            text = text + " " + _column(path, frame, spec.time_column, "", delimiter, "time").astype(str).str.strip()
+            text = text + " " + _column(path, frame, spec.time_column, delimiter, "time").astype(str).str.strip()
     fmt = spec.format or "ISO8601"
     try:
         times = pd.to_datetime(text, format=fmt, errors="coerce", utc=False)
@@ -491,11 +519,11 @@ def _field(path, frame, spec: FieldSpec | None, n: int, kind: str, delimiter: st
         return None
     if spec.value is not None:
         return spec.value if not numeric else float(spec.value)
-    col = _column(path, frame, spec.column, "", delimiter, kind)
+    col = _column(path, frame, spec.column, delimiter, kind)
     if numeric:
         values, _ = _parse_values(path, col, m, lines, spec.column)
         return values
-    return col.fillna("").astype(str).str.strip().to_numpy(dtype=object)
+    return col.pipe(_text)
 
 
 def read(path: str | Path, *, mapping: str | Path | dict | Mapping,
@@ -534,7 +562,7 @@ def read(path: str | Path, *, mapping: str | Path | dict | Mapping,
             layer = m.layer.codes.get(code, code)
             layer_code = code if code in m.layer.codes else ""  # a constant canonical layer is not a code
         else:
-            codes = _column(path, frame, m.layer.column, "", m.delimiter, "layer").fillna("").astype(str).str.strip()
+            codes = pd.Series(_text(_column(path, frame, m.layer.column, m.delimiter, "layer")), dtype=object)
             table = dict(m.layer.codes) | {v: v for v in LAYERS}
             unknown = ~codes.isin(list(table))
             if unknown.any():
@@ -557,11 +585,10 @@ def read(path: str | Path, *, mapping: str | Path | dict | Mapping,
     all_rows = np.arange(n)
     if m.layout == "wide":
         for name, spec in m.variables.items():
-            values, censored = _parse_values(path, _column(path, frame, spec.column, "", m.delimiter, "variable"),
+            values, censored = _parse_values(path, _column(path, frame, spec.column, m.delimiter, "variable"),
                                              m, lines, spec.column)
             if spec.flag_column is not None:
-                native = _column(path, frame, spec.flag_column, "", m.delimiter, "flag").fillna("").astype(str) \
-                    .str.strip().to_numpy(dtype=object)
+                native = _column(path, frame, spec.flag_column, m.delimiter, "flag").pipe(_text)
                 qc, flag_cens = map_native_flags(path, spec.flag_scheme, native, lines, spec.flag_column)
             else:
                 native = np.full(n, "", dtype=object)
@@ -571,8 +598,8 @@ def read(path: str | Path, *, mapping: str | Path | dict | Mapping,
                               qc=qc, censored=censored | flag_cens, native_qc=native,
                               error_sd=np.full(n, spec.error_sd or sd[name])))
     else:
-        native_var = _column(path, frame, m.variable_column, "", m.delimiter, "variable") \
-            .fillna("").astype(str).str.strip()
+        native_var = pd.Series(_text(_column(path, frame, m.variable_column, m.delimiter, "variable")),
+                               dtype=object)
         names = dict(m.variable_names)
         known = native_var.isin(list(names) + list(CANONICAL_UNITS) + list(m.skip_variables))
         if not known.all():
@@ -584,16 +611,14 @@ def read(path: str | Path, *, mapping: str | Path | dict | Mapping,
         for v, c in native_var[skip].value_counts().items():
             skipped[str(v)] = int(c)
         canonical = native_var.map(lambda v: names.get(v, v)).to_numpy(dtype=object)
-        values_all, censored_all = _parse_values(path, _column(path, frame, m.value_column, "", m.delimiter, "value"),
+        values_all, censored_all = _parse_values(path, _column(path, frame, m.value_column, m.delimiter, "value"),
                                                  m, lines, m.value_column)
         if m.unit_column is not None:
-            unit_all = _column(path, frame, m.unit_column, "", m.delimiter, "unit").fillna("").astype(str) \
-                .str.strip().to_numpy(dtype=object)
+            unit_all = _column(path, frame, m.unit_column, m.delimiter, "unit").pipe(_text)
         else:
             unit_all = np.array([m.units.get(v, "") for v in canonical], dtype=object)
         if m.flag_column is not None:
-            native_all = _column(path, frame, m.flag_column, "", m.delimiter, "flag").fillna("").astype(str) \
-                .str.strip().to_numpy(dtype=object)
+            native_all = _column(path, frame, m.flag_column, m.delimiter, "flag").pipe(_text)
         else:
             native_all = np.full(n, "", dtype=object)
         qc_all, flag_cens_all = map_native_flags(path, m.flag_scheme, native_all, lines,
