@@ -1,0 +1,348 @@
+"""Analysis kernels (stochastic EnKF, ETKF, LETKF, serial EnSRF) and the full analysis step.
+
+Every kernel has the same signature and works in standardized observation space, where an observation
+slot with ``obs_scale`` 0 has no effect (masked, rejected, or outside a local domain):
+
+    kernel(members (N, n), predicted (N, m), obs_value (m,), obs_scale (m,), key, localization)
+        -> (analysis members (N, n), degrees of freedom for signal ())
+
+with ``obs_scale = sqrt(R^-1)`` per observation (diagonal R, 0 for unused slots). Legend inside kernels:
+``A`` state anomalies (N, n), ``Y`` standardized predicted-observation anomalies (N, m), ``dy``
+standardized innovation of the mean (m,), ``N1 = N - 1``.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from assimilation import dispositions as dsp
+from assimilation.inflation import adaptive_inflation_update, damp_inflation, inflate, relax_to_prior_spread
+from assimilation.transforms import from_transformed, lognormal_obs, to_transformed
+from assimilation.types import (ANALYSIS_METHODS, AnalysisMethod, Diagnostics, Ensemble, FilterParams,
+                                InflationState, Localization, Observations, initial_inflation_state)
+
+ObsOperator = Callable[[Array, Observations], Array]
+"""Optional forward operator: (n,) physical state, the cycle's Observations -> (m,) predicted values."""
+
+
+def _standardize(predicted: Array, obs_value: Array, obs_scale: Array) -> tuple[Array, Array]:
+    used = obs_scale > 0
+    mean = predicted.mean(axis=0)
+    Y = jnp.where(used, (predicted - mean) * obs_scale, 0.0)
+    dy = jnp.where(used, (obs_value - mean) * obs_scale, 0.0)
+    return Y, dy
+
+
+def _etkf_transform(Y: Array, dy: Array) -> tuple[Array, Array]:
+    """Ensemble-space transform W (N, N) with analysis = mean + W @ A (Hunt et al. 2007, eqs. 21-24),
+    and trace(HK) = sum_i s_i / (s_i + N1) over the eigenvalues s_i of Y Y^T."""
+    num_members = Y.shape[0]
+    n1 = num_members - 1
+    G = Y @ Y.T + n1 * jnp.eye(num_members, dtype=Y.dtype)
+    eigval, V = jnp.linalg.eigh(G)
+    T = (V * jnp.sqrt(n1 / eigval)) @ V.T  # symmetric square root: T 1 = 1, so the mean is preserved
+    w = V @ ((V.T @ (Y @ dy)) / eigval)
+    return w[None, :] + T, _dofs_from_eigenvalues(eigval, n1)
+
+
+def _dofs_from_eigenvalues(eigval: Array, n1: int) -> Array:
+    return jnp.sum((eigval - n1) / eigval)
+
+
+def degrees_of_freedom_for_signal(Y: Array) -> Array:
+    """trace(HK) from standardized predicted-observation anomalies Y (N, m) (Cardinali et al. 2004)."""
+    n1 = Y.shape[0] - 1
+    return _dofs_from_eigenvalues(jnp.linalg.eigvalsh(Y @ Y.T + n1 * jnp.eye(Y.shape[0], dtype=Y.dtype)), n1)
+
+
+def etkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: Array, key: Array | None = None,
+                localization: Localization | None = None) -> Array:
+    """ETKF analysis, symmetric square root (Hunt et al. 2007; Sakov and Oke 2008), mean-preserving.
+
+    Args:
+        members: (N, n) prior ensemble (analysis space).
+        predicted: (N, m) predicted observations H(x_i) (analysis space).
+        obs_value: (m,) observations (analysis space).
+        obs_scale: (m,) sqrt(R^-1) per observation, 0 for unused slots.
+        key: unused (deterministic filter).
+        localization: unused (global analysis).
+
+    Returns:
+        (N, n) analysis ensemble, () degrees of freedom for signal.
+    """
+    Y, dy = _standardize(predicted, obs_value, obs_scale)
+    mean = members.mean(axis=0)
+    W, dofs = _etkf_transform(Y, dy)
+    return mean + W @ (members - mean), dofs
+
+
+def letkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: Array, key: Array | None = None,
+                 localization: Localization | None = None) -> Array:
+    """LETKF: one ETKF transform per local domain, R^-1 tapered (Hunt et al. 2007, section 2.3).
+
+    Args:
+        members: (N, n) prior ensemble (analysis space).
+        predicted: (N, m) predicted observations.
+        obs_value: (m,) observations.
+        obs_scale: (m,) sqrt(R^-1), 0 for unused slots.
+        key: unused (deterministic filter).
+        localization: the local observation sets and tapers (required); ``localization_from_distances``
+            with an infinite radius gives the ETKF.
+
+    Returns:
+        (N, n) analysis ensemble, () global (untapered) degrees of freedom for signal.
+    """
+    if localization is None:
+        raise ValueError("letkf needs a Localization (localization_1d or localization_from_distances; "
+                         "radius=inf for none)")
+    Y, dy = _standardize(predicted, obs_value, obs_scale)
+    sqrt_taper = jnp.sqrt(localization.taper)                       # (D, L)
+    Y_local = jnp.swapaxes(Y[:, localization.obs_slot], 0, 1) * sqrt_taper[:, None, :]  # (D, N, L)
+    dy_local = dy[localization.obs_slot] * sqrt_taper               # (D, L)
+    W, _ = jax.vmap(_etkf_transform)(Y_local, dy_local)             # (D, N, N)
+    mean = members.mean(axis=0)
+    W_state = W[localization.domain_of_state]                      # (n, N, N)
+    return mean + jnp.einsum("eik,ke->ie", W_state, members - mean), degrees_of_freedom_for_signal(Y)
+
+
+def enkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: Array, key: Array | None = None,
+                localization: Localization | None = None) -> Array:
+    """Stochastic EnKF with perturbed observations (Burgers et al. 1998; Evensen 2009, ch. 9).
+
+    The perturbations are centred over members (as DAPPER's ``mean0``), so the analysis mean equals the
+    Kalman mean of the sample prior. Solved in ensemble space: x_i += A^T G^-1 Y s_i with
+    G = Y Y^T + N1 I and s_i the standardized perturbed innovation of member i.
+
+    Args:
+        members: (N, n) prior ensemble.
+        predicted: (N, m) predicted observations.
+        obs_value: (m,) observations.
+        obs_scale: (m,) sqrt(R^-1), 0 for unused slots.
+        key: PRNG key for the observation perturbations (required).
+        localization: unused.
+
+    Returns:
+        (N, n) analysis ensemble, () degrees of freedom for signal.
+    """
+    if key is None:
+        raise ValueError("enkf needs a PRNG key for the observation perturbations")
+    Y, dy = _standardize(predicted, obs_value, obs_scale)
+    num_members = members.shape[0]
+    n1 = num_members - 1
+    eps = jax.random.normal(key, Y.shape, Y.dtype)
+    eps = (eps - eps.mean(axis=0)) * (obs_scale > 0)
+    D = dy[None, :] - Y + eps                                       # (N, m) standardized innovations
+    G = Y @ Y.T + n1 * jnp.eye(num_members, dtype=Y.dtype)
+    eigval, V = jnp.linalg.eigh(G)  # not Cholesky: batched (vmapped) Cholesky is slow on CPU
+    W = ((D @ Y.T) @ V / eigval) @ V.T                              # (N, N) = D Y^T G^-1
+    mean = members.mean(axis=0)
+    return members + W @ (members - mean), _dofs_from_eigenvalues(eigval, n1)
+
+
+def ensrf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: Array, key: Array | None = None,
+                 localization: Localization | None = None) -> Array:
+    """Serial EnSRF: one observation at a time, no m x m matrix (Whitaker and Hamill 2002, eqs. 10-13).
+
+    Each scalar update changes the mean with the Kalman gain and the anomalies with the reduced gain
+    alpha K, alpha = 1 / (1 + sqrt(R / (HPH^T + R))); the predicted observations of the later observations
+    are updated with them (exact for a linear operator). Equals the Kalman analysis for diagonal R.
+
+    Args:
+        members: (N, n) prior ensemble.
+        predicted: (N, m) predicted observations.
+        obs_value: (m,) observations.
+        obs_scale: (m,) sqrt(R^-1), 0 for unused slots (which leave everything unchanged).
+        key: unused.
+        localization: unused (global).
+
+    Returns:
+        (N, n) analysis ensemble, () degrees of freedom for signal.
+    """
+    Y, dy = _standardize(predicted, obs_value, obs_scale)
+    n1 = members.shape[0] - 1
+    mean = members.mean(axis=0)
+
+    def step(carry, j):
+        mean, A, dy, Y = carry
+        yj = Y[:, j]
+        total = yj @ yj / n1 + 1.0                                  # HPH^T + R, standardized
+        kx = (A.T @ yj) / (n1 * total)
+        ky = (Y.T @ yj) / (n1 * total)
+        alpha = 1.0 / (1.0 + jnp.sqrt(1.0 / total))
+        dj = dy[j]
+        return (mean + kx * dj, A - alpha * jnp.outer(yj, kx), dy - ky * dj, Y - alpha * jnp.outer(yj, ky)), None
+
+    (mean, A, _, _), _ = jax.lax.scan(step, (mean, members - mean, dy, Y), jnp.arange(Y.shape[1]))
+    return mean + A, degrees_of_freedom_for_signal(Y)
+
+
+ANALYSIS_KERNELS: dict[str, Callable[..., tuple[Array, Array]]] = {
+    "etkf": etkf_update,
+    "enkf": enkf_update,
+    "letkf": letkf_update,
+    "ensrf": ensrf_update,
+}
+assert set(ANALYSIS_KERNELS) == set(ANALYSIS_METHODS)
+
+
+def get_analysis_kernel(method: AnalysisMethod) -> Callable[..., tuple[Array, Array]]:
+    """The analysis kernel registered under ``method``.
+
+    Raises:
+        ValueError: unknown name, with the list of valid ones.
+    """
+    try:
+        return ANALYSIS_KERNELS[method]
+    except KeyError:
+        raise ValueError(f"unknown analysis method {method!r}; valid methods: {ANALYSIS_METHODS}") from None
+
+
+class AnalysisResult(NamedTuple):
+    """Output of :func:`analysis`.
+
+    Attributes:
+        ensemble: the analysis ensemble (physical units; log-transformed elements > 0).
+        inflation_state: adaptive inflation state after this cycle (unchanged if not adaptive).
+        diagnostics: the cycle's :class:`Diagnostics`.
+        disposition: (m,) int32 disposition code of each observation slot (see ``dispositions``).
+    """
+
+    ensemble: Ensemble
+    inflation_state: InflationState
+    diagnostics: Diagnostics
+    disposition: Array
+
+
+def predict_observations(members: Array, observations: Observations,
+                         obs_operator: ObsOperator | None = None) -> Array:
+    """Predicted observations H(x_i) in physical units.
+
+    Args:
+        members: (N, n) physical states.
+        observations: the cycle's observations (``state_index`` used by the default point operator).
+        obs_operator: optional JAX function (n,), Observations -> (m,); applied to each member with vmap.
+
+    Returns:
+        (N, m) predicted observations (out-of-range indices are clipped; their slots are flagged).
+    """
+    if obs_operator is not None:
+        return jax.vmap(lambda x: obs_operator(x, observations))(members)
+    index = jnp.clip(observations.state_index, 0, members.shape[1] - 1)
+    return members[:, index]
+
+
+def analysis(ensemble: Ensemble, observations: Observations, key: Array, params: FilterParams = FilterParams(),
+             inflation_state: InflationState | None = None, localization: Localization | None = None,
+             log_mask: Array | None = None, obs_operator: ObsOperator | None = None) -> AnalysisResult:
+    """One analysis: checks, transforms, inflation, the ``params.method`` kernel, RTPS, diagnostics.
+
+    Order: dispositions of empty/bad/out-of-domain slots; log transform of the state and of the observations
+    of log-transformed elements (lognormal moments); gross-error check against the prior inflated by the
+    current factor; adaptive inflation update (Anderson 2009) from the accepted innovations; prior
+    inflation; analysis; RTPS; back-transform. A cycle with no accepted observation returns the prior
+    unchanged (a forecast only).
+
+    Args:
+        ensemble: prior ensemble, members (N, n) in physical units.
+        observations: the cycle's observations, m slots.
+        key: PRNG key (used by the stochastic EnKF).
+        params: filter settings (static).
+        inflation_state: adaptive inflation state (default: ``initial_inflation_state()``).
+        localization: local observation sets (LETKF only).
+        log_mask: (n,) bool, elements analysed in log space, or None.
+        obs_operator: optional forward operator; default ``x[state_index]``.
+
+    Returns:
+        :class:`AnalysisResult`.
+    """
+    kernel = get_analysis_kernel(params.method)
+    if inflation_state is None:
+        inflation_state = initial_inflation_state()
+    E = ensemble.members
+    num_members, state_dim = E.shape
+    obs = observations
+    dtype = E.dtype
+
+    index_ok = (obs.state_index >= 0) & (obs.state_index < state_dim)
+    safe_index = jnp.clip(obs.state_index, 0, state_dim - 1)
+    obs_log = jnp.zeros(obs.value.shape, bool) if log_mask is None else log_mask[safe_index]
+    present = obs.mask & jnp.isfinite(obs.value) & jnp.isfinite(obs.error_sd) & (obs.error_sd > 0)
+    y_log, r_log = lognormal_obs(obs.value, obs.error_sd)
+    y_t = jnp.where(obs_log, y_log, obs.value).astype(dtype)
+    r_t = jnp.where(obs_log, r_log, obs.error_sd).astype(dtype)
+
+    def predict_transformed(physical):
+        h = predict_observations(physical, obs, obs_operator)
+        return jnp.where(obs_log, jnp.log(jnp.maximum(h, params.log_floor)), h)
+
+    Z = to_transformed(E, log_mask, params.log_floor)
+    HZ0 = predict_transformed(E)
+    operator_ok = index_ok & jnp.all(jnp.isfinite(HZ0), axis=0)
+    disposition = jnp.where(
+        ~present, dsp.MISSING,
+        jnp.where(~obs.qc_ok, dsp.BAD_QC,
+                  jnp.where(~operator_ok, dsp.OUTSIDE_DOMAIN,
+                            jnp.where(obs_log & (obs.value <= 0), dsp.INVALID_FOR_TRANSFORM, dsp.ASSIMILATED))))
+    candidate = disposition == dsp.ASSIMILATED
+    y_safe = jnp.where(candidate, y_t, 0.0)
+    r_safe = jnp.where(candidate, r_t, 1.0)
+    mean0 = jnp.where(candidate, HZ0, 0.0).mean(axis=0)
+    var0 = jnp.where(candidate, HZ0, 0.0).var(axis=0, ddof=1)
+    innovation0 = y_safe - mean0
+
+    static_unit_inflation = (not params.adaptive_inflation) and params.inflation_factor == 1.0
+    if params.adaptive_inflation:
+        inflation_state = damp_inflation(inflation_state, params.adaptive_damping)
+        check_factor = jnp.sqrt(inflation_state.mean)
+    else:
+        check_factor = jnp.asarray(params.inflation_factor, dtype)
+    outlier = candidate & (jnp.abs(innovation0) > params.outlier_threshold
+                           * jnp.sqrt(check_factor**2 * var0 + r_safe**2))
+    disposition = jnp.where(outlier, dsp.REJECTED_OUTLIER, disposition).astype(jnp.int32)
+    active = disposition == dsp.ASSIMILATED
+    any_active = jnp.any(active)
+
+    if params.adaptive_inflation:
+        inflation_state = adaptive_inflation_update(inflation_state, var0, r_safe**2, innovation0, active,
+                                                    params.adaptive_sd_lower_bound, params.adaptive_bounds)
+        factor = jnp.sqrt(inflation_state.mean).astype(dtype)
+    else:
+        factor = jnp.asarray(params.inflation_factor, dtype)
+    if static_unit_inflation:
+        Zf, HZ = Z, HZ0
+    else:
+        Zf = inflate(Z, factor)
+        HZ = predict_transformed(from_transformed(Zf, log_mask)) if log_mask is not None or obs_operator \
+            is not None else inflate(HZ0, factor)
+    HZ = jnp.where(active, HZ, 0.0)
+
+    obs_scale = jnp.where(active, 1.0 / r_safe, 0.0)
+    Za, dofs = kernel(Zf, HZ, y_safe, obs_scale, key, localization)
+    if params.rtps_alpha > 0:
+        Za = relax_to_prior_spread(Zf, Za, params.rtps_alpha)
+    Ea = jnp.where(any_active, from_transformed(Za, log_mask), E)
+
+    # Diagnostics, in the analysis space, innovations of the (inflated) prior.
+    num_active = jnp.sum(active)
+    denom = jnp.maximum(num_active, 1)
+    d = jnp.where(active, y_safe - HZ.mean(axis=0), 0.0)
+    d_mean = jnp.sum(d) / denom
+    d_var = jnp.sum(jnp.where(active, (d - d_mean) ** 2, 0.0)) / denom
+    var_f = HZ.var(axis=0, ddof=1)
+    normalized = jnp.sum(jnp.where(active, d**2 / (var_f + r_safe**2), 0.0)) / denom
+    Za_used = jnp.where(any_active, Za, Zf)
+    diagnostics = Diagnostics(
+        innovation_mean=d_mean,
+        innovation_variance=d_var,
+        normalized_innovation=normalized,
+        prior_spread=jnp.sqrt(jnp.mean(Zf.var(axis=0, ddof=1))),
+        analysis_spread=jnp.sqrt(jnp.mean(Za_used.var(axis=0, ddof=1))),
+        dofs=dofs,
+        counts=jnp.bincount(disposition, length=dsp.NUM_DISPOSITIONS).astype(jnp.int32),
+        inflation=jnp.where(any_active, factor, 1.0).astype(dtype),
+        diverged=~jnp.all(jnp.isfinite(Ea)) | (normalized > params.divergence_limit),
+    )
+    return AnalysisResult(Ensemble(Ea), inflation_state, diagnostics, disposition)
