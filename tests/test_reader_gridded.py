@@ -179,3 +179,11 @@ def test_option_errors(tmp_path):
         gridded.read(path, sites={})
     with pytest.raises(ValueError, match="radius_km"):
         gridded.read(path, sites={"s": SITE}, radius_km=0)
+
+
+def test_registry_detects_gridded(tmp_path):
+    from twin.readers import detect_format, read_observations
+    path = _write(tmp_path, _l3())
+    assert detect_format(path) == "gridded"
+    out = read_observations(path, sites={"s": SITE}, radius_km=3.0)
+    assert out.sizes["obs"] == 3

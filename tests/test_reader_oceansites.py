@@ -197,3 +197,9 @@ def test_positive_up_depth(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         oceansites.read(tmp_path / "nope.nc")
+
+
+def test_registry_detects_oceansites():
+    from twin.readers import detect_format, read_observations
+    assert detect_format(FIXTURE) == "oceansites"
+    assert read_observations(FIXTURE).sizes["obs"] == 42

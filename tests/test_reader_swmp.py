@@ -348,3 +348,16 @@ def test_real_gzip_copy_reads_the_same(tmp_path):
     b = swmp.read(plain)
     np.testing.assert_array_equal(a["value"].values, b["value"].values)
     np.testing.assert_array_equal(a["qc"].values, b["qc"].values)
+
+
+def test_every_parameter_unit_is_known():
+    from twin.units import converter
+    for native, param in swmp.PARAMETERS.items():
+        converter(param.variable, param.unit)  # raises on an unknown unit
+    assert swmp.PARAMETERS["totpar"].factor == pytest.approx(1000 / 900)
+
+
+def test_registry_detects_swmp():
+    from twin.readers import detect_format
+    for name in ("apacpwq.csv", "apaebmet.csv.gz", "apacpnut2012.csv", "apacpnut.csv"):
+        assert detect_format(FIXTURES / name) == "swmp", name
