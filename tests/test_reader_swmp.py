@@ -128,10 +128,19 @@ def test_raw_cdmo_local_standard_time_to_utc():
 def test_site_and_error_sd_options():
     ds = swmp.read(FIXTURES / "apacpwq.csv", site="CP", error_sd={"temperature": 0.05})
     assert set(ds["site"].values) == {"CP"}
-    assert np.isnan(ds["latitude"].values).all()  # unknown station: position unknown
+    assert (ds["latitude"].values == 29.7021).all()  # relabelled, still Cat Point
     assert (_select(ds, "temperature")["error_sd"].values == 0.05).all()
     with pytest.raises(ValueError, match="error_sd: unknown variables"):
         swmp.read(FIXTURES / "apacpwq.csv", error_sd={"temprature": 0.1})
+
+
+def test_yearly_file_name_and_unknown_station(tmp_path):
+    text = (FIXTURES / "apacpwq.csv").read_text()
+    yearly = _write(tmp_path, "apacpwq2012.csv", text)
+    assert set(swmp.read(yearly)["site"].values) == {"apacpwq"}
+    unknown = swmp.read(_write(tmp_path, "mystation.csv", text))
+    assert set(unknown["site"].values) == {"mystation"}
+    assert np.isnan(unknown["latitude"].values).all() and set(unknown["layer"].values) == {"surface"}
 
 
 def test_sniff():

@@ -4,7 +4,8 @@ Two layouts are read, both with one value column and one flag column per paramet
 
 * **SWMPr-converted CSV** (``apacpwq.csv.gz``, ``apaebmet.csv.gz``, ``apacpnut.csv``): lower-case columns
   ``datetimestamp, <param>, f_<param>``; timestamps are already UTC (``YYYY-MM-DDTHH:MM:SS``); there is no
-  station column, so the site is the file name up to its first dot (``apacpwq.csv.gz`` -> ``apacpwq``).
+  station column, so the site is the file name up to its first dot (``apacpwq.csv.gz`` -> ``apacpwq``,
+  a CDMO yearly name ``apacpwq2012.csv`` -> ``apacpwq``).
   Gzip is detected from the magic bytes and read transparently.
 * **Raw CDMO export** (``apacpnut2012.csv``): ``StationCode, isSWMP, DateTimeStamp, Historical,
   ProvisionalPlus, CollMethd, REP, F_Record, <PARAM>, F_<PARAM>, ...`` with padded strings and a trailing
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -249,7 +251,8 @@ def read(path: str | Path, *, site: str | None = None, utc_offset_hours: float |
 
     Args:
         path: ``.csv`` or ``.csv.gz`` (gzip detected from the magic bytes).
-        site: overrides the station code (column ``StationCode`` or the file name).
+        site: label written in ``site`` instead of the station code (column ``StationCode`` or the file
+            name); position, layer and UTC offset still come from the station code.
         utc_offset_hours: offset of the raw CDMO local standard time (UTC-5 -> -5). Default: the
             station's offset in ``STATIONS``; ignored for SWMPr files, which are already UTC.
         error_sd: observation error standard deviation per canonical variable, overriding
@@ -305,8 +308,6 @@ def read(path: str | Path, *, site: str | None = None, utc_offset_hours: float |
     if raw_layout:
         local = _parse_times(path, frame["datetimestamp"], "%m/%d/%Y %H:%M", lines, "DateTimeStamp")
         codes = frame["stationcode"].astype("string").str.strip().fillna("").to_numpy(dtype=object)
-        if site is not None:
-            codes = np.full(len(frame), site, dtype=object)
         offsets = np.empty(len(frame))
         for code in pd.unique(codes):
             if utc_offset_hours is not None:
@@ -322,8 +323,9 @@ def read(path: str | Path, *, site: str | None = None, utc_offset_hours: float |
         time = local - (offsets * 3600e9).astype("timedelta64[ns]")
     else:
         time = _parse_times(path, frame["datetimestamp"], "%Y-%m-%dT%H:%M:%S", lines, "datetimestamp")
-        code = site if site is not None else path.name.split(".")[0]
-        codes = np.full(len(frame), code, dtype=object)
+        stem = path.name.split(".")[0]
+        yearly = re.fullmatch(r"([a-z]{3}[a-z0-9]{2}(?:wq|met|nut))\d{4}", stem.lower())
+        codes = np.full(len(frame), yearly.group(1) if yearly else stem, dtype=object)
 
     backwards = np.diff(time.astype(np.int64)) < 0
     if backwards.any() and strict_time_order:
@@ -331,6 +333,7 @@ def read(path: str | Path, *, site: str | None = None, utc_offset_hours: float |
         raise InputError(path, f"time goes backwards ({time[i - 1]} then {time[i]})", line=int(lines[i]),
                          field="datetimestamp")
 
+    # position and layer from the station code in the file; the ``site`` option only relabels
     uniq = pd.unique(codes)
     lat = np.full(len(frame), np.nan)
     lon = np.full(len(frame), np.nan)
@@ -341,6 +344,9 @@ def read(path: str | Path, *, site: str | None = None, utc_offset_hours: float |
         if st is not None:
             lat[sel], lon[sel] = st.latitude, st.longitude
         layer[sel] = "air" if str(code).endswith("met") else (st.layer if st else "surface")
+    if site is not None:
+        codes = np.full(len(frame), site, dtype=object)
+        uniq = [site]
 
     skipped: list[str] = []
     parts: dict[str, list] = {k: [] for k in ("time", "site", "variable", "value", "error_sd", "qc",
