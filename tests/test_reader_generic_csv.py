@@ -232,6 +232,28 @@ def test_dst_gap_local_time(tmp_path):
         generic_csv.read(path, mapping=mapping)
 
 
+def test_dst_fall_back_inferred_from_order(tmp_path):
+    times = ["2021-10-31 01:30", "2021-10-31 02:00", "2021-10-31 02:30", "2021-10-31 02:00", "2021-10-31 02:30",
+             "2021-10-31 03:00"]
+    path = _write(tmp_path, "t,T,Tq\n" + "".join(f"{t},10,1\n" for t in times))
+    ds = generic_csv.read(path, mapping=_simple_map(time={"column": "t", "timezone": "Europe/Paris"}))
+    expected = np.datetime64("2021-10-30T23:30", "ns") + np.arange(6) * np.timedelta64(30, "m")
+    np.testing.assert_array_equal(ds["time"].values, expected)  # all distinct, none flagged
+    assert (ds["qc"].values == flags.GOOD).all()
+
+
+def test_non_numeric_constant_in_mapping(tmp_path):
+    path = _write(tmp_path, "t,T,Tq\n2021-01-01T00:00,10,1\n")
+    with pytest.raises(ConfigError, match="depth.value: expected a number"):
+        generic_csv.read(path, mapping=_simple_map(depth={"value": "deep"}))
+
+
+def test_empty_site_cell(tmp_path):
+    text = LONG.read_text().replace("apadb,", ",", 1)
+    with pytest.raises(InputError, match=r"line 7, field 'station': empty site"):
+        generic_csv.read(_write(tmp_path, text), mapping=LONG_MAP)
+
+
 def test_all_values_missing(tmp_path):
     path = _write(tmp_path, "t,T,Tq\n2021-01-01T00:00,,9\n2021-01-01T01:00,,9\n")
     with pytest.raises(InputError, match="no values: every value is empty"):

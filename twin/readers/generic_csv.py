@@ -505,7 +505,7 @@ def _parse_time(path, frame, m: Mapping, lines, delimiter) -> np.ndarray:
         return times.to_numpy(dtype="datetime64[ns]")
     try:
         local = times.dt.tz_localize(tz, ambiguous="infer", nonexistent="raise")
-    except (ValueError, Exception):  # pytz-style AmbiguousTimeError / NonExistentTimeError are ValueErrors
+    except ValueError:  # ambiguous (not inferable from the order) or non-existent local times
         marked = times.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
         i = int(np.argmax(marked.isna().to_numpy()))
         raise InputError(path, f"local time {text.iloc[i]!r} is ambiguous or does not exist in {spec.timezone} "
@@ -514,12 +514,18 @@ def _parse_time(path, frame, m: Mapping, lines, delimiter) -> np.ndarray:
     return local.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
 
 
-def _field(path, frame, spec: FieldSpec | None, n: int, kind: str, delimiter: str, numeric: bool, lines, m):
+def _field(path, frame, spec: FieldSpec | None, kind: str, numeric: bool, lines, m: Mapping):
+    """A constant from the mapping, or the column's values (floats when ``numeric``, else stripped text)."""
     if spec is None:
         return None
     if spec.value is not None:
-        return spec.value if not numeric else float(spec.value)
-    col = _column(path, frame, spec.column, delimiter, kind)
+        if not numeric:
+            return str(spec.value)
+        try:
+            return float(spec.value)
+        except ValueError:
+            raise ConfigError("mapping", [f"{kind}.value: expected a number, got {spec.value!r}"]) from None
+    col = _column(path, frame, spec.column, m.delimiter, kind)
     if numeric:
         values, _ = _parse_values(path, col, m, lines, spec.column)
         return values
@@ -549,12 +555,15 @@ def read(path: str | Path, *, mapping: str | Path | dict | Mapping,
         raise InputError(path, f"column {dup!r} appears twice in the header", line=1, field=dup)
     n = len(frame)
     time = _parse_time(path, frame, m, lines, m.delimiter)
-    site = _field(path, frame, m.site, n, "site", m.delimiter, False, lines, m)
+    site = _field(path, frame, m.site, "site", False, lines, m)
     if not isinstance(site, np.ndarray):
         site = np.full(n, str(site), dtype=object)
-    depth = _field(path, frame, m.depth, n, "depth", m.delimiter, True, lines, m)
-    lat = _field(path, frame, m.latitude, n, "latitude", m.delimiter, True, lines, m)
-    lon = _field(path, frame, m.longitude, n, "longitude", m.delimiter, True, lines, m)
+    elif (site == "").any():
+        i = int(np.argmax(site == ""))
+        raise InputError(path, "empty site", line=int(lines[i]), field=m.site.column)
+    depth = _field(path, frame, m.depth, "depth", True, lines, m)
+    lat = _field(path, frame, m.latitude, "latitude", True, lines, m)
+    lon = _field(path, frame, m.longitude, "longitude", True, lines, m)
     layer, layer_code = "", ""
     if m.layer is not None:
         if m.layer.value is not None:
