@@ -613,7 +613,8 @@ def read(path: str | Path, *, mapping: str | Path | dict | Mapping,
         known = native_var.isin(list(names) + list(CANONICAL_UNITS) + list(m.skip_variables))
         if not known.all():
             i = int(np.argmax(~known.to_numpy()))
-            raise InputError(path, f"unknown variable {native_var.iloc[i]!r}{_did_you_mean(native_var.iloc[i], names)}; "
+            unknown = native_var.iloc[i]
+            raise InputError(path, f"unknown variable {unknown!r}{_did_you_mean(unknown, names)}; "
                              "add it to variable_names or skip_variables", line=int(lines[i]),
                              field=m.variable_column)
         skip = native_var.isin(list(m.skip_variables)).to_numpy()
