@@ -203,3 +203,11 @@ def test_registry_detects_oceansites():
     from twin.readers import detect_format, read_observations
     assert detect_format(FIXTURE) == "oceansites"
     assert read_observations(FIXTURE).sizes["obs"] == 42
+
+
+def test_character_flags(tmp_path):
+    ds = make_fixture.build()
+    ds["PSAL_QC"] = ("TIME", np.array([b"1", b"2", b"4", b"0", b"9", b"1"], dtype="S1"), {})
+    out = _rows(oceansites.read(_write(tmp_path, ds)), "salinity")
+    assert out["qc"].values.tolist() == [1, 1, 4, 2, 9, 1]
+    assert out["native_qc"].values.tolist() == ["1", "2", "4", "0", "9", "1"]
