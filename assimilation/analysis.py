@@ -113,8 +113,8 @@ def enkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: A
     """Stochastic EnKF with perturbed observations (Burgers et al. 1998; Evensen 2009, ch. 9).
 
     The perturbations are centred over members (as DAPPER's ``mean0``), so the analysis mean equals the
-    Kalman mean of the sample prior. Solved in ensemble space: x_i += A^T G^-1 Y s_i with
-    G = Y Y^T + N1 I and s_i the standardized perturbed innovation of member i.
+    Kalman mean of the sample prior. x_i += A^T G^-1 Y s_i with G = Y Y^T + N1 I and s_i the
+    standardized perturbed innovation of member i, solved in ensemble or observation space, the smaller.
 
     Args:
         members: (N, n) prior ensemble.
@@ -135,9 +135,14 @@ def enkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: A
     eps = jax.random.normal(key, Y.shape, Y.dtype)
     eps = (eps - eps.mean(axis=0)) * (obs_scale > 0)
     D = dy[None, :] - Y + eps                                       # (N, m) standardized innovations
-    G = Y @ Y.T + n1 * jnp.eye(num_members, dtype=Y.dtype)
-    eigval, V = jnp.linalg.eigh(G)  # not Cholesky: batched (vmapped) Cholesky is slow on CPU
-    W = ((D @ Y.T) @ V / eigval) @ V.T                              # (N, N) = D Y^T G^-1
+    # W = D Y^T G^-1 = D (Y^T Y + N1 I_m)^-1 Y^T: factor whichever of the two matrices is smaller
+    # (eigh, not Cholesky: a batched, vmapped Cholesky is slow on CPU).
+    if num_members <= Y.shape[1]:
+        eigval, V = jnp.linalg.eigh(Y @ Y.T + n1 * jnp.eye(num_members, dtype=Y.dtype))
+        W = ((D @ Y.T) @ V / eigval) @ V.T                          # (N, N)
+    else:
+        eigval, V = jnp.linalg.eigh(Y.T @ Y + n1 * jnp.eye(Y.shape[1], dtype=Y.dtype))
+        W = ((D @ V) / eigval) @ (V.T @ Y.T)                        # (N, N)
     mean = members.mean(axis=0)
     return members + W @ (members - mean), _dofs_from_eigenvalues(eigval, n1)
 

@@ -22,6 +22,7 @@ def enable_x64():
     return jax.enable_x64(True)
 
 
+analyse = jax.jit(da.analysis, static_argnames=("params", "obs_operator"))
 TIGHT = dict(rtol=1e-9, atol=1e-10)  # float64 round-off of a few small matrix factorizations
 
 
@@ -63,7 +64,7 @@ def sample_moments(members) -> tuple[np.ndarray, np.ndarray]:
 def test_deterministic_filters_reproduce_the_kalman_analysis(method):
     with enable_x64():
         members, obs, mean_a, cov_a, dofs = problem()
-        result = da.analysis(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0), da.FilterParams(method))
+        result = analyse(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0), da.FilterParams(method))
         actual_mean, actual_cov = sample_moments(result.ensemble.members)
         assert result.ensemble.members.dtype == jnp.float64
         np.testing.assert_allclose(actual_mean, mean_a, **TIGHT)
@@ -79,8 +80,8 @@ def test_letkf_with_infinite_radius_equals_etkf():
         distances = jnp.abs(jnp.arange(STATE_DIM)[:, None] - obs.state_index[None, :]).astype(jnp.float64)
         loc = da.localization_from_distances(distances, jnp.inf)
         ensemble = da.Ensemble(jnp.asarray(members))
-        etkf = da.analysis(ensemble, obs, jax.random.key(0), da.FilterParams("etkf"))
-        letkf = da.analysis(ensemble, obs, jax.random.key(0), da.FilterParams("letkf"), localization=loc)
+        etkf = analyse(ensemble, obs, jax.random.key(0), da.FilterParams("etkf"))
+        letkf = analyse(ensemble, obs, jax.random.key(0), da.FilterParams("letkf"), localization=loc)
         np.testing.assert_allclose(np.asarray(letkf.ensemble.members), np.asarray(etkf.ensemble.members), **TIGHT)
 
 
@@ -90,7 +91,7 @@ def test_letkf_localization_leaves_distant_elements_unchanged():
         distances = jnp.abs(jnp.arange(STATE_DIM)[:, None] - obs.state_index[None, :]).astype(jnp.float64)
         # half-width 0.4: support 0.8 < 1, so each element sees only an observation of itself
         loc = da.localization_from_distances(distances, 0.4)
-        result = da.analysis(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0), da.FilterParams("letkf"),
+        result = analyse(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0), da.FilterParams("letkf"),
                              localization=loc)
         unobserved = [1, 3, 4]
         np.testing.assert_allclose(np.asarray(result.ensemble.members)[:, unobserved], members[:, unobserved],
@@ -102,7 +103,7 @@ def test_stochastic_enkf_within_sampling_error():
     num_members = 4000
     with enable_x64():
         members, obs, mean_a, cov_a, _ = problem(seed=3, num_members=num_members)
-        result = da.analysis(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(7), da.FilterParams("enkf"))
+        result = analyse(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(7), da.FilterParams("enkf"))
         actual_mean, actual_cov = sample_moments(result.ensemble.members)
     # The perturbations are centred, so the mean is the Kalman mean of the exact sample prior.
     np.testing.assert_allclose(actual_mean, mean_a, **TIGHT)
@@ -121,7 +122,7 @@ def test_cycle_without_observations_is_a_forecast_only(method):
         members, obs, _, _, _ = problem(seed=4)
         empty = obs._replace(mask=jnp.zeros_like(obs.mask))
         params = da.FilterParams(method, inflation_factor=1.3, rtps_alpha=0.5)
-        result = da.analysis(da.Ensemble(jnp.asarray(members)), empty, jax.random.key(0), params)
+        result = analyse(da.Ensemble(jnp.asarray(members)), empty, jax.random.key(0), params)
         np.testing.assert_array_equal(np.asarray(result.ensemble.members), members)
         assert int(result.diagnostics.counts[da.MISSING]) == 5
         assert float(result.diagnostics.dofs) == 0.0
@@ -132,8 +133,8 @@ def test_prior_inflation_is_the_kalman_analysis_of_the_inflated_prior():
     with enable_x64():
         members, obs, _, _, _ = problem(seed=5)
         inflated = da.inflate(jnp.asarray(members), factor)
-        expected = da.analysis(da.Ensemble(inflated), obs, jax.random.key(0), da.FilterParams("etkf"))
-        actual = da.analysis(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0),
+        expected = analyse(da.Ensemble(inflated), obs, jax.random.key(0), da.FilterParams("etkf"))
+        actual = analyse(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0),
                              da.FilterParams("etkf", inflation_factor=factor))
         np.testing.assert_allclose(np.asarray(actual.ensemble.members), np.asarray(expected.ensemble.members),
                                    **TIGHT)
@@ -142,8 +143,8 @@ def test_prior_inflation_is_the_kalman_analysis_of_the_inflated_prior():
 def test_rtps_with_alpha_one_restores_the_prior_spread():
     with enable_x64():
         members, obs, _, _, _ = problem(seed=6)
-        plain = da.analysis(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0), da.FilterParams("etkf"))
-        relaxed = da.analysis(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0),
+        plain = analyse(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0), da.FilterParams("etkf"))
+        relaxed = analyse(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0),
                               da.FilterParams("etkf", rtps_alpha=1.0))
         np.testing.assert_allclose(np.asarray(relaxed.ensemble.members).std(axis=0), members.std(axis=0), **TIGHT)
         np.testing.assert_allclose(np.asarray(relaxed.ensemble.members).mean(axis=0),
@@ -158,7 +159,7 @@ def test_custom_linear_operator_equals_index_operator():
         def operator(x, observations):
             return H @ x
 
-        result = da.analysis(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0), da.FilterParams("etkf"),
+        result = analyse(da.Ensemble(jnp.asarray(members)), obs, jax.random.key(0), da.FilterParams("etkf"),
                              obs_operator=operator)
         actual_mean, actual_cov = sample_moments(result.ensemble.members)
         np.testing.assert_allclose(actual_mean, mean_a, **TIGHT)
