@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import time as time_module
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -27,7 +29,9 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from emulators import process_model
 from emulators.checkpoint import make_lineage_entry
+from emulators.forcing import FORCING_FIELDS, Forcing, synthetic_forcing
 from emulators.network import (
     Activation,
     Emulator,
@@ -43,13 +47,20 @@ from emulators.normalisation import (
     fit_ranges,
     to_log_state,
 )
+from emulators.parameters import LAYERS, NUM_TRACERS, ProcessParams, default_params, default_site, sample_params
+from emulators.process_model import DEFAULT_SUBSTEPS, initial_state
 
 __all__ = [
+    "EnsembleSpec",
     "TrainConfig",
     "TrajectoryData",
     "estimate_model_error",
+    "forcing_feature_names",
+    "forcing_inputs",
     "free_run_skill",
     "long_run_check",
+    "make_training_data",
+    "run_process_ensemble",
     "split_by_group",
     "train",
 ]
@@ -138,7 +149,7 @@ class TrainConfig:
         log_floor: concentration floor before the log, mmol m-3.
     """
 
-    hidden_sizes: tuple[int, ...] = (64, 64)
+    hidden_sizes: tuple[int, ...] = (128, 128)
     activation: Activation = "tanh"
     site_features: int = 4
     seed: int = 0
@@ -148,8 +159,8 @@ class TrainConfig:
     weight_decay: float = 1e-5
     gradient_clip: float = 1.0
     batch_size: int = 128
-    rollout_schedule: tuple[tuple[int, int], ...] = ((1, 500), (4, 500), (16, 1000))
-    steps_per_eval: int = 100
+    rollout_schedule: tuple[tuple[int, int], ...] = ((1, 800), (4, 800), (16, 1200), (48, 800))
+    steps_per_eval: int = 200
     validation_fraction: float = 0.2
     validation_horizon: int | None = None
     patience: int = 5
@@ -602,3 +613,196 @@ def long_run_check(
         "amplitude_ratio": amplitude_ratio,
         "ok": finite and positive and seasonal,
     }
+
+
+# --- training data from the process model ---------------------------------------------------------------
+
+PARAM_PREFIX = "param/"
+
+
+def forcing_feature_names(num_layers: int = 2, param_names: Sequence[str] = ()) -> tuple[str, ...]:
+    """Names of the emulator's forcing features: per-layer temperature and salinity, the other forcing
+    fields but day of year (the time of year is a separate input), then ``param/<name>`` per parameter."""
+    layers = LAYERS[:num_layers]
+    names = [f"{field}/{layer}" for field in ("temperature", "salinity") for layer in layers]
+    names += [f for f in FORCING_FIELDS if f not in ("temperature", "salinity", "day_of_year")]
+    unknown = [p for p in param_names if p not in ProcessParams._fields]
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; valid names are {list(ProcessParams._fields)}")
+    return tuple(names) + tuple(PARAM_PREFIX + p for p in param_names)
+
+
+def forcing_inputs(
+    forcing_names: Sequence[str],
+    forcing: Forcing,
+    params: ProcessParams | None = None,
+) -> jax.Array:
+    """The emulator's forcing features, in the order of ``forcing_names``, from a Forcing and parameters.
+
+    Pure ``jnp``: usable under ``jit`` and ``vmap``.
+
+    Args:
+        forcing_names: the emulator's ``config.forcing_names`` (see :func:`forcing_feature_names`).
+        forcing: fields of shape (*lead, L) for temperature and salinity and (*lead,) otherwise, where lead is
+            e.g. (T,) for a series or () for one step.
+        params: values of the ``param/`` features, scalars or broadcastable to lead; defaults when None.
+
+    Returns:
+        (*lead, num_forcing) float32.
+    """
+    params = default_params() if params is None else params
+    lead = jnp.shape(forcing.par)
+    columns = []
+    for name in forcing_names:
+        if name.startswith(PARAM_PREFIX):
+            value = getattr(params, name[len(PARAM_PREFIX):])
+        elif "/" in name:
+            field, layer = name.split("/")
+            value = getattr(forcing, field)[..., LAYERS.index(layer)]
+        elif name in FORCING_FIELDS:
+            value = getattr(forcing, name)
+        else:
+            raise ValueError(f"unknown forcing feature {name!r}; see forcing_feature_names()")
+        columns.append(jnp.broadcast_to(jnp.asarray(value, jnp.float32), lead))
+    return jnp.stack(columns, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleSpec:
+    """How the process-model ensemble that trains (or tests) the emulator is drawn; its repr is the record.
+
+    Attributes:
+        num_members: members (parameter set and forcing perturbation); each runs at every site.
+        num_years: years per run (365 daily steps each).
+        latitudes: one site per latitude (default site layout otherwise).
+        river_discharges: mean river discharge per site, m3 s-1 (0: no river).
+        varied_params: parameters drawn in their ranges (the others at their defaults); all when None, none
+            by default: the demo emulator emulates the process model at its default parameters under perturbed
+            forcing and initial states (drawing parameters too, with ``condition_on_params``, is supported but
+            needs more data and training for the same accuracy).
+        condition_on_params: give the drawn parameters to the emulator as constant forcing features, so that
+            it emulates the process model for any parameters (and the filter can estimate them).
+        initial_spread: sd of the log-normal perturbation of the initial concentrations (oxygen: a tenth).
+        temperature_shift_sd: degC, sd of a per-member shift of the seasonal temperature cycle.
+        cloudiness_range: per-member mean cloudiness drawn in this range.
+        stratification_range: per-member maximum surface-bottom temperature difference, degC.
+        substeps: process-model sub-steps per day.
+    """
+
+    num_members: int = 128
+    num_years: int = 1
+    latitudes: tuple[float, ...] = (43.24,)
+    river_discharges: tuple[float, ...] | None = None
+    varied_params: tuple[str, ...] | None = ()
+    condition_on_params: bool = True
+    initial_spread: float = 0.3
+    temperature_shift_sd: float = 1.0
+    cloudiness_range: tuple[float, float] = (0.1, 0.4)
+    stratification_range: tuple[float, float] = (3.0, 8.0)
+    substeps: int = DEFAULT_SUBSTEPS
+
+    def __post_init__(self):
+        object.__setattr__(self, "latitudes", tuple(float(v) for v in self.latitudes))
+        if self.river_discharges is not None:
+            object.__setattr__(self, "river_discharges", tuple(float(v) for v in self.river_discharges))
+            if len(self.river_discharges) != len(self.latitudes):
+                raise ValueError(
+                    f"river_discharges has {len(self.river_discharges)} values for {len(self.latitudes)} sites"
+                )
+        if self.varied_params is not None:
+            object.__setattr__(self, "varied_params", tuple(self.varied_params))
+            forcing_feature_names(2, self.varied_params)  # raises on unknown names
+        if self.num_members < 1 or self.num_years < 1 or not self.latitudes:
+            raise ValueError(
+                f"need num_members >= 1, num_years >= 1 and a site; got {self.num_members}, {self.num_years}, "
+                f"{self.latitudes}"
+            )
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return ProcessParams._fields if self.varied_params is None else self.varied_params
+
+
+def _member_forcing(key, spec: EnsembleSpec, site_index: int, num_days: int, perturb: bool) -> Forcing:
+    k_weather, k_shift, k_cloud, k_strat = jax.random.split(key, 4)
+    shift = float(spec.temperature_shift_sd * jax.random.normal(k_shift)) if perturb else 0.0
+    cloud = float(jax.random.uniform(k_cloud, minval=spec.cloudiness_range[0], maxval=spec.cloudiness_range[1]))
+    strat = float(
+        jax.random.uniform(k_strat, minval=spec.stratification_range[0], maxval=spec.stratification_range[1])
+    )
+    river = spec.river_discharges[site_index] if spec.river_discharges else 0.0
+    return synthetic_forcing(
+        num_days,
+        latitude=spec.latitudes[site_index],
+        key=k_weather,
+        surface_temperature_range=(13.0 + shift, 26.0 + shift),
+        max_stratification=strat if perturb else 6.0,
+        cloudiness=cloud if perturb else 0.25,
+        mean_river_discharge=river,
+    )
+
+
+def run_process_ensemble(
+    key: jax.Array,
+    spec: EnsembleSpec,
+    *,
+    params: ProcessParams | None = None,
+    perturb_forcing: bool = True,
+    description: str = "",
+) -> tuple[TrajectoryData, ProcessParams]:
+    """Runs the process model for every member at every site and returns the trajectories.
+
+    Members draw their parameters in their ranges (or take ``params``, fields of shape (num_members,) or
+    scalars), their forcing weather from their own key, and (with ``perturb_forcing``) a temperature shift,
+    cloudiness and stratification; each site has its latitude and river. The run vmaps over
+    members x sites.
+
+    Returns:
+        The trajectories (trajectory index = member * num_sites + site; ``group`` = member) and the
+        parameters of each trajectory (fields of shape (num_traj,)).
+    """
+    num_sites = len(spec.latitudes)
+    num_days = 365 * spec.num_years
+    k_params, k_init, k_forcing = jax.random.split(key, 3)
+    if params is None:
+        params = sample_params(k_params, spec.num_members, names=spec.param_names)
+    params = ProcessParams(
+        *(jnp.broadcast_to(jnp.asarray(v, jnp.float32), (spec.num_members,)) for v in params)
+    )
+    forcing_keys = jax.random.split(k_forcing, spec.num_members * num_sites)
+    forcings = [
+        _member_forcing(forcing_keys[m * num_sites + s], spec, s, num_days, perturb_forcing)
+        for m in range(spec.num_members)
+        for s in range(num_sites)
+    ]
+    forcing = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *forcings)
+    num_traj = spec.num_members * num_sites
+    traj_params = jax.tree_util.tree_map(lambda v: jnp.repeat(v, num_sites), params)
+    sites = [default_site(2, latitude=lat) for lat in spec.latitudes]
+    site_batch = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *(sites * spec.num_members))
+    base = initial_state(2)
+    spread = jnp.where(jnp.arange(base.size) % NUM_TRACERS == NUM_TRACERS - 1, 0.1, 1.0) * spec.initial_spread
+    state0 = base * jnp.exp(spread * jax.random.normal(k_init, (num_traj, base.size)))
+    run_all = jax.jit(jax.vmap(functools.partial(process_model.run, substeps=spec.substeps)))
+    states = np.asarray(run_all(state0, forcing, traj_params, site_batch))
+    names = forcing_feature_names(2, spec.param_names if spec.condition_on_params else ())
+    features = jax.jit(jax.vmap(functools.partial(forcing_inputs, names)))(forcing, traj_params)
+    data = TrajectoryData(
+        states=states,
+        forcing=np.asarray(features),
+        day_of_year=np.asarray(forcing.day_of_year),
+        site=np.tile(np.arange(num_sites), spec.num_members),
+        group=np.repeat(np.arange(spec.num_members), num_sites),
+        state_names=tuple(process_model.state_names(2)),
+        forcing_names=names,
+        description=description or f"process model ensemble {spec}",
+    )
+    return data, traj_params
+
+
+def make_training_data(key: jax.Array, spec: EnsembleSpec) -> TrajectoryData:
+    """Training trajectories: the process model with parameters drawn in their ranges and perturbed forcing."""
+    data, _ = run_process_ensemble(key, spec, description=f"pretraining ensemble {spec}")
+    if not np.all(np.isfinite(data.states)):
+        raise FloatingPointError("the process model returned non-finite states; check the ensemble spec")
+    return data
