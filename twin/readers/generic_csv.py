@@ -276,59 +276,9 @@ def load_mapping(mapping: str | Path | dict | Mapping) -> Mapping:
 
 # --- Table helpers shared by the readers (candidates for twin.observations) -----------------------------
 
-def observations_table(**columns) -> xr.Dataset:
-    """``twin.observations.make_observations`` for large tables, with the same schema and checks.
-
-    make_observations converts every string cell in Python; on a 600k-row SWMP table that dominates the
-    read. Here the schema (fields, dtypes, defaults) comes from make_observations on the first row, the
-    full columns are cast to the same dtypes with numpy, and the result goes through
-    ``twin.observations.validate``. String columns must hold Python ``str`` objects (no None).
-    """
-    lengths = {k: len(v) for k, v in columns.items() if np.ndim(v) > 0}
-    n = max(lengths.values(), default=0)
-    if n == 0 or any(v != n for v in lengths.values()):
-        return make_observations(**columns)  # empty table, or let it report the unequal lengths
-    template = make_observations(**{k: (v[:1] if np.ndim(v) > 0 else v) for k, v in columns.items()})
-    data = {}
-    for name, var in template.variables.items():
-        given = columns.get(name)
-        if given is None or np.ndim(given) == 0:
-            data[name] = np.full(n, var.values[0], dtype=var.dtype)
-        else:
-            data[name] = np.asarray(given).astype(var.dtype, copy=False)
-    ds = xr.Dataset({k: (OBS_DIM, data[k]) for k in template.data_vars},
-                    coords={k: (OBS_DIM, data[k]) for k in template.coords})
-    # validate()'s checks are set-based (variables, layers, qc values) except the non-finite-value check:
-    # run it on one representative row per distinct value plus every row with a non-finite value that
-    # is not flagged missing (hash-based here instead of validate's object sort on every row).
-    rep = [np.flatnonzero(~np.isfinite(data["value"]) & (data["qc"] != flags.MISSING))]
-    for name in ("variable", "layer", "qc"):
-        codes, _ = pd.factorize(data[name])
-        rep.append(np.unique(codes, return_index=True)[1])
-    validate(ds.isel({OBS_DIM: np.unique(np.concatenate(rep))}))
-    return ds
-
-
-def flag_duplicates_fast(ds: xr.Dataset) -> xr.Dataset:
-    """``twin.observations.flag_duplicates``, restricted to the rows that can be duplicates.
-
-    A pandas hash on (site, layer, depth, variable, time) finds the rows whose key occurs more than once;
-    flag_duplicates runs on those rows only (same result: its groups never mix keys), which avoids its
-    structured-array sort on every row of a large table.
-    """
-    n = ds.sizes.get(OBS_DIM, 0)
-    if n == 0:
-        return ds
-    keys = pd.DataFrame({"site": ds["site"].values, "layer": ds["layer"].values,
-                         "depth": np.nan_to_num(ds["depth"].values, nan=-1.0),
-                         "variable": ds["variable"].values, "time": ds["time"].values})
-    candidates = np.flatnonzero(keys.duplicated(keep=False).to_numpy())
-    if candidates.size == 0:
-        return ds
-    sub = flag_duplicates(ds.isel({OBS_DIM: candidates}))
-    qc = ds["qc"].values.copy()
-    qc[candidates] = sub["qc"].values
-    return ds.assign(qc=(OBS_DIM, qc))
+# Kept as names for the readers that import them: make_observations and flag_duplicates are vectorised.
+observations_table = make_observations
+flag_duplicates_fast = flag_duplicates
 
 
 def time_reversals(site: np.ndarray, time: np.ndarray) -> int:
