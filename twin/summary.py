@@ -47,7 +47,7 @@ def summarise(table: xr.Dataset) -> list[dict]:
     })
     depth_text = {d: depth_label("", d) for d in np.unique(df["depth_m"].dropna())}
     df["depth"] = np.where(df["layer_code"] != "", df["layer_code"],
-                           df["depth_m"].map(depth_text).fillna(""))
+                           df["depth_m"].map(depth_text).astype(object).fillna(""))
     qc, cens = df["qc"], df["censored"]
     df["is_good"] = (qc == flags.GOOD) & ~cens
     df["is_censored"] = (qc == flags.GOOD) & cens
