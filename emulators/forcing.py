@@ -201,9 +201,9 @@ def fill_series(
     """Interpolate a series onto ``target_times`` and fill its gaps from a climatology.
 
     The anomaly about the climatology is interpolated linearly between consecutive observations that are at
-    most ``max_gap_days`` apart, and held for up to ``max_gap_days / 2`` beyond the first and last
-    observation; elsewhere (long gaps, before and after the record) the value is the climatology itself.
-    Interpolating the anomaly rather than the value keeps the seasonal curvature across short gaps.
+    most ``max_gap_days`` apart. In longer gaps and before or after the record, the anomaly of the nearest
+    observation decays linearly to zero over ``max_gap_days`` (the series is continuous and relaxes to the
+    climatology). Interpolating the anomaly rather than the value keeps the seasonal curvature across gaps.
 
     Args:
         target_times: shape ``(T,)``, days, increasing (the model's steps).
@@ -214,7 +214,8 @@ def fill_series(
 
     Returns:
         ``(values, filled)``: values shape ``(T,)``; ``filled`` boolean ``(T,)``, True where the value is
-        the climatology (no observation close enough).
+        not bracketed by observations at most ``max_gap_days`` apart (it comes wholly or partly from the
+        climatology).
     """
     target_times = np.asarray(target_times, dtype=np.float64)
     obs_times = np.asarray(obs_times, dtype=np.float64)
@@ -245,11 +246,14 @@ def fill_series(
     with np.errstate(invalid="ignore", divide="ignore"):
         w = np.where(gap > 0, (target_times - t_obs[li]) / np.where(gap > 0, gap, 1.0), 0.0)
     interp = anomaly[li] * (1.0 - w) + anomaly[ri] * w
-    before = (left < 0) & (t_obs[0] - target_times <= max_gap_days / 2)
-    after = (right >= n) & (target_times - t_obs[-1] <= max_gap_days / 2)
-    anomaly_at = np.where(exact, anomaly[ri], np.where(bridged, interp, 0.0))
-    anomaly_at = np.where(before, anomaly[0], np.where(after, anomaly[-1], anomaly_at))
-    observed = exact | bridged | before | after
+    # Outside bridged gaps: the nearest observation's anomaly, tapered to zero over max_gap_days.
+    dist_left = np.where(left >= 0, target_times - t_obs[li], np.inf)
+    dist_right = np.where(right < n, t_obs[ri] - target_times, np.inf)
+    nearest = np.where(dist_left <= dist_right, li, ri)
+    distance = np.minimum(dist_left, dist_right)
+    taper = np.clip(1.0 - distance / max_gap_days, 0.0, 1.0) if max_gap_days > 0 else (distance == 0) * 1.0
+    observed = exact | bridged
+    anomaly_at = np.where(exact, anomaly[ri], np.where(bridged, interp, anomaly[nearest] * taper))
     return clim + anomaly_at, ~observed
 
 

@@ -99,8 +99,8 @@ class ProcessParams(NamedTuple):
     phyto_attenuation: float = 0.03
     phosphorus_to_nitrogen: float = 1.0 / 16.0
     silicon_to_nitrogen: float = 0.8
-    mixed_exchange_velocity: float = 8.0
-    stratified_exchange_velocity: float = 0.3
+    mixed_exchange_velocity: float = 20.0
+    stratified_exchange_velocity: float = 0.2
 
 
 # field: (unit, default, literature range, reference) -- the documentation of ProcessParams, one line each.
@@ -127,8 +127,8 @@ PARAM_DOCS: dict[str, str] = {
     "phyto_attenuation": "m-1 (mmol N m-3)-1; self-shading by phytoplankton; 0.02-0.06; Fasham et al. 1990 (0.03)",
     "phosphorus_to_nitrogen": "mol P mol N-1; Redfield ratio of organic matter; 1/20-1/12; Redfield 1963 (1/16)",
     "silicon_to_nitrogen": "mol Si mol N-1; Si:N of the community (diatom share); 0.4-1.1; Brzezinski 1985",
-    "mixed_exchange_velocity": "m d-1; surface-bottom exchange velocity when well mixed (winter); 2-30; Lacroix and Gregoire 2002",
-    "stratified_exchange_velocity": "m d-1; surface-bottom exchange velocity when stratified; 0.05-1.0; Lacroix and Gregoire 2002",
+    "mixed_exchange_velocity": "m d-1; surface-bottom exchange velocity when well mixed (winter); 5-50 (Kz 2e-3..2e-2 m2 s-1 over 30 m); Lacroix and Gregoire 2002",
+    "stratified_exchange_velocity": "m d-1; surface-bottom exchange velocity when stratified; 0.05-1.0 (Kz 2e-5..3e-4 m2 s-1); Lacroix and Gregoire 2002",
 }
 
 PARAM_RANGES: dict[str, tuple[float, float]] = {
@@ -154,7 +154,7 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "phyto_attenuation": (0.02, 0.06),
     "phosphorus_to_nitrogen": (1.0 / 20.0, 1.0 / 12.0),
     "silicon_to_nitrogen": (0.4, 1.1),
-    "mixed_exchange_velocity": (2.0, 30.0),
+    "mixed_exchange_velocity": (5.0, 50.0),
     "stratified_exchange_velocity": (0.05, 1.0),
 }
 
@@ -238,8 +238,8 @@ class Site(NamedTuple):
 
 
 # Offshore water of a temperate (north-western Mediterranean-like) shelf, surface then bottom.
-_OFFSHORE_SURFACE = (1.0, 0.1, 0.05, 1.5, 0.3, 0.2, 0.2, 230.0)
-_OFFSHORE_BOTTOM = (3.0, 0.2, 0.15, 3.0, 0.1, 0.1, 0.2, 220.0)
+_OFFSHORE_SURFACE = (1.0, 0.1, 0.06, 1.5, 0.3, 0.2, 0.2, 230.0)
+_OFFSHORE_BOTTOM = (4.0, 0.1, 0.25, 4.0, 0.05, 0.05, 0.2, 220.0)
 
 
 def default_site(
