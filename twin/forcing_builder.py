@@ -1,0 +1,95 @@
+"""Forcing of every model step at a site, built from the observation table (DESIGN section 4).
+
+Temperature and salinity per layer: daily means of the usable observations, interpolated across short gaps
+and filled from a harmonic climatology fitted on the same series across long ones
+(``emulators.forcing.fill_series``). PAR: clear-sky irradiance from latitude and date, scaled by a
+cloudiness factor. A layer without its own series borrows the other layer's (reported). This is the only
+place where observations become forcing; the result is plain arrays (``emulators.forcing.Forcing``).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import xarray as xr
+
+from emulators.forcing import (Forcing, clear_sky_par, daily_means, day_of_year_of, fill_series,
+                               fit_harmonic_climatology, make_forcing)
+from twin import flags
+
+USABLE_QC = (flags.GOOD, flags.NOT_EVALUATED)
+FORCING_VARIABLES = ("temperature", "salinity")
+
+
+class ForcingReport(NamedTuple):
+    """Where the forcing came from: per ``variable/layer``, the fraction of days filled from climatology,
+    and the source layer when a layer borrowed another's series."""
+    filled_fraction: dict[str, float]
+    borrowed: dict[str, str]
+
+
+def days_since(times: np.ndarray, day0: np.datetime64) -> np.ndarray:
+    """Float days from ``day0`` (UTC midnight of the first model day)."""
+    return (np.asarray(times, "datetime64[ns]") - np.datetime64(day0, "ns")) / np.timedelta64(1, "D")
+
+
+def _series(table: xr.Dataset, site: str, variable: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    sel = ((table["site"].values == site) & (table["variable"].values == variable)
+           & (table["layer"].values == layer) & np.isin(table["qc"].values, USABLE_QC)
+           & np.isfinite(table["value"].values))
+    return table["time"].values[sel], table["value"].values[sel]
+
+
+def observed_daily_series(table: xr.Dataset, site: str, variable: str, layers: tuple[str, ...],
+                          day0: np.datetime64, num_days: int, max_gap_days: float = 20.0,
+                          n_harmonics: int = 2) -> tuple[np.ndarray, dict[str, float], dict[str, str]]:
+    """A gap-free daily series per layer, shape (num_days, num_layers), from the observations.
+
+    Raises:
+        ValueError: no layer of ``site`` has enough ``variable`` observations to fit a climatology.
+    """
+    days = np.arange(num_days, dtype=np.float64)
+    raw = {layer: _series(table, site, variable, layer) for layer in layers}
+    need = 2 * n_harmonics + 2
+    usable = {layer: v for layer, v in raw.items() if v[1].size >= need}
+    if not usable:
+        counts = {layer: int(v[1].size) for layer, v in raw.items()}
+        raise ValueError(f"site {site!r}: not enough usable {variable} observations to build forcing "
+                         f"(need {need} per layer, have {counts})")
+    out = np.empty((num_days, len(layers)))
+    filled, borrowed = {}, {}
+    for j, layer in enumerate(layers):
+        source = layer if layer in usable else next(iter(usable))
+        if source != layer:
+            borrowed[f"{variable}/{layer}"] = source
+        times, values = usable[source]
+        t = days_since(times, day0)
+        clim = fit_harmonic_climatology(t, values, n_harmonics=n_harmonics)
+        daily = daily_means(t, values, days)
+        ok = np.isfinite(daily)
+        series, was_filled = fill_series(days + 0.5, days[ok] + 0.5, daily[ok], clim, max_gap_days)
+        out[:, j] = series
+        filled[f"{variable}/{layer}"] = float(was_filled.mean())
+    return out, filled, borrowed
+
+
+def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tuple[str, ...],
+                       day0: np.datetime64, num_days: int, *, cloudiness: float = 0.25,
+                       max_gap_days: float = 20.0, wind_speed: float = 5.0) -> tuple[Forcing, ForcingReport]:
+    """Forcing of one site on ``num_days`` daily steps from ``day0``.
+
+    Args:
+        table: canonical observation table (after QC).
+        layers: the model layers, surface first ("surface", "bottom").
+        cloudiness: mean fractional reduction of clear-sky PAR.
+    """
+    temperature, filled_t, borrowed_t = observed_daily_series(
+        table, site, "temperature", layers, day0, num_days, max_gap_days)
+    salinity, filled_s, borrowed_s = observed_daily_series(
+        table, site, "salinity", layers, day0, num_days, max_gap_days)
+    times = np.datetime64(day0, "ns") + np.arange(num_days) * np.timedelta64(1, "D")
+    doy = day_of_year_of(times)
+    par = np.asarray(clear_sky_par(latitude, doy + 0.5)) * (1.0 - cloudiness)
+    forcing = make_forcing(temperature=temperature, salinity=salinity, day_of_year=doy, par=par,
+                           wind_speed=wind_speed)
+    return forcing, ForcingReport({**filled_t, **filled_s}, {**borrowed_t, **borrowed_s})
