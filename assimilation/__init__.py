@@ -29,8 +29,9 @@ location and whether it is log-transformed (``log_mask[state_index]``). Every ob
 disposition code (:mod:`assimilation.dispositions`): ASSIMILATED 0, MISSING 1, BAD_QC 2, OUTSIDE_DOMAIN 3,
 INVALID_FOR_TRANSFORM 4, REJECTED_OUTLIER 5. A cycle with no assimilated observation is a forecast only.
 
-Inflation (``inflation_factor``, ``adaptive_inflation``, ``rtps_alpha``) multiplies prior anomalies (DAPPER
-applies its ``infl`` to analysis anomalies instead). Localization radius conventions: ours is the
+Inflation (``inflation_factor``, ``adaptive_inflation``, ``rtps_alpha``) multiplies prior anomalies, or with
+``inflation_position="posterior"`` the analysis anomalies as DAPPER's ``infl``; ``random_rotation=True`` is
+DAPPER's ``rot=True``. Localization radius conventions: ours is the
 Gaspari-Cohn half-width (taper 0 beyond 2 radius); ``"dapper"`` is DAPPER's ``loc_rad`` (c = 1.82 loc_rad,
 taper about exp(-1/2) at loc_rad); see :mod:`assimilation.localization`.
 
@@ -46,23 +47,24 @@ from assimilation.cycling import CycleResult, ForecastFn, cycle_scan, make_obser
     stack_observations
 from assimilation.dispositions import (ASSIMILATED, BAD_QC, DISPOSITION_NAMES, INVALID_FOR_TRANSFORM, MISSING,
                                        NUM_DISPOSITIONS, OUTSIDE_DOMAIN, REJECTED_OUTLIER)
-from assimilation.inflation import adaptive_inflation_update, damp_inflation, inflate, relax_to_prior_spread
+from assimilation.inflation import (adaptive_inflation_update, damp_inflation, inflate, random_rotation,
+                                   relax_to_prior_spread)
 from assimilation.localization import gaspari_cohn, half_width, localization_1d, localization_from_distances
 from assimilation.skill import Skill, assess_skill
 from assimilation.transforms import from_transformed, lognormal_obs, to_transformed
 from assimilation.types import (ANALYSIS_METHODS, RADIUS_CONVENTIONS, AnalysisMethod, Diagnostics, Ensemble,
-                                FilterParams, InflationState, Localization, Observations, RadiusConvention,
+                                FilterParams, INFLATION_POSITIONS, InflationPosition, InflationState, Localization, Observations, RadiusConvention,
                                 initial_inflation_state)
 
 __all__ = [
     "ANALYSIS_KERNELS", "ANALYSIS_METHODS", "ASSIMILATED", "AnalysisMethod", "AnalysisResult", "BAD_QC",
     "CycleResult", "DISPOSITION_NAMES", "Diagnostics", "Ensemble", "FilterParams", "ForecastFn",
-    "INVALID_FOR_TRANSFORM", "InflationState", "Localization", "MISSING", "NUM_DISPOSITIONS", "OUTSIDE_DOMAIN",
+    "INFLATION_POSITIONS", "INVALID_FOR_TRANSFORM", "InflationPosition", "InflationState", "Localization", "MISSING", "NUM_DISPOSITIONS", "OUTSIDE_DOMAIN",
     "ObsOperator", "Observations", "RADIUS_CONVENTIONS", "REJECTED_OUTLIER", "RadiusConvention", "Skill",
     "adaptive_inflation_update", "analysis", "assess_skill", "cycle_scan", "damp_inflation",
     "degrees_of_freedom_for_signal", "dispositions",
     "enkf_update", "ensrf_update", "etkf_update", "from_transformed", "gaspari_cohn", "get_analysis_kernel",
     "half_width", "inflate", "initial_inflation_state", "letkf_update", "localization_1d",
-    "localization_from_distances", "lognormal_obs", "make_observations", "predict_observations",
+    "localization_from_distances", "lognormal_obs", "make_observations", "predict_observations", "random_rotation",
     "relax_to_prior_spread", "run_cycles", "stack_observations", "to_transformed",
 ]

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from assimilation import dispositions as dsp
-from assimilation.inflation import adaptive_inflation_update, damp_inflation, inflate, relax_to_prior_spread
+from assimilation.inflation import (adaptive_inflation_update, damp_inflation, inflate, random_rotation,
+                                   relax_to_prior_spread)
 from assimilation.transforms import from_transformed, lognormal_obs, to_transformed
 from assimilation.types import (ANALYSIS_METHODS, AnalysisMethod, Diagnostics, Ensemble, FilterParams,
                                 InflationState, Localization, Observations, initial_inflation_state)
@@ -247,7 +248,7 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
     Order: dispositions of empty/bad/out-of-domain slots; log transform of the state and of the observations
     of log-transformed elements (lognormal moments); gross-error check against the prior inflated by the
     current factor; adaptive inflation update (Anderson 2009) from the accepted innovations; prior
-    inflation; analysis; RTPS; back-transform. A cycle with no accepted observation returns the prior
+    inflation; analysis; RTPS; optional random rotation; back-transform. A cycle with no accepted observation returns the prior
     unchanged (a forecast only).
 
     Args:
@@ -298,12 +299,16 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
     var0 = jnp.where(candidate, HZ0, 0.0).var(axis=0, ddof=1)
     innovation0 = y_safe - mean0
 
-    static_unit_inflation = (not params.adaptive_inflation) and params.inflation_factor == 1.0
+    posterior_factor = 1.0
+    prior_factor = params.inflation_factor
+    if params.inflation_position == "posterior" and not params.adaptive_inflation:
+        posterior_factor, prior_factor = params.inflation_factor, 1.0
+    static_unit_inflation = (not params.adaptive_inflation) and prior_factor == 1.0
     if params.adaptive_inflation:
         inflation_state = damp_inflation(inflation_state, params.adaptive_damping)
         check_factor = jnp.sqrt(inflation_state.mean)
     else:
-        check_factor = jnp.asarray(params.inflation_factor, dtype)
+        check_factor = jnp.asarray(prior_factor, dtype)
     outlier = candidate & (jnp.abs(innovation0) > params.outlier_threshold
                            * jnp.sqrt(check_factor**2 * var0 + r_safe**2))
     disposition = jnp.where(outlier, dsp.REJECTED_OUTLIER, disposition).astype(jnp.int32)
@@ -315,7 +320,7 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
                                                     params.adaptive_sd_lower_bound, params.adaptive_bounds)
         factor = jnp.sqrt(inflation_state.mean).astype(dtype)
     else:
-        factor = jnp.asarray(params.inflation_factor, dtype)
+        factor = jnp.asarray(prior_factor, dtype)
     if static_unit_inflation:
         Zf, HZ = Z, HZ0
     else:
@@ -326,8 +331,12 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
 
     obs_scale = jnp.where(active, 1.0 / r_safe, 0.0)
     Za, dofs = kernel(Zf, HZ, y_safe, obs_scale, key, localization)
+    if posterior_factor != 1.0:
+        Za = inflate(Za, posterior_factor)
     if params.rtps_alpha > 0:
         Za = relax_to_prior_spread(Zf, Za, params.rtps_alpha)
+    if params.random_rotation:
+        Za = random_rotation(Za, jax.random.fold_in(key, 1))
     Ea = jnp.where(any_active, from_transformed(Za, log_mask), E)
 
     # Diagnostics, in the analysis space, innovations of the (inflated) prior.
@@ -347,7 +356,7 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
         analysis_spread=jnp.sqrt(jnp.mean(Za_used.var(axis=0, ddof=1))),
         dofs=dofs,
         counts=jnp.bincount(disposition, length=dsp.NUM_DISPOSITIONS).astype(jnp.int32),
-        inflation=jnp.where(any_active, factor, 1.0).astype(dtype),
+        inflation=jnp.where(any_active, factor * posterior_factor, 1.0).astype(dtype),
         diverged=~jnp.all(jnp.isfinite(Ea)) | (normalized > params.divergence_limit),
     )
     return AnalysisResult(Ensemble(Ea), inflation_state, diagnostics, disposition)

@@ -1,4 +1,4 @@
-"""Inflation: multiplicative prior, relaxation to prior spread, adaptive (Anderson 2009).
+"""Inflation: multiplicative prior, relaxation to prior spread, adaptive (Anderson 2009); random rotation.
 
 All functions act on anomalies in the analysis (possibly log-transformed) space.
 """
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from assimilation.types import InflationState
@@ -44,6 +45,36 @@ def relax_to_prior_spread(prior: Array, analysis: Array, alpha: float) -> Array:
     sd_a = anomalies.std(axis=0)
     ratio = jnp.where(sd_a > 0, (alpha * sd_b + (1.0 - alpha) * sd_a) / jnp.where(sd_a > 0, sd_a, 1.0), 1.0)
     return mean_a + anomalies * ratio
+
+
+def _basis_beginning_with_ones(num_members: int) -> np.ndarray:
+    """(N, N) orthonormal basis whose first column is ones / sqrt(N) (a Householder reflection)."""
+    v = np.ones(num_members) / np.sqrt(num_members)
+    v[0] -= 1.0
+    norm = v @ v
+    return np.eye(num_members) - 2.0 * np.outer(v, v) / norm if norm > 0 else np.eye(num_members)
+
+
+def random_rotation(members: Array, key: Array) -> Array:
+    """Random mean-preserving orthogonal rotation of the anomalies (Sakov and Oke 2008b; DAPPER ``rot``).
+
+    The anomalies keep their mean (zero) and sample covariance; the rotation spreads non-Gaussian features
+    over the members, which a symmetric square-root filter otherwise accumulates.
+
+    Args:
+        members: (N, n) ensemble.
+        key: PRNG key.
+
+    Returns:
+        (N, n) rotated ensemble, same mean and covariance.
+    """
+    num_members = members.shape[0]
+    V = jnp.asarray(_basis_beginning_with_ones(num_members), members.dtype)
+    Q, R = jnp.linalg.qr(jax.random.normal(key, (num_members - 1, num_members - 1), members.dtype))
+    Q = Q * jnp.sign(jnp.diag(R))[None, :]  # Haar-distributed (Mezzadri 2007)
+    rot = V @ jax.scipy.linalg.block_diag(jnp.ones((1, 1), members.dtype), Q) @ V.T
+    mean = members.mean(axis=0)
+    return mean + rot @ (members - mean)
 
 
 def damp_inflation(state: InflationState, damping: float) -> InflationState:

@@ -55,6 +55,8 @@ class Testbed:
         tendency: dx/dt on the last axis.
     """
 
+    __test__ = False  # not a pytest test class
+
     name: str
     state_dim: int
     dt: float
