@@ -84,7 +84,7 @@ def make_truth(spec: ExperimentSpec, spin_up_days: int = 365) -> Truth:
     k_params, k_forcing = jax.random.split(key)
     params = truth_params(k_params, spec.parameter_spread)
     start = pd.Timestamp(spec.start)
-    doy0 = float(start.dayofyear - 1)
+    doy0 = float(start.day_of_year - 1)
     total = spin_up_days + spec.num_days
     forcing = synthetic_forcing(total, latitude=spec.latitude, start_day_of_year=doy0 - spin_up_days % 365.25,
                                 key=k_forcing)
