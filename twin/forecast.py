@@ -1,0 +1,100 @@
+"""Forecast functions for the filter: the twin's ensemble one day ahead, with the emulator or the process model.
+
+``make_forecast`` returns ``forecast(members (N, n), forcing_t, key) -> (N, n)`` as the cycle engine
+expects (``assimilation.cycling.ForecastFn``). ``forcing_t`` is an ``emulators.forcing.Forcing`` whose
+fields carry a leading site axis (S, ...). For every site the model part of the state moves one day; the
+model error is multiplicative log-normal noise (concentrations are positive and their errors scale with
+them), mean-preserving; the diagnostic chlorophyll is then recomputed from the new state.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emulators.forcing import Forcing
+from emulators.parameters import ProcessParams, Site
+from emulators.process_model import chlorophyll, step as process_step
+from twin.state_layout import StateLayout
+
+ModelKind = Literal["emulator", "process"]
+Stepper = Callable[[jax.Array, Forcing], jax.Array]  # (N, S, d), forcing with site axis -> (N, S, d)
+
+
+def process_stepper(params: ProcessParams, sites: Site, substeps: int = 12) -> Stepper:
+    """The process model (``emulators.process_model.step``) for every member and site."""
+    def one(x, f, site):
+        return process_step(x, f, params, site, substeps=substeps)
+    per_site = jax.vmap(one, in_axes=(0, 0, 0))
+    members = jax.vmap(per_site, in_axes=(0, None, None))  # members share forcing and sites
+    return lambda x, forcing_t: members(x, forcing_t, sites)
+
+
+def emulator_stepper(emulator) -> Stepper:
+    """The neural emulator (``emulators.network.predict_step``) for every member and site."""
+    from emulators.network import predict_step
+    from emulators.training import forcing_inputs
+    names = emulator.config.forcing_names
+
+    def stepper(x, forcing_t):
+        features = forcing_inputs(names, forcing_t)  # (S, F)
+        doy = forcing_t.day_of_year                   # (S,)
+        return predict_step(emulator.graphdef, emulator.weights, emulator.normalisation, x,
+                            features[None], doy[None], 0)
+    return stepper
+
+
+def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_sd,
+                  chlorophyll_params: ProcessParams = ProcessParams()):
+    """The filter's forecast function.
+
+    Args:
+        stepper: one day of the model for (N, S, d) states.
+        layout: the twin's state layout.
+        sites: ``emulators.parameters.Site`` with a leading site axis (for the chlorophyll diagnostic).
+        log_error_sd: (d,) sd of the multiplicative model error per model-state element and day.
+    """
+    model_idx = jnp.asarray(layout.model_slices())
+    diag_idx = jnp.asarray(layout.diagnostic_slices())
+    sd = jnp.asarray(log_error_sd, jnp.float32)
+    chl = jax.vmap(jax.vmap(lambda x, f, s: chlorophyll(x, f, chlorophyll_params, s), in_axes=(0, 0, 0)),
+                   in_axes=(0, None, None))
+
+    def forecast(members, forcing_t, key):
+        x = members[:, model_idx]
+        x_next = stepper(x, forcing_t)
+        noise = jax.random.normal(key, x_next.shape, x_next.dtype)
+        x_next = x_next * jnp.exp(sd * noise - 0.5 * sd**2)
+        out = members.at[:, model_idx].set(x_next)
+        return out.at[:, diag_idx].set(chl(x_next, forcing_t, sites))
+
+    return forecast
+
+
+def stack_sites(items):
+    """Stack per-site pytrees (Forcing with a time axis, or Site) along a site axis.
+
+    A time-series Forcing (T, ...) per site becomes (T, S, ...): the cycle engine scans over time and the
+    forecast sees (S, ...). A Site becomes (S, ...).
+    """
+    first = items[0]
+    if isinstance(first, Forcing):
+        return jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *items)
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs], axis=0), *items)
+
+
+def initial_ensemble(key: jax.Array, layout: StateLayout, num_members: int, site_state: np.ndarray,
+                     spread: float = 0.3) -> jax.Array:
+    """Members around ``site_state`` (S, d): log-normal perturbations (oxygen a tenth as wide), and the
+    diagnostic entries left at zero until the first forecast fills them."""
+    from emulators.parameters import TRACERS
+    site_state = np.asarray(site_state, np.float32)
+    d = layout.model_dim
+    rel = np.full(d, spread, np.float32)
+    rel[[i for i in range(d) if TRACERS[i % len(TRACERS)] == "oxygen"]] = spread / 10
+    noise = jax.random.normal(key, (num_members,) + site_state.shape)
+    x = jnp.asarray(site_state)[None] * jnp.exp(rel * noise - 0.5 * rel**2)
+    members = jnp.zeros((num_members, layout.dim), jnp.float32)
+    return members.at[:, jnp.asarray(layout.model_slices())].set(x)
