@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -142,6 +143,83 @@ class OutputConfig(Frozen):
     plots: bool = True
 
 
+class TwinExperimentConfig(Frozen):
+    """A twin experiment (OSSE): synthetic truth and observations written in SOMLIT and COAST-HF formats.
+
+    When present, the hindcast makes these files first and reads them as its sources.
+    """
+    site: str = "SYNTH-B"
+    platform: str = Field(default="SYNTH01", description="buoy platform code (an alias of the site)")
+    latitude: float = Field(default=43.68, ge=-90, le=90)
+    longitude: float = Field(default=7.32, ge=-180, le=360)
+    start: date = date(2016, 1, 1)
+    days: int = Field(default=730, ge=30, le=36600)
+    seed: int = Field(default=1, ge=0)
+    bottle_interval_days: int = Field(default=7, ge=1, le=365)
+    missed_fraction: float = Field(default=0.1, ge=0, lt=1)
+    buoy: bool = True
+    buoy_gap_fraction: float = Field(default=0.15, ge=0, lt=0.9)
+    oxygen_drift_per_year: float = -12.0
+    fluorescence_slope: PositiveFloat = 1.0
+    parameter_spread: float = Field(default=0.25, ge=0, le=1)
+
+
+class ModelConfig(Frozen):
+    """Which model moves the ensemble: the neural emulator (default) or the process model itself."""
+    kind: Literal["emulator", "process"] = "emulator"
+    process_log_error_sd: PositiveFloat = Field(
+        default=0.05, description="multiplicative model error per day of the process model (log sd)")
+    emulator_error_scale: PositiveFloat = Field(
+        default=1.0, description="scales the emulator's own model-error estimate")
+    substeps: int = Field(default=12, ge=1, le=200)
+
+
+class PretrainConfig(Frozen):
+    members: int = Field(default=48, ge=4)
+    years: int = Field(default=3, ge=1)
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    max_steps: int = Field(default=3000, ge=10)
+    seed: int = Field(default=0, ge=0)
+
+
+class EmulatorConfig(Frozen):
+    checkpoint: str | None = Field(default=None, description="emulator checkpoint folder; pretrain if None")
+    pretrain: PretrainConfig = PretrainConfig()
+
+
+class FilterConfig(Frozen):
+    method: Literal["etkf", "enkf", "letkf", "ensrf"] = "etkf"
+    members: int = Field(default=32, ge=3, le=4096)
+    inflation: float = Field(default=1.05, ge=1.0, le=3.0)
+    rtps: float = Field(default=0.0, ge=0.0, le=1.0)
+    adaptive_inflation: bool = False
+    outlier_threshold: PositiveFloat = 4.0
+    initial_spread: float = Field(default=0.3, gt=0, le=2)
+    representativeness_fraction: float = Field(default=0.7, ge=0, le=1)
+
+
+class RefitConfig(Frozen):
+    """Periodic refit of the emulator to the analyses (Brajard et al. 2020); never when interval is None."""
+    interval_days: int | None = Field(default=None, ge=7)
+    steps: int = Field(default=400, ge=1)
+    holdout_days: int = Field(default=30, ge=1)
+    learning_rate: PositiveFloat = 1e-3
+
+
+class ValidationConfig(Frozen):
+    """Withhold a random fraction of the (non-buoy) observations and score the twin's forecast of them."""
+    withhold_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    seed: int = Field(default=0, ge=0)
+
+
+class HindcastConfig(Frozen):
+    start: date | None = Field(default=None, description="first day (default: the experiment's or data's)")
+    end: date | None = Field(default=None, description="last day (default: the experiment's or data's)")
+    window_days: int = Field(default=365, ge=1)
+    forcing_max_gap_days: PositiveFloat = 20.0
+    forecast_days: int = Field(default=7, ge=1, le=60)
+
+
 class TwinConfig(Frozen):
     """The whole configuration of a twin run."""
     name: str = Field(default="twin", min_length=1)
@@ -149,10 +227,15 @@ class TwinConfig(Frozen):
     sites: tuple[SiteConfig, ...] = ()
     sources: tuple[SourceConfig, ...] = ()
     qc: QcConfig = QcConfig()
+    experiment: TwinExperimentConfig | None = None
+    hindcast: HindcastConfig = HindcastConfig()
+    model: ModelConfig = ModelConfig()
+    emulator: EmulatorConfig = EmulatorConfig()
+    filter: FilterConfig = FilterConfig()
+    refit: RefitConfig = RefitConfig()
+    validation: ValidationConfig = ValidationConfig()
     output: OutputConfig = OutputConfig()
     seed: int = Field(default=0, ge=0)
-    # Sections of later stages (model, emulator, filter, hindcast, alerts) are free-form until their
-    # typed models land; keeping them here would silently accept typos, so they are not accepted yet.
 
     @model_validator(mode="after")
     def _unique_sites(self):
@@ -260,7 +343,9 @@ def resolve_paths(config: TwinConfig, base: Path) -> TwinConfig:
         return str(q if q.is_absolute() else (base / q).resolve())
     sources = tuple(s.model_copy(update={"path": absolute(s.path), "mapping": absolute(s.mapping)})
                     for s in config.sources)
-    return config.model_copy(update={"sources": sources})
+    emulator = config.emulator.model_copy(update={"checkpoint": absolute(config.emulator.checkpoint)})
+    # output.directory stays relative to the working directory, like --out.
+    return config.model_copy(update={"sources": sources, "emulator": emulator})
 
 
 def config_to_dict(config: BaseModel) -> dict:
