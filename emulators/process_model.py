@@ -34,6 +34,8 @@ fastest rates, growth and winter mixing of a thin surface layer, are a few per d
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,6 +58,7 @@ __all__ = [
     "NUM_TRACERS",
     "LAYERS",
     "DEFAULT_SUBSTEPS",
+    "Solver",
     "state_names",
     "state_index",
     "num_layers_of",
@@ -281,6 +284,30 @@ def _build_flow_indices(num_layers: int) -> tuple[np.ndarray, np.ndarray]:
 _FLOW_INDICES = {n: _build_flow_indices(n) for n in (1, 2)}
 
 
+def _incidence(num_layers: int) -> np.ndarray:
+    """(n, F) matrix with +1 at (dst, f) and -1 at (src, f): the net effect of the internal flows."""
+    src, dst = _FLOW_INDICES[num_layers]
+    out = np.zeros((num_layers * NUM_TRACERS, len(src)), np.float32)
+    out[dst, np.arange(len(src))] += 1.0
+    out[src, np.arange(len(src))] -= 1.0
+    return out
+
+
+_INCIDENCE = {n: _incidence(n) for n in (1, 2)}
+_OUTFLOW = {n: np.minimum(_INCIDENCE[n], 0.0) * -1.0 for n in (1, 2)}  # (n, F): 1 at (src, f)
+
+
+def _offdiag(num_layers: int) -> np.ndarray:
+    """(n, n, F) with 1 at (dst[f], src[f], f): the off-diagonal pattern of the Patankar matrix."""
+    src, dst = _FLOW_INDICES[num_layers]
+    out = np.zeros((num_layers * NUM_TRACERS, num_layers * NUM_TRACERS, len(src)), np.float32)
+    out[dst, src, np.arange(len(src))] = 1.0
+    return out
+
+
+_OFFDIAG = {n: _offdiag(n) for n in (1, 2)}
+
+
 def _flows(content: jax.Array, forcing_t: Forcing, params: ProcessParams, site: Site):
     """All rates of the model in content units (mmol m-2 d-1).
 
@@ -334,41 +361,51 @@ def _flows(content: jax.Array, forcing_t: Forcing, params: ProcessParams, site: 
         pieces.append(w * c[1])
     rates = jnp.concatenate(pieces)
 
-    # External terms, content units, shape (L, NUM_TRACERS).
+    # External terms, content units, shape (L, NUM_TRACERS), assembled column by column (no scatter).
     uptake = uptake_no3 + uptake_nh4
-    benthic = jnp.zeros(num_layers).at[-1].set((sink_p[-1] + sink_d[-1]) / h[-1])
+    is_bottom = np.arange(num_layers) == num_layers - 1
+    benthic = jnp.where(is_bottom, (sink_p[-1] + sink_d[-1]) / h[-1], 0.0)
     regenerated = excretion + remineralisation + benthic  # mmol N m-3 d-1 returned to NH4
-    source = jnp.zeros((num_layers, NUM_TRACERS), content.dtype)
-    loss = jnp.zeros((num_layers, NUM_TRACERS), content.dtype)
-    source = source.at[:, _PO4].set(params.phosphorus_to_nitrogen * regenerated * h)
-    loss = loss.at[:, _PO4].set(params.phosphorus_to_nitrogen * uptake * h)
-    source = source.at[:, _SIO4].set(params.silicon_to_nitrogen * regenerated * h)
-    loss = loss.at[:, _SIO4].set(params.silicon_to_nitrogen * uptake * h)
     production_o2 = OXYGEN_PER_NITRATE_UPTAKE * uptake_no3 + OXYGEN_PER_AMMONIUM_UPTAKE * uptake_nh4
     consumption_o2 = OXYGEN_PER_AMMONIUM_UPTAKE * regenerated + OXYGEN_PER_NITRIFICATION * nitrification
-    source = source.at[:, _O2].set(production_o2 * h)
-    loss = loss.at[:, _O2].set(consumption_o2 * h)
 
     # Air-sea oxygen exchange into the surface layer.
+    is_surface = np.arange(num_layers) == 0
     o2_sat = oxygen_saturation(temperature[0], salinity[0])
-    k_gas = site.air_sea_exchange * _piston_velocity(forcing_t.wind_speed, temperature[0])
-    source = source.at[0, _O2].add(k_gas * o2_sat)
-    loss = loss.at[0, _O2].add(k_gas * c[0, _O2])
+    k_gas = site.air_sea_exchange * _piston_velocity(forcing_t.wind_speed, temperature[0]) / h[0]
+    air_sea_in = jnp.where(is_surface, k_gas * o2_sat, 0.0)
+    air_sea_out = jnp.where(is_surface, k_gas, 0.0)
+
+    zeros = jnp.zeros_like(phy)
+    r_p, r_si = params.phosphorus_to_nitrogen, params.silicon_to_nitrogen
+    source = jnp.stack(
+        [zeros, zeros, r_p * regenerated, r_si * regenerated, zeros, zeros, zeros, production_o2 + air_sea_in],
+        axis=1,
+    )
+    loss = jnp.stack(
+        [zeros, zeros, r_p * uptake, r_si * uptake, zeros, zeros, zeros,
+         consumption_o2 + air_sea_out * c[:, _O2]],
+        axis=1,
+    )
 
     # Offshore boundary: every layer relaxes toward the offshore water.
     offshore = site.offshore_state.reshape(num_layers, NUM_TRACERS)
-    source = source + site.offshore_exchange_rate * offshore * h[:, None]
-    loss = loss + site.offshore_exchange_rate * c * h[:, None]
+    source = source + site.offshore_exchange_rate * offshore
+    loss = loss + site.offshore_exchange_rate * c
 
-    # River: dilution of the surface layer by river water (nutrients from the forcing, O2 at saturation).
+    # River: dilution of the surface layer by river water (nutrients from the forcing, O2 at saturation,
+    # no organic matter).
     dilution = jnp.maximum(forcing_t.river_discharge, 0.0) * 86400.0 / site.river_volume
-    river = jnp.zeros(NUM_TRACERS, content.dtype)
-    river = river.at[_NO3].set(forcing_t.river_nitrate).at[_NH4].set(forcing_t.river_ammonium)
-    river = river.at[_PO4].set(forcing_t.river_phosphate).at[_SIO4].set(forcing_t.river_silicate)
-    river = river.at[_O2].set(o2_sat)
-    source = source.at[0].add(dilution * jnp.maximum(river, 0.0) * h[0])
-    loss = loss.at[0].add(dilution * c[0] * h[0])
+    river = jnp.stack(
+        [forcing_t.river_nitrate, forcing_t.river_ammonium, forcing_t.river_phosphate, forcing_t.river_silicate,
+         0.0 * o2_sat, 0.0 * o2_sat, 0.0 * o2_sat, o2_sat]
+    )
+    river_rate = jnp.where(is_surface, dilution, 0.0)[:, None]
+    source = source + river_rate * jnp.maximum(river, 0.0)[None, :]
+    loss = loss + river_rate * c
 
+    source = source * h[:, None]
+    loss = loss * h[:, None]
     return rates, source.reshape(-1), loss.reshape(-1)
 
 
@@ -392,13 +429,35 @@ def tendencies(
     h = _thickness_per_entry(site, num_layers)
     content = jnp.maximum(state, 0.0) * h
     rates, source, loss = _flows(content, forcing_t, params, site)
-    src, dst = _FLOW_INDICES[num_layers]
-    net = source - loss
-    net = net.at[dst].add(rates).at[src].add(-rates)
+    net = source - loss + _INCIDENCE[num_layers] @ rates
     return net / h
 
 
-def _patankar_increment(
+def _patankar_system(base, weights_at, rates, source, loss, dt, num_layers):
+    """Diagonal ``(n,)``, flow entries ``(F,)`` (the matrix has ``-coef[f]`` at ``(dst[f], src[f])``) and
+    right-hand side ``(n,)`` of the Patankar system for the increment (see :func:`_patankar_sparse`)."""
+    src, _ = _FLOW_INDICES[num_layers]
+    inv_w = 1.0 / jnp.maximum(weights_at, _TINY)
+    ratio = base * inv_w  # 1 in the first stage
+    coef = dt * rates * inv_w[src]  # matrix entries of the flows
+    weighted = dt * rates * ratio[src]  # the flows at ``base`` with the Patankar weights
+    rhs = dt * (source - loss * ratio) + _INCIDENCE[num_layers] @ weighted
+    diag = 1.0 + dt * loss * inv_w + _OUTFLOW[num_layers] @ coef
+    return diag, coef, rhs
+
+
+def _patankar_dense(base, weights_at, rates, source, loss, dt, num_layers):
+    """The same system as :func:`_patankar_sparse`, assembled dense and solved by LU (``jnp.linalg.solve``).
+
+    Slower to run under ``vmap`` but much faster to compile and to differentiate: use it for gradients.
+    """
+    diag, coef, rhs = _patankar_system(base, weights_at, rates, source, loss, dt, num_layers)
+    matrix = jnp.diag(diag) - jnp.tensordot(_OFFDIAG[num_layers], coef, axes=1)
+    increment = jnp.linalg.solve(matrix, rhs[:, None])[:, 0]
+    return jnp.maximum(base + increment, 0.0)
+
+
+def _patankar_sparse(
     base: jax.Array,
     weights_at: jax.Array,
     rates: jax.Array,
@@ -412,31 +471,63 @@ def _patankar_increment(
     Written as ``A y = base + dt s`` with ``A = I + dt (D - P) / w``: a positive diagonal, non-positive
     off-diagonal entries and column sums >= 1 (an M-matrix), so ``A^-1 >= 0`` and ``y >= 0`` (Burchard et al.
     2003, lemma 2.4). It is solved for the increment ``y - base``, whose right-hand side is in flux form, so
-    that round-off scales with the increment and float32 conserves mass to ~1e-7 per year rather than ~1e-4.
+    that round-off scales with the increment (float32 conserves nitrogen to ~1e-6 over a year).
+
+    The sparsity pattern of ``A`` is static (:data:`_FLOW_INDICES`), so the solve is Gaussian elimination
+    without pivoting unrolled at trace time over the non-zero entries only: scalar arithmetic that XLA fuses,
+    about five times faster under ``vmap`` than batched LAPACK calls on the dense 16 x 16 matrix. No pivoting
+    is needed: elimination keeps a column diagonally dominant M-matrix so (Golub and Van Loan 2013, 3.4.10).
 
     Returns:
         ``y``, clipped at zero against round-off.
     """
     src, dst = _FLOW_INDICES[num_layers]
-    inv_w = 1.0 / jnp.maximum(weights_at, _TINY)
-    ratio = base * inv_w  # 1 in the first stage
-    coef = dt * rates * inv_w[src]
-    matrix = jnp.diag(1.0 + dt * loss * inv_w)
-    matrix = matrix.at[src, src].add(coef).at[dst, src].add(-coef)
-    # rhs = base + dt s - A base, in flux form.
-    weighted = rates * ratio[src]
-    rhs = dt * (source - loss * ratio)
-    rhs = rhs.at[dst].add(dt * weighted).at[src].add(-dt * weighted)
-    increment = jnp.linalg.solve(matrix, rhs[:, None])[:, 0]
-    return jnp.maximum(base + increment, 0.0)
+    n = base.shape[-1]
+    diag_vec, coef, rhs_vec = _patankar_system(base, weights_at, rates, source, loss, dt, num_layers)
+
+    diag = [diag_vec[i] for i in range(n)]
+    rhs = [rhs_vec[i] for i in range(n)]
+    upper: dict[int, dict[int, jax.Array]] = {i: {} for i in range(n)}  # row -> {col: entry}, off-diagonal
+    for f, (a, b) in enumerate(zip(src.tolist(), dst.tolist())):
+        entry = -coef[f]
+        upper[b][a] = upper[b][a] + entry if a in upper[b] else entry
+    for k in range(n):  # forward elimination over the static pattern
+        pivot_row = {j: v for j, v in upper[k].items() if j > k}
+        for i in range(k + 1, n):
+            if k not in upper[i]:
+                continue
+            factor = upper[i].pop(k) / diag[k]
+            for j, v in pivot_row.items():
+                if j == i:
+                    diag[i] = diag[i] - factor * v
+                else:
+                    upper[i][j] = upper[i][j] - factor * v if j in upper[i] else -factor * v
+            rhs[i] = rhs[i] - factor * rhs[k]
+    increment = [None] * n
+    for k in range(n - 1, -1, -1):  # back substitution
+        acc = rhs[k]
+        for j, v in upper[k].items():
+            acc = acc - v * increment[j]
+        increment[k] = acc / diag[k]
+    return jnp.maximum(base + jnp.stack(increment), 0.0)
 
 
-def _mprk22_substep(content, forcing_t, params, site, dt, num_layers):
+Solver = Literal["sparse", "dense"]
+_SOLVERS = {"sparse": _patankar_sparse, "dense": _patankar_dense}
+
+
+def _get_solver(name: str):
+    if name not in _SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; valid solvers are {list(_SOLVERS)}")
+    return _SOLVERS[name]
+
+
+def _mprk22_substep(content, forcing_t, params, site, dt, num_layers, solve):
     """One MPRK22 (alpha = 1) sub-step on layer contents (Burchard et al. 2003, eq. 3.4)."""
     rates0, source0, loss0 = _flows(content, forcing_t, params, site)
-    stage = _patankar_increment(content, content, rates0, source0, loss0, dt, num_layers)
+    stage = solve(content, content, rates0, source0, loss0, dt, num_layers)
     rates1, source1, loss1 = _flows(stage, forcing_t, params, site)
-    return _patankar_increment(
+    return solve(
         content,
         stage,
         0.5 * (rates0 + rates1),
@@ -454,6 +545,7 @@ def step(
     site: Site | None = None,
     dt_days: float = 1.0,
     substeps: int = DEFAULT_SUBSTEPS,
+    solver: Solver = "sparse",
 ) -> jax.Array:
     """Advance one site by ``dt_days`` with ``substeps`` MPRK22 sub-steps under constant forcing.
 
@@ -464,19 +556,23 @@ def step(
         site: the site; ``default_site(L)`` when None.
         dt_days: step length, days.
         substeps: number of equal sub-steps (static).
+        solver: linear solve of each Patankar stage (static). ``"sparse"`` (default) is unrolled elimination
+            over the static pattern, the fastest to run; ``"dense"`` is LU, the same result to round-off,
+            slower to run but much faster to compile under ``grad``/``jvp``: use it when differentiating.
 
     Returns:
         the state after ``dt_days``, same shape, non-negative.
     """
     if substeps < 1:
         raise ValueError(f"substeps must be at least 1, got {substeps}")
+    solve = _get_solver(solver)
     num_layers = num_layers_of(state)
     site = _site_or_default(site, num_layers)
     h = _thickness_per_entry(site, num_layers)
     dt = dt_days / substeps
 
     def body(content, _):
-        return _mprk22_substep(content, forcing_t, params, site, dt, num_layers), None
+        return _mprk22_substep(content, forcing_t, params, site, dt, num_layers, solve), None
 
     content, _ = jax.lax.scan(body, jnp.maximum(state, 0.0) * h, None, length=substeps)
     return content / h
@@ -489,13 +585,14 @@ def run(
     site: Site | None = None,
     substeps: int = DEFAULT_SUBSTEPS,
     dt_days: float = 1.0,
+    solver: Solver = "sparse",
 ) -> jax.Array:
     """Integrate over every step of ``forcing``.
 
     Args:
         state0: shape ``(L * NUM_TRACERS,)``, mmol m-3.
         forcing: daily forcing, time on axis 0 (T steps).
-        params, site: as in :func:`step`.
+        params, site, substeps, dt_days, solver: as in :func:`step`.
 
     Returns:
         trajectory of shape ``(T + 1, L * NUM_TRACERS)``; row 0 is ``state0``, row t+1 the state at the end
@@ -503,9 +600,10 @@ def run(
     """
     num_layers = num_layers_of(state0)
     site = _site_or_default(site, num_layers)
+    _get_solver(solver)
 
     def body(state, forcing_t):
-        new = step(state, forcing_t, params, site, dt_days=dt_days, substeps=substeps)
+        new = step(state, forcing_t, params, site, dt_days=dt_days, substeps=substeps, solver=solver)
         return new, new
 
     _, trajectory = jax.lax.scan(body, state0, forcing)
