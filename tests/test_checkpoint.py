@@ -61,7 +61,8 @@ def test_round_trip_is_bit_identical(tmp_path, emulator):
     save_checkpoint(tmp_path / "ckpt", emulator)
     loaded = load_checkpoint(tmp_path / "ckpt")
 
-    for a, b in zip(jax.tree_util.tree_leaves(emulator.weights), jax.tree_util.tree_leaves(loaded.weights), strict=True):
+    leaves = zip(jax.tree_util.tree_leaves(emulator.weights), jax.tree_util.tree_leaves(loaded.weights), strict=True)
+    for a, b in leaves:
         assert a.dtype == b.dtype and np.array_equal(a, b)
     for group in ("normalisation", "ranges", "model_error"):
         for a, b in zip(getattr(emulator, group), getattr(loaded, group), strict=True):
