@@ -1,0 +1,92 @@
+"""End-to-end hindcast on a short twin experiment (process model forecasts, to stay fast in CI)."""
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from twin import dispositions as disp
+from twin.cli import main
+from twin.config import parse_config
+from twin.hindcast import run_hindcast
+
+SMALL = {
+    "name": "small-osse",
+    "experiment": {"days": 120, "seed": 2, "start": "2016-03-01"},
+    "model": {"kind": "process", "substeps": 6},
+    "filter": {"members": 12, "inflation": 1.05},
+    "hindcast": {"window_days": 60},
+    "validation": {"withhold_fraction": 0.2, "seed": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hc") / "run"
+    metrics = run_hindcast(parse_config(SMALL), out, quiet=True)
+    return out, metrics
+
+
+def test_products_are_written_and_complete(run):
+    out, metrics = run
+    assert {p.name for p in out.iterdir()} >= {"reanalysis.nc", "metrics.json", "report.html",
+                                               "resolved_config.yaml", "lineage.json"}
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["period"] == {"start": "2016-03-01", "days": 120}
+    with xr.open_dataset(out / "reanalysis.nc") as ds:
+        assert ds["nitrate"].dims == ("time", "site", "layer") and ds.sizes["time"] == 120
+        for v in ("nitrate", "zooplankton", "chlorophyll", "oxygen"):
+            q05, q50, q95 = (ds[f"{v}_q{q}"].values for q in ("05", "50", "95"))
+            assert np.all(q05 <= q50 + 1e-6) and np.all(q50 <= q95 + 1e-6) and np.all(q05 > 0)
+            assert ds[v].attrs["units"]
+        # every ledger row has a disposition, and the bottles were assimilated
+        codes = ds["obs_disposition"].values
+        assert set(np.unique(codes)) <= set(disp.DISPOSITION_NAMES)
+        assert (codes == disp.ASSIMILATED).sum() > 100 and (codes == disp.WITHHELD).sum() > 10
+        assimilated = codes == disp.ASSIMILATED
+        assert np.all(np.isfinite(ds["obs_forecast"].values[assimilated]))
+
+
+def test_metrics_have_truth_and_validation_structure(run):
+    _, metrics = run
+    truth = metrics["truth"]
+    assert set(truth["nitrate@SYNTH-B/surface"]) >= {"twin", "free_run", "process_model"}
+    assert "zooplankton@SYNTH-B/bottom" in metrics["unobserved"]
+    assert "nitrate@SYNTH-B/surface" not in metrics["unobserved"]
+    v = metrics["validation"]["nitrate@SYNTH-B/surface"]
+    assert set(v) == {"n", "twin", "persistence", "climatology"}
+    assert 0.0 <= v["twin"]["coverage_90"] <= 1.0 and v["twin"]["crps"] >= 0
+    # assimilating weekly nitrate beats the free run at the observed surface nitrate
+    assert truth["nitrate@SYNTH-B/surface"]["twin"]["rmse"] < truth["nitrate@SYNTH-B/surface"]["free_run"]["rmse"]
+
+
+def test_report_embeds_its_figures(run):
+    out, _ = run
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "<h2>Skill against the truth" in page
+
+
+def test_a_failed_run_leaves_the_previous_one_intact(run, monkeypatch):
+    out, _ = run
+    before = (out / "metrics.json").read_text()
+    import twin.products
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed while writing products")
+    monkeypatch.setattr(twin.products, "write_products", boom)
+    with pytest.raises(RuntimeError, match="killed while writing"):
+        run_hindcast(parse_config(SMALL), out, quiet=True)
+    assert (out / "metrics.json").read_text() == before
+    assert not list(out.parent.glob(".run.partial-*")), "the partial folder is cleaned up"
+
+
+def test_cli_hindcast_prints_skill(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    import yaml
+    small = dict(SMALL, experiment={"days": 40, "seed": 3}, validation={"withhold_fraction": 0.0},
+                 filter={"members": 8})
+    cfg.write_text(yaml.safe_dump(small))
+    assert main(["hindcast", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("hindcast small-osse: 40 days")
+    assert json.loads(lines[-1])["period"]["days"] == 40

@@ -1,0 +1,276 @@
+"""The hindcast: years of observations assimilated into the emulator ensemble, with products and report.
+
+Steps (DESIGN sections 5-8): make the twin experiment's files if the config has one; ingest and qualify
+every source; build forcing for every day; load or pretrain the emulator; cycle window by window (each
+window one ``jit``-compiled ``lax.scan``), refitting the emulator between windows when due; score; write
+the products. Everything is written into a fresh folder next to the output directory and moved into place
+at the end, so a run killed midway leaves the previous complete run (or nothing) in the output directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from assimilation import FilterParams, initial_inflation_state
+from emulators.parameters import ProcessParams, default_site
+from emulators.process_model import initial_state
+from twin import dispositions as disp
+from twin.config import SiteConfig, SourceConfig, TwinConfig, config_hash, write_resolved_config
+from twin.cycle_obs import USABLE_QC, build_cycle_observations, row_dispositions
+from twin.engine import EngineState, WindowOutputs, free_forecast, run_window
+from twin.forcing_builder import build_site_forcing
+from twin.forecast import initial_ensemble, make_forecast, process_stepper, stack_sites
+from twin.ingest import ingest
+from twin.qc import apply_qc
+from twin.state_layout import StateLayout
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Everything the cycles need, built once."""
+    config: TwinConfig
+    table: xr.Dataset
+    layout: StateLayout
+    day0: np.datetime64
+    num_days: int
+    forcing: Any                # Forcing with (T, S, ...) fields
+    sites: Any                  # emulators Site with a leading site axis
+    cycle_obs: Any              # twin.cycle_obs.CycleObservations
+    withheld: np.ndarray        # (n_rows,) bool
+    truth: np.ndarray | None    # (T, n) daily truth at analysis times (twin experiment only)
+    forcing_report: dict
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"[twin] {message}", file=sys.stderr, flush=True)
+
+
+def experiment_sources(config: TwinConfig, directory: Path, quiet: bool = True):
+    """Write the twin experiment's files; return (config with its sites and sources, truth)."""
+    from twin.osse import ExperimentSpec, write_experiment
+    exp = config.experiment
+    spec = ExperimentSpec(site=exp.site, platform=exp.platform, latitude=exp.latitude,
+                          longitude=exp.longitude, start=np.datetime64(exp.start), num_days=exp.days,
+                          seed=exp.seed, bottle_interval_days=exp.bottle_interval_days,
+                          missed_fraction=exp.missed_fraction, buoy=exp.buoy,
+                          buoy_gap_fraction=exp.buoy_gap_fraction,
+                          oxygen_drift_per_year=exp.oxygen_drift_per_year,
+                          fluorescence_slope=exp.fluorescence_slope, parameter_spread=exp.parameter_spread)
+    _log(f"twin experiment: truth and observations for {exp.days} days -> {directory}", quiet)
+    truth, paths = write_experiment(directory, spec)
+    sources = [SourceConfig(path=str(paths["somlit"]), format="somlit")]
+    if "coasthf" in paths:
+        sources.append(SourceConfig(path=str(paths["coasthf"]), format="coasthf",
+                                    fluorescence_calibration={exp.platform: (exp.fluorescence_slope, 0.0)}))
+    sites = config.sites or (SiteConfig(name=exp.site, latitude=exp.latitude, longitude=exp.longitude,
+                                        aliases=(exp.platform,), bottom_depth_m=60.0),)
+    return config.model_copy(update={"sources": tuple(sources) + config.sources, "sites": sites}), truth
+
+
+def _period(config: TwinConfig, table: xr.Dataset) -> tuple[np.datetime64, int]:
+    h = config.hindcast
+    if h.start is not None:
+        start = np.datetime64(h.start, "D")
+    elif config.experiment is not None:
+        start = np.datetime64(config.experiment.start, "D")
+    else:
+        start = table["time"].values.min().astype("datetime64[D]")
+    if h.end is not None:
+        end = np.datetime64(h.end, "D")
+    elif config.experiment is not None:
+        end = start + np.timedelta64(config.experiment.days - 1, "D")
+    else:
+        end = table["time"].values.max().astype("datetime64[D]")
+    num_days = int((end - start) / np.timedelta64(1, "D")) + 1
+    if num_days < 2:
+        raise ValueError(f"hindcast period {start} .. {end} has fewer than 2 days")
+    return start.astype("datetime64[ns]"), num_days
+
+
+def _layer_layout(config: TwinConfig) -> int:
+    return 2 if any("bottom" in s.layers for s in config.sites) else 1
+
+
+def _withhold(table: xr.Dataset, layout: StateLayout, fraction: float, seed: int) -> np.ndarray:
+    """A seeded random ``fraction`` of the usable observations of state variables from non-buoy sources."""
+    n = table.sizes["obs"]
+    if fraction <= 0 or n == 0:
+        return np.zeros(n, bool)
+    eligible = np.isin(table["qc"].values, USABLE_QC) & np.isfinite(table["value"].values)
+    lookup = {k: layout.observation_index(*k) >= 0 for k in
+              set(zip(table["variable"].values, table["site"].values, table["layer"].values))}
+    eligible &= np.array([lookup[k] for k in zip(table["variable"].values, table["site"].values,
+                                                 table["layer"].values)])
+    rng = np.random.default_rng(seed)
+    return eligible & (rng.random(n) < fraction)
+
+
+def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
+    """Ingest, qualify, build forcing and the per-cycle observations."""
+    truth_run = None
+    if config.experiment is not None:
+        config, truth_run = experiment_sources(config, work / "experiment", quiet)
+    if not config.sites:
+        raise ValueError("the config names no sites: add a 'sites' list (name, latitude, longitude)")
+    _log(f"ingest {len(config.sources)} source(s)", quiet)
+    table = apply_qc(ingest(config), config.qc, progress=not quiet)
+    num_layers = _layer_layout(config)
+    layout = StateLayout(tuple(s.name for s in config.sites), num_layers)
+    day0, num_days = _period(config, table)
+    _log(f"{table.sizes['obs']} observations; {num_days} days from {str(day0)[:10]}; "
+         f"{len(layout.sites)} site(s), {num_layers} layer(s), state of {layout.dim}", quiet)
+    forcings, structs, report = [], [], {}
+    for s in config.sites:
+        f, rep = build_site_forcing(table, s.name, s.latitude, layout.layers, day0, num_days,
+                                    max_gap_days=config.hindcast.forcing_max_gap_days)
+        forcings.append(f)
+        thickness = (10.0, max(s.bottom_depth_m - 10.0, 1.0))[:num_layers] if num_layers == 2 else (10.0,)
+        structs.append(default_site(num_layers, s.latitude, thickness))
+        report[s.name] = {"filled_fraction": rep.filled_fraction, "borrowed": rep.borrowed}
+    withheld = _withhold(table, layout, config.validation.withhold_fraction, config.validation.seed)
+    cycle_obs = build_cycle_observations(table, layout, day0, num_days, withheld=withheld,
+                                         representativeness_fraction=config.filter.representativeness_fraction)
+    truth = None
+    if truth_run is not None:
+        # truth.states[k] is the state at day0 + k days; analysis of cycle i is at day0 + i + 1.
+        truth = truth_run.states[1:num_days + 1]
+    return Prepared(config, table, layout, day0, num_days, stack_sites(forcings), stack_sites(structs),
+                    cycle_obs, withheld, truth, report)
+
+
+def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):
+    """(stepper, log_error_sd (d,), emulator or None) for the configured model."""
+    from twin.forecast import emulator_stepper
+    d = prepared.layout.model_dim
+    if config.model.kind == "process":
+        stepper = process_stepper(ProcessParams(), prepared.sites, config.model.substeps)
+        return stepper, np.full(d, config.model.process_log_error_sd, np.float32), None
+    from twin.emulator_source import obtain_emulator
+    emulator = obtain_emulator(config, prepared, quiet)
+    sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
+    return emulator_stepper(emulator), sd, emulator
+
+
+def filter_params(config: TwinConfig) -> FilterParams:
+    f = config.filter
+    return FilterParams(method=f.method, inflation_factor=f.inflation, rtps_alpha=f.rtps,
+                        adaptive_inflation=f.adaptive_inflation, outlier_threshold=f.outlier_threshold)
+
+
+def _concat_outputs(parts: list[WindowOutputs]) -> WindowOutputs:
+    return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=0), *parts)
+
+
+def _pad_slots(obs, m: int):
+    """Pad a window's observation arrays to ``m`` slots, so every window compiles to the same shapes."""
+    extra = m - obs.value.shape[1]
+    if extra <= 0:
+        return obs
+    pad = lambda a, v: np.pad(np.asarray(a), ((0, 0), (0, extra)), constant_values=v)
+    return type(obs)(pad(obs.value, np.nan), pad(obs.error_sd, 1.0), pad(obs.state_index, 0),
+                     pad(obs.mask, False), pad(obs.qc_ok, False))
+
+
+def run_cycles(prepared: Prepared, forecast, key, quiet: bool = False, refit_hook=None):
+    """All cycles, window by window; returns (final EngineState, WindowOutputs over all cycles, timings)."""
+    config = prepared.config
+    layout = prepared.layout
+    members = initial_ensemble(jax.random.fold_in(key, 0), layout, config.filter.members,
+                               np.tile(np.asarray(initial_state(layout.num_layers))[None], (len(layout.sites), 1)),
+                               config.filter.initial_spread)
+    state = EngineState(members, initial_inflation_state())
+    params = filter_params(config)
+    log_mask = jnp.ones(layout.dim, bool)
+    obs_all = prepared.cycle_obs.obs
+    T = prepared.num_days
+    window = config.hindcast.window_days
+    parts, timings = [], []
+    from tqdm import tqdm
+    bar = tqdm(total=T, desc="cycles", unit="day", disable=quiet, file=sys.stderr)
+    for w, start in enumerate(range(0, T, window)):
+        stop = min(start + window, T)
+        obs_w = jax.tree.map(lambda a: jnp.asarray(a[start:stop]), obs_all)
+        forcing_w = jax.tree.map(lambda a: a[start:stop], prepared.forcing)
+        t0 = time.perf_counter()
+        state, out = run_window(forecast, state, obs_w, forcing_w, jax.random.fold_in(key, w + 1), params,
+                                log_mask)
+        jax.block_until_ready(out)
+        timings.append({"window": w, "days": stop - start, "seconds": time.perf_counter() - t0})
+        parts.append(out)
+        bar.update(stop - start)
+        if refit_hook is not None and stop < T:
+            new_forecast = refit_hook(stop, _concat_outputs(parts), state)
+            if new_forecast is not None:
+                forecast = new_forecast
+    bar.close()
+    return state, _concat_outputs(parts), timings, members
+
+
+def publish(work: Path, out: Path) -> None:
+    """Move the finished run in ``work`` to ``out``: the old run stays until the new one is complete."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{int(time.time() * 1e6)}")
+        out.rename(old)
+    work.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool = False) -> dict:
+    """Run the whole hindcast and publish its products into ``out`` (default: config.output.directory)."""
+    from twin.products import write_products
+    out = Path(out or config.output.directory)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    work.chmod(0o755)
+    try:
+        started = time.perf_counter()
+        write_resolved_config(config, work)
+        prepared = prepare(config, work, quiet)
+        write_resolved_config(prepared.config, work)
+        stepper, log_sd, emulator = build_model(prepared.config, prepared, quiet)
+        forecast = make_forecast(stepper, prepared.layout, prepared.sites, log_sd)
+        key = jax.random.PRNGKey(prepared.config.seed)
+        _log(f"cycling {prepared.num_days} days with {prepared.config.filter.method.upper()}, "
+             f"N = {prepared.config.filter.members}, model: {prepared.config.model.kind}", quiet)
+        final, outputs, timings, members0 = run_cycles(prepared, forecast, key, quiet)
+        baselines = {}
+        if prepared.truth is not None:
+            _log("free run and process-model baselines", quiet)
+            baselines["free_run"] = np.asarray(free_forecast(
+                forecast, members0, prepared.forcing, jax.random.fold_in(key, 10**6), prepared.num_days
+            ).mean(axis=1))
+            if prepared.config.model.kind == "process":
+                baselines["process_model"] = baselines["free_run"]  # the same model: one run serves both
+            else:
+                process = make_forecast(process_stepper(ProcessParams(), prepared.sites,
+                                                        prepared.config.model.substeps),
+                                        prepared.layout, prepared.sites,
+                                        np.full(prepared.layout.model_dim, prepared.config.model.process_log_error_sd))
+                baselines["process_model"] = np.asarray(free_forecast(
+                    process, members0, prepared.forcing, jax.random.fold_in(key, 10**6 + 1), prepared.num_days
+                ).mean(axis=1))
+        dispositions = row_dispositions(prepared.cycle_obs, np.asarray(outputs.disposition))
+        metrics = write_products(work, prepared, outputs, dispositions, baselines, emulator,
+                                 {"cycles": timings, "total_seconds": time.perf_counter() - started})
+        publish(work, out)
+        _log(f"done: {out}", quiet)
+        return metrics
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

@@ -1,0 +1,209 @@
+"""Products of a hindcast: reanalysis.nc (CF), metrics.json, report.html and the emulator lineage."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from twin import dispositions as disp
+from twin import flags
+from twin.cycle_obs import USABLE_QC, cycle_of
+from twin.engine import QUANTILES
+from twin.observations import atomic_write
+from twin.skill import climatology_forecast, gaussian_crps, persistence_forecast, rmse, truth_scores
+from twin.state_layout import STATE_UNITS
+from twin.units import CF_STANDARD_NAMES
+
+Z90 = 1.6448536269514722
+
+
+def _state_variables(layout) -> list[str]:
+    seen = []
+    for v, _, _ in layout.variables():
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def reanalysis_dataset(prepared, outputs, dispositions: np.ndarray) -> xr.Dataset:
+    """CF dataset: per state variable, mean, sd and quantiles on (time, site, layer); the observation ledger
+    with forecast and analysis values in observation space and each row's disposition."""
+    layout = prepared.layout
+    T = prepared.num_days
+    times = prepared.day0 + (np.arange(T) + 1) * np.timedelta64(1, "D")
+    sites, layers = list(layout.sites), list(layout.layers)
+    data = {}
+    mean, sd = np.asarray(outputs.analysis_mean), np.asarray(outputs.analysis_sd)
+    quant = np.asarray(outputs.analysis_quantiles)
+    for v in _state_variables(layout):
+        idx = np.array([[layout.index(v, s, l) for l in layers] for s in sites])
+        attrs = {"units": STATE_UNITS.get(v, "1"), "long_name": f"{v}, analysis ensemble mean",
+                 "ancillary_variables": f"{v}_sd {v}_q05 {v}_q50 {v}_q95"}
+        if v in CF_STANDARD_NAMES:
+            attrs["standard_name"] = CF_STANDARD_NAMES[v]
+        dims = ("time", "site", "layer")
+        data[v] = (dims, mean[:, idx], attrs)
+        data[f"{v}_sd"] = (dims, sd[:, idx], {"units": attrs["units"],
+                                              "long_name": f"{v}, analysis ensemble standard deviation"})
+        for k, q in enumerate(QUANTILES):
+            name = f"{v}_q{int(round(q * 100)):02d}"
+            data[name] = (dims, quant[:, k][:, idx], {"units": attrs["units"],
+                                                      "long_name": f"{v}, analysis ensemble {q:.0%} quantile"})
+    ledger = _ledger(prepared, outputs, dispositions)
+    for k, v in ledger.items():
+        data[k] = v
+    ds = xr.Dataset(data, coords={
+        "time": ("time", times, {"standard_name": "time", "axis": "T"}),
+        "site": ("site", np.array(sites, dtype=object), {"cf_role": "timeseries_id"}),
+        "layer": ("layer", np.array(layers, dtype=object)),
+    })
+    diag = outputs.diagnostics
+    for name in ("innovation_mean", "innovation_variance", "normalized_innovation", "prior_spread",
+                 "analysis_spread", "dofs", "inflation"):
+        ds[f"diag_{name}"] = ("time", np.asarray(getattr(diag, name)), {"long_name": f"filter {name}"})
+    ds["diag_diverged"] = ("time", np.asarray(diag.diverged).astype(np.int8))
+    ds.attrs.update({"Conventions": "CF-1.10", "title": f"coastal twin reanalysis: {prepared.config.name}",
+                     "featureType": "timeSeries", "source": "twin hindcast (emulator ensemble + Kalman filter)"})
+    return ds
+
+
+def _ledger(prepared, outputs, dispositions) -> dict:
+    table, layout = prepared.table, prepared.layout
+    n = table.sizes["obs"]
+    sidx = np.array([layout.observation_index(v, s, l) for v, s, l in
+                     zip(table["variable"].values, table["site"].values, table["layer"].values)], np.int64) \
+        if n else np.zeros(0, np.int64)
+    cyc = cycle_of(table["time"].values, prepared.day0)
+    ok = (sidx >= 0) & (cyc >= 0) & (cyc < prepared.num_days)
+    fmean, fsd = np.asarray(outputs.forecast_mean), np.asarray(outputs.forecast_sd)
+    amean = np.asarray(outputs.analysis_mean)
+    c, i = np.where(ok, cyc, 0), np.where(ok, sidx, 0)
+    forecast = np.where(ok, fmean[c, i], np.nan)
+    forecast_sd = np.where(ok, fsd[c, i], np.nan)
+    analysis = np.where(ok, amean[c, i], np.nan)
+    codes = sorted(disp.DISPOSITION_NAMES)
+    dim = "obs"
+    return {
+        "obs_time": (dim, table["time"].values, {"standard_name": "time"}),
+        "obs_site": (dim, table["site"].values.astype(str).astype(object)),
+        "obs_layer": (dim, table["layer"].values.astype(str).astype(object)),
+        "obs_variable": (dim, table["variable"].values.astype(str).astype(object)),
+        "obs_value": (dim, table["value"].values, {"long_name": "observed value, canonical units",
+                                                   "ancillary_variables": "obs_qc obs_disposition"}),
+        "obs_error_sd": (dim, table["error_sd"].values),
+        "obs_qc": (dim, table["qc"].values.astype(np.int8),
+                   {"flag_values": np.array([1, 2, 3, 4, 9], np.int8),
+                    "flag_meanings": "good not_evaluated suspect bad missing"}),
+        "obs_native_qc": (dim, table["native_qc"].values.astype(str).astype(object)),
+        "obs_source": (dim, table["source"].values.astype(str).astype(object)),
+        "obs_disposition": (dim, dispositions.astype(np.int8),
+                            {"flag_values": np.array(codes, np.int8),
+                             "flag_meanings": " ".join(disp.DISPOSITION_NAMES[c] for c in codes)}),
+        "obs_forecast": (dim, forecast, {"long_name": "forecast ensemble mean at the observation"}),
+        "obs_forecast_sd": (dim, forecast_sd),
+        "obs_analysis": (dim, analysis, {"long_name": "analysis ensemble mean at the observation"}),
+    }
+
+
+def validation_scores(prepared, outputs) -> dict:
+    """Twin forecast of each withheld value (from the last analysis before it) against persistence and the
+    day-of-year climatology of the training observations, per ``variable@site/layer``."""
+    table, layout = prepared.table, prepared.layout
+    withheld = prepared.withheld & ~table["censored"].values
+    if not withheld.any():
+        return {}
+    usable = np.isin(table["qc"].values, USABLE_QC) & np.isfinite(table["value"].values)
+    train = usable & ~prepared.withheld
+    times, values, errors = table["time"].values, table["value"].values, table["error_sd"].values
+    cyc = cycle_of(times, prepared.day0)
+    fmean, fsd = np.asarray(outputs.forecast_mean), np.asarray(outputs.forecast_sd)
+    keys = np.array([f"{v}@{s}/{l}" for v, s, l in zip(table["variable"].values, table["site"].values,
+                                                        table["layer"].values)], dtype=object)
+    out = {}
+    for key in sorted(set(keys[withheld])):
+        v, rest = key.split("@")
+        s, l = rest.split("/")
+        idx = layout.observation_index(v, s, l)
+        series = keys == key
+        targets = np.flatnonzero(withheld & series & (cyc >= 0) & (cyc < prepared.num_days))
+        if targets.size == 0:
+            continue
+        mu, sd = fmean[cyc[targets], idx], np.hypot(fsd[cyc[targets], idx], errors[targets])
+        y = values[targets]
+        inside = np.abs(y - mu) <= Z90 * sd
+        series_train = train & series
+        pers = persistence_forecast(times, values, series_train, targets)
+        clim = climatology_forecast(times, values, series_train, targets)
+        out[key] = {
+            "n": int(targets.size),
+            "twin": {"rmse": rmse(mu, y), "crps": float(np.mean(gaussian_crps(mu, sd, y))),
+                     "coverage_90": float(inside.mean())},
+            "persistence": {"rmse": rmse(pers, y)},
+            "climatology": {"rmse": rmse(clim, y)},
+        }
+    return out
+
+
+def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) -> dict:
+    layout = prepared.layout
+    names = layout.names()
+    twin = truth_scores(np.asarray(outputs.analysis_mean), np.asarray(outputs.analysis_sd), prepared.truth)
+    assimilated = set(prepared.cycle_obs.group_state_index[
+        np.isin(np.arange(prepared.cycle_obs.group_cycle.size),
+                prepared.cycle_obs.row_group[dispositions == disp.ASSIMILATED])].tolist())
+    obs_error = {}
+    table = prepared.table
+    for i, name in enumerate(names):
+        v, rest = name.split("@")
+        s, l = rest.split("/")
+        sel = ((table["variable"].values == v) & (table["site"].values == s) & (table["layer"].values == l)
+               & (dispositions == disp.ASSIMILATED))
+        if sel.any():
+            obs_error[name] = float(np.median(table["error_sd"].values[sel]))
+    result = {}
+    for i, name in enumerate(names):
+        entry = {"twin": twin[i]}
+        for label, series in baselines.items():
+            entry[label] = {"rmse": rmse(series[30:, i], prepared.truth[30:, i])}
+        if name in obs_error:
+            entry["observation_error"] = obs_error[name]
+        result[name] = entry
+    unobserved = [n for i, n in enumerate(names) if i not in assimilated]
+    return {"truth": result, "unobserved": unobserved}
+
+
+def write_products(work: Path, prepared, outputs, dispositions, baselines: dict, emulator, timings: dict) -> dict:
+    """Write reanalysis.nc, metrics.json, lineage.json and report.html into ``work``; return the metrics."""
+    from twin.report import write_report
+    ds = reanalysis_dataset(prepared, outputs, dispositions)
+    encoding = {k: ({"dtype": str} if v.dtype == object else {"zlib": True, "complevel": 4})
+                for k, v in ds.variables.items() if v.dtype == object or v.dtype.kind in "fiu"}
+    atomic_write(work / "reanalysis.nc", lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
+    counts = {disp.DISPOSITION_NAMES[int(c)]: int(k) for c, k in zip(*np.unique(dispositions, return_counts=True))}
+    diag = outputs.diagnostics
+    metrics = {
+        "name": prepared.config.name,
+        "period": {"start": str(prepared.day0)[:10], "days": prepared.num_days},
+        "filter": prepared.config.filter.model_dump(mode="json"),
+        "model": prepared.config.model.kind,
+        "dispositions": counts,
+        "innovations": {"mean": float(np.mean(np.asarray(diag.innovation_mean))),
+                        "normalized_mean": float(np.nanmean(np.asarray(diag.normalized_innovation))),
+                        "diverged_cycles": int(np.asarray(diag.diverged).sum())},
+        "forcing": prepared.forcing_report,
+        "timings": timings,
+    }
+    if prepared.truth is not None:
+        metrics.update(truth_metrics(prepared, outputs, baselines, dispositions))
+    validation = validation_scores(prepared, outputs)
+    if validation:
+        metrics["validation"] = validation
+    lineage = list(emulator.lineage) if emulator is not None else []
+    metrics["emulator_lineage"] = lineage
+    text = json.dumps(metrics, indent=2, default=float)
+    atomic_write(work / "metrics.json", lambda tmp: tmp.write_text(text))
+    atomic_write(work / "lineage.json", lambda tmp: tmp.write_text(json.dumps(lineage, indent=2, default=str)))
+    write_report(work / "report.html", prepared, outputs, dispositions, metrics, baselines)
+    return metrics
