@@ -40,6 +40,7 @@ __all__ = [
     "ModelError",
     "NetworkConfig",
     "build_network",
+    "log_step",
     "normalised_increment",
     "predict_step",
     "rollout",
@@ -233,7 +234,19 @@ def normalised_increment(
     return net(z_state, z_forcing, time, site)
 
 
-def _log_step(graphdef, weights, normalisation, log_state, forcing_t, day_of_year, site):
+def log_step(
+    graphdef: nnx.GraphDef,
+    weights: nnx.State,
+    normalisation: Normalisation,
+    log_state: jax.Array,
+    forcing_t: jax.Array,
+    day_of_year: jax.Array,
+    site: jax.Array | int = 0,
+) -> jax.Array:
+    """One step in log space: y (..., num_state) -> y', clipped to [log(log_floor), log_state_max].
+
+    The kernel of :func:`predict_step` and :func:`rollout`; arguments as in :func:`predict_step`.
+    """
     u = normalised_increment(graphdef, weights, normalisation, log_state, forcing_t, day_of_year, site)
     next_log_state = log_state + u * normalisation.increment_sd + normalisation.increment_mean
     return jnp.clip(next_log_state, jnp.log(normalisation.log_floor), normalisation.log_state_max)
@@ -265,7 +278,7 @@ def predict_step(
     """
     log_state = to_log_state(state, normalisation.log_floor)
     return from_log_state(
-        _log_step(graphdef, weights, normalisation, log_state, forcing_t, day_of_year, site)
+        log_step(graphdef, weights, normalisation, log_state, forcing_t, day_of_year, site)
     )
 
 
@@ -294,7 +307,7 @@ def rollout(
 
     def _step(log_state, inputs):
         forcing_t, day_t = inputs
-        next_log_state = _log_step(graphdef, weights, normalisation, log_state, forcing_t, day_t, site)
+        next_log_state = log_step(graphdef, weights, normalisation, log_state, forcing_t, day_t, site)
         return next_log_state, next_log_state
 
     log_state0 = to_log_state(state0, normalisation.log_floor)

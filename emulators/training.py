@@ -8,6 +8,11 @@ unrolled run grow with it), weighted per sample (the refit's confidence weights,
 Whole trajectories (members) are held out for validation; the weights with the best validation loss are
 kept, and training stops early when it no longer improves.
 
+Training data come from process-model ensembles (:class:`EnsembleSpec`, :func:`make_training_data`):
+members with perturbed initial states and forcing (weather, temperature shift, cloudiness, stratification),
+optionally parameters drawn in their ranges and given to the emulator as inputs. :func:`evaluate` scores the
+emulator on forcing years not seen in training and checks a 20-year free run.
+
 References:
     Brajard, Carrassi, Bocquet and Bertino 2020, J. Comput. Sci. 44, 101171 (emulators trained on analyses).
     Keisler 2022, arXiv:2202.07575 (multi-step rollout loss for stable learned simulators).
@@ -37,7 +42,7 @@ from emulators.network import (
     Emulator,
     ModelError,
     NetworkConfig,
-    _log_step,
+    log_step,
     build_network,
 )
 from emulators.normalisation import (
@@ -264,7 +269,7 @@ def _window_loss(graphdef, weights, normalisation, window):
 
     def _step(log_state, inputs):
         forcing_t, day_t = inputs
-        next_log_state = _log_step(graphdef, weights, normalisation, log_state, forcing_t, day_t, site)
+        next_log_state = log_step(graphdef, weights, normalisation, log_state, forcing_t, day_t, site)
         return next_log_state, next_log_state
 
     _, predicted = jax.lax.scan(_step, log_states[0], (forcing, day_of_year))
@@ -499,7 +504,7 @@ def estimate_model_error(graphdef, weights, normalisation, data: TrajectoryData)
     def residuals(weights):
         log_states = arrays["log_states"]
         site = jnp.broadcast_to(arrays["site"][:, None], log_states.shape[:1] + (data.num_steps,))
-        predicted = _log_step(
+        predicted = log_step(
             graphdef, weights, normalisation, log_states[:, :-1], arrays["forcing"], arrays["day_of_year"], site
         )
         return predicted - log_states[:, 1:], jnp.exp(predicted) - jnp.exp(log_states[:, 1:])
