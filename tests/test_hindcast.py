@@ -90,3 +90,28 @@ def test_cli_hindcast_prints_skill(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("hindcast small-osse: 40 days")
     assert json.loads(lines[-1])["period"]["days"] == 40
+
+
+def test_report_renders_in_headless_chromium(run):
+    """Opens report.html in Debian's Chromium (installed by .ci/run) and checks every figure loads."""
+    import shutil
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium not installed (apt-get install chromium; .ci/run does it)")
+    from playwright.sync_api import sync_playwright
+    out, _ = run
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((out / "report.html").resolve().as_uri())
+        page.wait_for_load_state("load")
+        count = page.evaluate("document.images.length")
+        loaded = page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        browser.close()
+    assert count >= 2 and loaded
+    assert errors == []
