@@ -105,3 +105,37 @@ def test_plots_written(tmp_path):
     paths = plot_qc(apply_qc(_buoy(v)), tmp_path)
     assert [p.name for p in paths] == ["qc_6200443_temperature.png"]
     assert paths[0].stat().st_size > 5000
+
+
+def _buoy_and_bottles(drift_per_day):
+    rng = np.random.default_rng(0)
+    hours = np.arange(0, 400 * 24)
+    t_buoy = np.datetime64("2020-01-01", "ns") + hours * np.timedelta64(1, "h")
+    true_b = 240 + 20 * np.sin(2 * np.pi * hours / 24 / 365)
+    buoy = true_b + rng.normal(0, 2, hours.size) + drift_per_day * hours / 24
+    days = np.arange(3, 400, 7)
+    t_bot = np.datetime64("2020-01-01T09", "ns") + days * np.timedelta64(1, "D")
+    bottle = 240 + 20 * np.sin(2 * np.pi * (days + 9 / 24) / 365) + rng.normal(0, 2, days.size)
+    n1, n2 = hours.size, days.size
+    return make_observations(
+        time=np.concatenate([t_buoy, t_bot]), site="Point B", variable="oxygen", layer="surface",
+        value=np.concatenate([buoy, bottle]), qc=np.ones(n1 + n2, np.int8), native_qc="1",
+        source=["buoy.csv"] * n1 + ["bottle.csv"] * n2, error_sd=8.0)
+
+
+def test_reference_drift_flags_a_drifting_sensor_once_drift_exceeds_its_error():
+    out = apply_qc(_buoy_and_bottles(-12.0 / 365))
+    drift_flag = out["qc_reference_drift"].values
+    buoy = out["source"].values == "buoy.csv"
+    days = (out["time"].values[buoy] - np.datetime64("2020-01-01", "ns")) / np.timedelta64(1, "D")
+    flagged = drift_flag[buoy] >= flags.SUSPECT
+    # drift reaches the 8 mmol m-3 error after 243 days: nothing flagged well before, all well after
+    assert not flagged[days < 200].any() and flagged[days > 290].all()
+    assert np.all(drift_flag[~buoy] == flags.NOT_EVALUATED), "the reference samples are not judged"
+    assert np.all(out["qc"].values[buoy][days > 290] >= flags.SUSPECT)
+
+
+def test_reference_drift_passes_a_sound_sensor():
+    out = apply_qc(_buoy_and_bottles(0.0))
+    buoy = out["source"].values == "buoy.csv"
+    assert np.all(out["qc_reference_drift"].values[buoy] == flags.GOOD)

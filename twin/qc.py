@@ -21,7 +21,7 @@ from twin import flags
 from twin.config import FlatLine, GrossRange, QcConfig, RateOfChange, SeasonalSpan, Spike
 from twin.observations import OBS_DIM
 
-QC_TESTS = ("gross_range", "climatology", "spike", "rate_of_change", "flat_line")
+QC_TESTS = ("gross_range", "climatology", "spike", "rate_of_change", "flat_line", "reference_drift")
 
 # Physically possible ranges in canonical units (fail) and the range of coastal values (suspect).
 BUILTIN_GROSS_RANGE: dict[str, GrossRange] = {
@@ -172,6 +172,7 @@ def apply_qc(table: xr.Dataset, config: QcConfig | None = None, progress: bool =
         res = run_series_tests(key[-1], values_all[idx], times_all[idx], config)
         for t in QC_TESTS:
             results[t][idx] = res[t]
+    results["reference_drift"] = reference_drift_test(table, usable)
     aggregated = flags.worst(qc_native, *results.values())
     # A test that did not run leaves the native flag as it was (worst() ranks not-evaluated lowest).
     out = table.assign(qc=(OBS_DIM, aggregated), qc_native=(OBS_DIM, qc_native))
@@ -180,6 +181,74 @@ def apply_qc(table: xr.Dataset, config: QcConfig | None = None, progress: bool =
         out[f"qc_{t}"].attrs.update(long_name=f"QARTOD {t.replace('_', ' ')} test flag",
                                     flag_values=np.array([1, 2, 3, 4, 9], np.int8),
                                     flag_meanings="pass not_evaluated suspect fail missing")
+    return out
+
+
+def reference_drift_test(table: xr.Dataset, usable: np.ndarray | None = None, *, window_hours: float = 3.0,
+                         min_pairs: int = 8, high_frequency_hours: float = 6.0) -> np.ndarray:
+    """Drift of a high-frequency sensor against reference samples of the same quantity (buoy vs bottles).
+
+    For every (site, layer, variable) seen by a high-frequency source (median interval under
+    ``high_frequency_hours``) and by another, sparser source, the sensor's values within ``window_hours`` of
+    each reference sample are averaged and differenced with it; a straight line d(t) = a + b t is fitted by
+    least squares. Where the fit is significant (slope or mean beyond 3 standard errors), the sensor's values
+    whose fitted drift exceeds their observation error are flagged suspect, and bad beyond three times it.
+    This is how a fouling oxygen or fluorescence sensor is caught: the discrete samples are the reference.
+
+    Returns:
+        (n,) int8 flags on the QARTOD scale (2 where the test does not apply).
+    """
+    n = table.sizes[OBS_DIM]
+    out = np.full(n, flags.NOT_EVALUATED, np.int8)
+    if n == 0:
+        return out
+    if usable is None:
+        usable = np.isin(table["qc"].values, (flags.GOOD, flags.NOT_EVALUATED)) & ~table["censored"].values
+    frame = pd.DataFrame({
+        "site": table["site"].values.astype(str), "layer": table["layer"].values.astype(str),
+        "variable": table["variable"].values.astype(str), "source": table["source"].values.astype(str),
+        "t": (table["time"].values - np.datetime64("1970-01-01", "ns")) / np.timedelta64(1, "D"),
+        "value": table["value"].values, "err": table["error_sd"].values})[usable & np.isfinite(table["value"].values)]
+    window = window_hours / 24.0
+    for (_, _, _), g in frame.groupby(["site", "layer", "variable"], sort=False):
+        by_source = {src: gs.sort_values("t") for src, gs in g.groupby("source", sort=False)}
+        if len(by_source) < 2:
+            continue
+        interval = {src: float(np.median(np.diff(gs["t"].to_numpy()))) if len(gs) > 2 else np.inf
+                    for src, gs in by_source.items()}
+        high = [s for s, dt in interval.items() if dt * 24 < high_frequency_hours]
+        refs = [s for s in by_source if s not in high]
+        if not high or not refs:
+            continue
+        ref = pd.concat([by_source[s] for s in refs])
+        for src in high:
+            hf = by_source[src]
+            ht, hv = hf["t"].to_numpy(), hf["value"].to_numpy()
+            lo = np.searchsorted(ht, ref["t"].to_numpy() - window, side="left")
+            hi = np.searchsorted(ht, ref["t"].to_numpy() + window, side="right")
+            csum = np.concatenate([[0.0], np.cumsum(hv)])
+            count = hi - lo
+            has = count > 0
+            if has.sum() < min_pairs:
+                continue
+            t_pair = ref["t"].to_numpy()[has]
+            diff = (csum[hi[has]] - csum[lo[has]]) / count[has] - ref["value"].to_numpy()[has]
+            t0 = t_pair.mean()
+            design = np.stack([np.ones_like(t_pair), t_pair - t0], axis=1)
+            coef, *_ = np.linalg.lstsq(design, diff, rcond=None)
+            resid = diff - design @ coef
+            dof = max(len(diff) - 2, 1)
+            s2 = float(resid @ resid) / dof
+            cov = s2 * np.linalg.inv(design.T @ design)
+            se_a, se_b = np.sqrt(np.diag(cov))
+            significant = abs(coef[1]) > 3 * se_b or abs(coef[0]) > 3 * se_a
+            rows = hf.index.to_numpy()
+            if not significant:
+                out[rows] = flags.GOOD
+                continue
+            drift = np.abs(coef[0] + coef[1] * (ht - t0))
+            err = hf["err"].to_numpy()
+            out[rows] = np.where(drift > 3 * err, flags.BAD, np.where(drift > err, flags.SUSPECT, flags.GOOD))
     return out
 
 
