@@ -248,7 +248,8 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
     Order: dispositions of empty/bad/out-of-domain slots; log transform of the state and of the observations
     of log-transformed elements (lognormal moments); gross-error check against the prior inflated by the
     current factor; adaptive inflation update (Anderson 2009) from the accepted innovations; prior
-    inflation; analysis; RTPS; optional random rotation; back-transform. A cycle with no accepted observation returns the prior
+    inflation; analysis; posterior inflation (``inflation_position="posterior"``); RTPS; optional random
+    rotation; back-transform. A cycle with no accepted observation returns the prior
     unchanged (a forecast only).
 
     Args:

@@ -182,6 +182,26 @@ def test_adaptive_inflation_finds_the_inflation_the_innovations_need():
     assert float(same.mean) == 1.0 and float(same.sd) == pytest.approx(0.6)
 
 
+def test_posterior_inflation_inflates_the_analysis_anomalies():
+    with jax.enable_x64(True):
+        members = jax.random.normal(jax.random.key(8), (9, 4))
+        obs = da.make_observations(jnp.array([0.3, -0.2]), 0.8, jnp.array([0, 3]))
+        plain = analyse(da.Ensemble(members), obs, jax.random.key(0), da.FilterParams("etkf"))
+        post = analyse(da.Ensemble(members), obs, jax.random.key(0), da.FilterParams("etkf", 1.1, "posterior"))
+        np.testing.assert_allclose(np.asarray(post.ensemble.members),
+                                   np.asarray(da.inflate(plain.ensemble.members, 1.1)), **TIGHT)
+
+
+def test_random_rotation_keeps_mean_and_covariance():
+    with jax.enable_x64(True):
+        members = jax.random.normal(jax.random.key(9), (10, 4))
+        rotated = np.asarray(da.random_rotation(members, jax.random.key(1)))
+    members = np.asarray(members)
+    np.testing.assert_allclose(rotated.mean(axis=0), members.mean(axis=0), **TIGHT)
+    np.testing.assert_allclose(np.cov(rotated, rowvar=False), np.cov(members, rowvar=False), **TIGHT)
+    assert not np.allclose(rotated, members)
+
+
 # ---------------------------------------------------------------- registry and parameters
 
 def test_unknown_names_raise_and_list_valid_ones():
@@ -189,6 +209,8 @@ def test_unknown_names_raise_and_list_valid_ones():
         da.FilterParams(method="enkf-n")
     with pytest.raises(ValueError, match="valid methods"):
         da.get_analysis_kernel("sqrt")
+    with pytest.raises(ValueError, match="valid: \\('prior', 'posterior'\\)"):
+        da.FilterParams(inflation_position="before")
     with pytest.raises(ValueError, match="rtps_alpha"):
         da.FilterParams(rtps_alpha=1.5)
     with pytest.raises(ValueError, match="letkf needs a Localization"):
