@@ -60,7 +60,7 @@ def degrees_of_freedom_for_signal(Y: Array) -> Array:
 
 
 def etkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: Array, key: Array | None = None,
-                localization: Localization | None = None) -> Array:
+                localization: Localization | None = None) -> tuple[Array, Array]:
     """ETKF analysis, symmetric square root (Hunt et al. 2007; Sakov and Oke 2008), mean-preserving.
 
     Args:
@@ -81,7 +81,7 @@ def etkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: A
 
 
 def letkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: Array, key: Array | None = None,
-                 localization: Localization | None = None) -> Array:
+                 localization: Localization | None = None) -> tuple[Array, Array]:
     """LETKF: one ETKF transform per local domain, R^-1 tapered (Hunt et al. 2007, section 2.3).
 
     Args:
@@ -110,7 +110,7 @@ def letkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: 
 
 
 def enkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: Array, key: Array | None = None,
-                localization: Localization | None = None) -> Array:
+                localization: Localization | None = None) -> tuple[Array, Array]:
     """Stochastic EnKF with perturbed observations (Burgers et al. 1998; Evensen 2009, ch. 9).
 
     The perturbations are centred over members (as DAPPER's ``mean0``), so the analysis mean equals the
@@ -149,7 +149,7 @@ def enkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: A
 
 
 def ensrf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: Array, key: Array | None = None,
-                 localization: Localization | None = None) -> Array:
+                 localization: Localization | None = None) -> tuple[Array, Array]:
     """Serial EnSRF: one observation at a time, no m x m matrix (Whitaker and Hamill 2002, eqs. 10-13).
 
     Each scalar update changes the mean with the Kalman gain and the anomalies with the reduced gain
