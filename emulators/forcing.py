@@ -23,6 +23,7 @@ from typing import Literal, NamedTuple, get_args
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.signal
 
 from emulators.solar import clear_sky_par, day_length, solar_declination
 
@@ -268,11 +269,12 @@ def mixing_index_from_temperature(temperature: np.ndarray, stratification_scale:
         temperature: shape ``(T, L)`` degC; with one layer the index is 1 (not used by the model).
         stratification_scale: degC; the surface-bottom difference at which exchange is reduced by e.
     """
-    temperature = jnp.asarray(temperature)
+    xp = jnp if isinstance(temperature, jax.Array) else np
+    temperature = xp.asarray(temperature)
     if temperature.shape[-1] < 2:
-        return jnp.ones(temperature.shape[:-1], temperature.dtype)
-    delta = jnp.maximum(temperature[..., 0] - temperature[..., -1], 0.0)
-    return jnp.exp(-delta / stratification_scale)
+        return xp.ones(temperature.shape[:-1], temperature.dtype)
+    delta = xp.maximum(temperature[..., 0] - temperature[..., -1], 0.0)
+    return xp.exp(-delta / stratification_scale)
 
 
 def make_forcing(
@@ -348,12 +350,10 @@ def make_forcing(
 def _ar1(key: jax.Array, n: int, sd: float, correlation_days: float) -> np.ndarray:
     """AR(1) noise of stationary standard deviation ``sd`` and e-folding time ``correlation_days``."""
     phi = np.exp(-1.0 / correlation_days)
-    eps = np.asarray(jax.random.normal(key, (n,)), np.float64) * sd * np.sqrt(1 - phi**2)
-    out = np.empty(n)
-    out[0] = np.asarray(jax.random.normal(jax.random.fold_in(key, 1), ())) * sd
-    for i in range(1, n):  # NumPy, at construction time only
-        out[i] = phi * out[i - 1] + eps[i]
-    return out
+    normal = np.asarray(jax.random.normal(key, (n,)), np.float64)
+    innovations = normal * sd * np.sqrt(1 - phi**2)
+    innovations[0] = normal[0] * sd  # start from the stationary distribution
+    return scipy.signal.lfilter([1.0], [1.0, -phi], innovations)
 
 
 def synthetic_forcing(

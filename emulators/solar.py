@@ -1,8 +1,9 @@
 """Astronomical and clear-sky irradiance: solar declination, day length, daily mean clear-sky PAR.
 
 Day of year is zero-based and continuous: 0.0 is 1 January 00:00 UTC, 171.5 is noon on 21 June (non-leap).
-All functions are elementwise in ``jnp`` (they broadcast latitude against day of year, run under ``jit`` and
-``vmap``, and accept NumPy input).
+All functions are elementwise and broadcast latitude against day of year; with JAX arrays (or under ``jit``
+and ``vmap``) they compute in ``jnp``, with NumPy or Python input in NumPy (no dispatch cost when building
+forcing).
 
 References:
     Spencer 1971, Search 2(5), 172 (Fourier series for declination and the eccentricity factor).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "SOLAR_CONSTANT",
@@ -31,8 +33,14 @@ SOLAR_CONSTANT = 1361.0  # W m-2, Kopp and Lean 2011
 PHOTONS_PER_JOULE_PAR = 4.57  # umol J-1, McCree 1972
 
 
+def _xp(*args):
+    """``jnp`` if any argument is a JAX array or tracer, else ``np``."""
+    return jnp if any(isinstance(a, jax.Array) for a in args) else np
+
+
 def _day_angle(day_of_year: jax.Array) -> jax.Array:
-    return 2.0 * jnp.pi * jnp.asarray(day_of_year) / 365.0
+    xp = _xp(day_of_year)
+    return 2.0 * np.pi * xp.asarray(day_of_year, dtype=float if xp is np else None) / 365.0
 
 
 def solar_declination(day_of_year: jax.Array) -> jax.Array:
@@ -45,36 +53,39 @@ def solar_declination(day_of_year: jax.Array) -> jax.Array:
         declination in degrees, same shape: about +23.44 at the June solstice, -23.44 in December, 0 at equinoxes.
     """
     g = _day_angle(day_of_year)
+    xp = _xp(g)
     rad = (
         0.006918
-        - 0.399912 * jnp.cos(g)
-        + 0.070257 * jnp.sin(g)
-        - 0.006758 * jnp.cos(2 * g)
-        + 0.000907 * jnp.sin(2 * g)
-        - 0.002697 * jnp.cos(3 * g)
-        + 0.00148 * jnp.sin(3 * g)
+        - 0.399912 * xp.cos(g)
+        + 0.070257 * xp.sin(g)
+        - 0.006758 * xp.cos(2 * g)
+        + 0.000907 * xp.sin(2 * g)
+        - 0.002697 * xp.cos(3 * g)
+        + 0.00148 * xp.sin(3 * g)
     )
-    return jnp.degrees(rad)
+    return xp.degrees(rad)
 
 
 def eccentricity_factor(day_of_year: jax.Array) -> jax.Array:
     """(mean Earth-Sun distance / distance)^2, Spencer 1971; 1.034 in early January, 0.967 in early July."""
     g = _day_angle(day_of_year)
+    xp = _xp(g)
     return (
         1.000110
-        + 0.034221 * jnp.cos(g)
-        + 0.001280 * jnp.sin(g)
-        + 0.000719 * jnp.cos(2 * g)
-        + 0.000077 * jnp.sin(2 * g)
+        + 0.034221 * xp.cos(g)
+        + 0.001280 * xp.sin(g)
+        + 0.000719 * xp.cos(2 * g)
+        + 0.000077 * xp.sin(2 * g)
     )
 
 
 def _sunset_hour_angle(latitude: jax.Array, day_of_year: jax.Array) -> jax.Array:
     """Sunset hour angle (radians) of the sun's centre, 0 in polar night and pi in polar day."""
-    phi = jnp.radians(jnp.asarray(latitude))
-    delta = jnp.radians(solar_declination(day_of_year))
-    cos_ws = jnp.clip(-jnp.tan(phi) * jnp.tan(delta), -1.0, 1.0)
-    return jnp.arccos(cos_ws)
+    xp = _xp(latitude, day_of_year)
+    phi = xp.radians(xp.asarray(latitude))
+    delta = xp.radians(solar_declination(day_of_year))
+    cos_ws = xp.clip(-xp.tan(phi) * xp.tan(delta), -1.0, 1.0)
+    return xp.arccos(cos_ws)
 
 
 def day_length(latitude: jax.Array, day_of_year: jax.Array) -> jax.Array:
@@ -82,16 +93,17 @@ def day_length(latitude: jax.Array, day_of_year: jax.Array) -> jax.Array:
 
     12 h everywhere at the equinoxes; 15.4 h at 45 N on the June solstice; 0 or 24 h in polar night or day.
     """
-    return 24.0 / jnp.pi * _sunset_hour_angle(latitude, day_of_year)
+    return 24.0 / np.pi * _sunset_hour_angle(latitude, day_of_year)
 
 
 def daily_extraterrestrial_irradiance(latitude: jax.Array, day_of_year: jax.Array) -> jax.Array:
     """Daily mean shortwave irradiance on a horizontal surface at the top of the atmosphere, W m-2 (Iqbal 1983)."""
-    phi = jnp.radians(jnp.asarray(latitude))
-    delta = jnp.radians(solar_declination(day_of_year))
+    xp = _xp(latitude, day_of_year)
+    phi = xp.radians(xp.asarray(latitude))
+    delta = xp.radians(solar_declination(day_of_year))
     ws = _sunset_hour_angle(latitude, day_of_year)
-    geometry = ws * jnp.sin(phi) * jnp.sin(delta) + jnp.cos(phi) * jnp.cos(delta) * jnp.sin(ws)
-    return SOLAR_CONSTANT / jnp.pi * eccentricity_factor(day_of_year) * jnp.maximum(geometry, 0.0)
+    geometry = ws * xp.sin(phi) * xp.sin(delta) + xp.cos(phi) * xp.cos(delta) * xp.sin(ws)
+    return SOLAR_CONSTANT / np.pi * eccentricity_factor(day_of_year) * xp.maximum(geometry, 0.0)
 
 
 def clear_sky_par(
