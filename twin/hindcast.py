@@ -70,13 +70,27 @@ def experiment_sources(config: TwinConfig, directory: Path, quiet: bool = True):
                           fluorescence_slope=exp.fluorescence_slope, parameter_spread=exp.parameter_spread)
     _log(f"twin experiment: truth and observations for {exp.days} days -> {directory}", quiet)
     truth, paths = write_experiment(directory, spec)
-    sources = [SourceConfig(path=str(paths["somlit"]), format="somlit")]
+    from twin.osse import BOTTLE_ERROR, BUOY_ERROR
+    # The experiment knows its observation errors: the filter is told them (a real station's come from
+    # the config, with representativeness added).
+    sources = [SourceConfig(path=str(paths["somlit"]), format="somlit", error_sd=_bottle_error_sd(BOTTLE_ERROR))]
     if "coasthf" in paths:
-        sources.append(SourceConfig(path=str(paths["coasthf"]), format="coasthf",
+        buoy_sd = {"temperature": BUOY_ERROR["temperature"], "salinity": BUOY_ERROR["salinity"],
+                   "oxygen": BUOY_ERROR["oxygen"], "fluorescence": BUOY_ERROR["fluorescence"],
+                   "chlorophyll": BUOY_ERROR["fluorescence"] * exp.fluorescence_slope}
+        sources.append(SourceConfig(path=str(paths["coasthf"]), format="coasthf", error_sd=buoy_sd,
                                     fluorescence_calibration={exp.platform: (exp.fluorescence_slope, 0.0)}))
     sites = config.sites or (SiteConfig(name=exp.site, latitude=exp.latitude, longitude=exp.longitude,
                                         aliases=(exp.platform,), bottom_depth_m=60.0),)
     return config.model_copy(update={"sources": tuple(sources) + config.sources, "sites": sites}), truth
+
+
+def _bottle_error_sd(absolute: dict) -> dict:
+    """Bottle errors of the experiment, with its relative part taken at a typical concentration."""
+    from twin.osse import BOTTLE_RELATIVE_ERROR
+    typical = {"nitrate": 1.5, "ammonium": 0.15, "phosphate": 0.1, "silicate": 2.0, "chlorophyll": 1.0}
+    return {v: float(np.hypot(sd, BOTTLE_RELATIVE_ERROR.get(v, 0.0) * typical.get(v, 0.0)))
+            for v, sd in absolute.items()}
 
 
 def _period(config: TwinConfig, table: xr.Dataset) -> tuple[np.datetime64, int]:
@@ -156,11 +170,20 @@ def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):
     d = prepared.layout.model_dim
     if config.model.kind == "process":
         stepper = process_stepper(ProcessParams(), prepared.sites, config.model.substeps)
-        return stepper, np.full(d, config.model.process_log_error_sd, np.float32), None
+        return stepper, process_log_error_sd(config, prepared.layout), None
     from twin.emulator_source import obtain_emulator
     emulator = obtain_emulator(config, prepared, quiet)
     sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
     return emulator_stepper(emulator), sd, emulator
+
+
+def process_log_error_sd(config: TwinConfig, layout: StateLayout) -> np.ndarray:
+    """Daily multiplicative model error of the process model: the configured sd, a tenth of it for oxygen
+    (oxygen is near saturation and varies by percents, nutrients by factors)."""
+    from emulators.parameters import TRACERS
+    sd = np.full(layout.model_dim, config.model.process_log_error_sd, np.float32)
+    sd[[i for i in range(layout.model_dim) if TRACERS[i % len(TRACERS)] == "oxygen"]] /= 10
+    return sd
 
 
 def filter_params(config: TwinConfig) -> FilterParams:
@@ -261,7 +284,7 @@ def run_hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bo
                 process = make_forecast(process_stepper(ProcessParams(), prepared.sites,
                                                         prepared.config.model.substeps),
                                         prepared.layout, prepared.sites,
-                                        np.full(prepared.layout.model_dim, prepared.config.model.process_log_error_sd))
+                                        process_log_error_sd(prepared.config, prepared.layout))
                 baselines["process_model"] = np.asarray(free_forecast(
                     process, members0, prepared.forcing, jax.random.fold_in(key, 10**6 + 1), prepared.num_days
                 ).mean(axis=1))
