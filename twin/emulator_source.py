@@ -1,0 +1,79 @@
+"""Where the twin's emulator comes from: a checkpoint named by the config, or pretraining on the process
+model; and its limits of use on the forcing a run will feed it."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import jax
+import numpy as np
+
+from twin.config import TwinConfig, config_hash
+
+
+def _latitudes(config: TwinConfig) -> tuple[float, ...]:
+    if config.sites:
+        return tuple(s.latitude for s in config.sites)
+    if config.experiment is not None:
+        return (config.experiment.latitude,)
+    return (43.24,)
+
+
+def ensemble_spec(config: TwinConfig):
+    from emulators.training import EnsembleSpec
+    pre = config.emulator.pretrain
+    return EnsembleSpec(num_members=pre.members, num_years=pre.years, latitudes=_latitudes(config))
+
+
+def train_config(config: TwinConfig):
+    """The emulator's TrainConfig: the library defaults, with the config's network, seed and step budget."""
+    from emulators.training import TrainConfig
+    pre = config.emulator.pretrain
+    base = TrainConfig(hidden_sizes=pre.hidden_sizes, seed=pre.seed)
+    total = base.total_steps
+    if pre.max_steps < total:  # scale every curriculum stage down to the budget
+        scale = pre.max_steps / total
+        schedule = tuple((h, max(1, int(round(n * scale)))) for h, n in base.rollout_schedule)
+        base = dataclasses.replace(base, rollout_schedule=schedule,
+                                   warmup_steps=min(base.warmup_steps, max(1, pre.max_steps // 10)),
+                                   steps_per_eval=min(base.steps_per_eval, max(1, pre.max_steps // 10)))
+    return base
+
+
+def pretrain(config: TwinConfig, progress: bool = True):
+    """Pretrain an emulator on a process-model ensemble drawn for the config's sites."""
+    from emulators.checkpoint import make_lineage_entry
+    from emulators.training import train_demo_emulator
+    started = time.perf_counter()
+    spec = ensemble_spec(config)
+    emulator, history = train_demo_emulator(jax.random.PRNGKey(config.emulator.pretrain.seed), spec=spec,
+                                            config=train_config(config), config_hash=config_hash(config),
+                                            progress=progress)
+    history["seconds"] = time.perf_counter() - started
+    if not emulator.lineage:
+        emulator = emulator.replace(lineage=(make_lineage_entry("pretrain", f"process model ensemble {spec}"),))
+    return emulator, history
+
+
+def obtain_emulator(config: TwinConfig, prepared=None, quiet: bool = False):
+    """The checkpoint the config names, or a freshly pretrained emulator."""
+    from emulators.checkpoint import load_checkpoint
+    if config.emulator.checkpoint:
+        if not quiet:
+            print(f"[twin] emulator checkpoint {config.emulator.checkpoint}", file=sys.stderr)
+        return load_checkpoint(config.emulator.checkpoint)
+    if not quiet:
+        print("[twin] no emulator checkpoint: pretraining one on the process model", file=sys.stderr)
+    emulator, _ = pretrain(config, progress=not quiet)
+    return emulator
+
+
+def limits_of_use(emulator, forcing) -> dict:
+    """Fraction of days on which each forcing feature lies outside the emulator's training range."""
+    from emulators.training import forcing_inputs
+    features = np.asarray(forcing_inputs(emulator.config.forcing_names, forcing))  # (T, S, F)
+    lo, hi = np.asarray(emulator.ranges.forcing_min), np.asarray(emulator.ranges.forcing_max)
+    outside = (features < lo) | (features > hi)
+    return {name: float(outside[..., i].mean()) for i, name in enumerate(emulator.config.forcing_names)
+            if outside[..., i].any()}
