@@ -365,6 +365,9 @@ def train(
         ``best_val_loss``, ``initial_val_loss``, ``stopped_early``, ``seconds``.
     """
     started = time_module.perf_counter()
+    max_horizon = max(max(h for h, _ in config.rollout_schedule), config.eval_horizon)
+    if max_horizon > data.num_steps:
+        raise ValueError(f"rollout horizon {max_horizon} exceeds the trajectories' {data.num_steps} steps")
     key_split, key_train = jax.random.split(key)
     train_index, val_index = split_by_group(data, config.validation_fraction, key_split)
 
@@ -401,9 +404,6 @@ def train(
         kind = "refit"
 
     arrays = _device_arrays(data, float(normalisation.log_floor), sample_weights)
-    max_horizon = max(max(h for h, _ in config.rollout_schedule), config.eval_horizon)
-    if max_horizon > data.num_steps:
-        raise ValueError(f"rollout horizon {max_horizon} exceeds the trajectories' {data.num_steps} steps")
     val_windows = _validation_windows(arrays, val_index, config.eval_horizon)
     val_loss_fn = jax.jit(lambda w: _batch_loss(graphdef, w, normalisation, val_windows))
 
