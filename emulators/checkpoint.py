@@ -141,14 +141,23 @@ def save_checkpoint(directory: str | os.PathLike, emulator: Emulator, *, overwri
     Args:
         directory: the checkpoint directory (created; its parent too).
         emulator: the emulator, with its normalisation, ranges, model error, config hash and lineage.
-        overwrite: replace an existing checkpoint; when False an existing one raises FileExistsError.
+        overwrite: replace an existing checkpoint; when False an existing one raises FileExistsError. A
+            directory that is not a checkpoint is never replaced (FileExistsError).
 
     Returns:
         The checkpoint directory.
     """
     directory = Path(directory)
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f"checkpoint {directory} exists; pass overwrite=True to replace it")
+    if directory.exists():
+        if not overwrite:
+            raise FileExistsError(f"checkpoint {directory} exists; pass overwrite=True to replace it")
+        # Replacing removes the old directory: never do that to a directory that is not a checkpoint.
+        found = {p.name for p in directory.iterdir()} if directory.is_dir() else None
+        if found is None or not found <= {ARRAYS_FILE, METADATA_FILE} or METADATA_FILE not in found:
+            raise FileExistsError(
+                f"{directory} exists and is not an emulator checkpoint (it holds {sorted(found or [])}); "
+                "refusing to replace it: choose another directory"
+            )
     arrays = _weight_arrays(emulator.weights)
     for group, value in (
         ("normalisation", emulator.normalisation),

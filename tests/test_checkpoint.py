@@ -90,6 +90,16 @@ def test_overwrite_replaces_and_refuses_when_asked(tmp_path, emulator):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+def test_a_directory_that_is_not_a_checkpoint_is_never_replaced(tmp_path, emulator):
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"not an emulator checkpoint .*notes\.txt"):
+        save_checkpoint(other, emulator)
+    assert (other / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
 def test_failed_write_leaves_no_partial_checkpoint(tmp_path, emulator, monkeypatch):
     path = tmp_path / "ckpt"
 
