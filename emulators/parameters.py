@@ -103,22 +103,38 @@ class ProcessParams(NamedTuple):
     stratified_exchange_velocity: float = 0.2
 
 
-# field: (unit, default, literature range, reference) -- the documentation of ProcessParams, one line each.
+# The documentation of ProcessParams, one entry per field: "unit; meaning; literature range; reference (its value)".
+# Defaults are the field defaults of ProcessParams.
 PARAM_DOCS: dict[str, str] = {
     "max_growth_rate": "d-1; phytoplankton maximum growth rate at 20 degC; 0.6-3.0; Eppley 1972, Fasham et al. 1990",
-    "growth_temperature_coefficient": "degC-1; Eppley exponent, growth ~ exp(c (T - 20)); 0.04-0.07; Eppley 1972 (0.0633)",
-    "light_saturation": "umol photons m-2 s-1 (daily mean PAR); light limitation 1 - exp(-I/Ik); 25-150; Platt et al. 1980",
+    "growth_temperature_coefficient": (
+        "degC-1; Eppley exponent, growth ~ exp(c (T - 20)); "
+        "0.04-0.07; Eppley 1972 (0.0633)"
+    ),
+    "light_saturation": (
+        "umol photons m-2 s-1 (daily mean PAR); light limitation 1 - exp(-I/Ik); "
+        "25-150; Webb et al. 1974"
+    ),
     "half_sat_nitrate": "mmol N m-3; Michaelis-Menten half-saturation for nitrate; 0.1-2.0; Fasham et al. 1990 (0.5)",
     "half_sat_ammonium": "mmol N m-3; half-saturation for ammonium; 0.02-0.5; Fasham et al. 1990 (0.05)",
     "half_sat_phosphate": "mmol P m-3; half-saturation for phosphate; 0.005-0.1; Lacroix and Gregoire 2002",
-    "half_sat_silicate": "mmol Si m-3; half-saturation for silicate; 0.3-3.0; Brzezinski 1985, Lacroix and Gregoire 2002",
+    "half_sat_silicate": (
+        "mmol Si m-3; half-saturation for silicate; "
+        "0.3-3.0; Brzezinski 1985, Lacroix and Gregoire 2002"
+    ),
     "phyto_mortality": "d-1; linear phytoplankton mortality to detritus; 0.01-0.1; Fasham et al. 1990 (0.05)",
     "phyto_sinking": "m d-1; phytoplankton sinking velocity; 0.1-2.0; Smayda 1970",
     "max_grazing_rate": "d-1; zooplankton maximum grazing at 20 degC; 0.5-2.0; Fasham et al. 1990 (1.0)",
     "grazing_half_sat": "mmol N m-3; Holling III grazing half-saturation; 0.5-2.0; Fasham et al. 1990 (1.0)",
-    "assimilation_efficiency": "1; fraction of grazing assimilated, the rest to detritus; 0.6-0.9; Fasham et al. 1990 (0.75)",
+    "assimilation_efficiency": (
+        "1; fraction of grazing assimilated, the rest to detritus; "
+        "0.6-0.9; Fasham et al. 1990 (0.75)"
+    ),
     "zoo_excretion": "d-1; zooplankton excretion to ammonium at 20 degC; 0.05-0.2; Fasham et al. 1990 (0.1)",
-    "zoo_mortality": "(mmol N m-3)-1 d-1; quadratic zooplankton mortality to detritus; 0.05-0.5; Steele and Henderson 1992",
+    "zoo_mortality": (
+        "(mmol N m-3)-1 d-1; quadratic zooplankton mortality to detritus; "
+        "0.05-0.5; Steele and Henderson 1992"
+    ),
     "remineralisation_rate": "d-1; detritus to ammonium at 20 degC; 0.03-0.3; Fasham et al. 1990 (0.05)",
     "detritus_sinking": "m d-1; detritus sinking velocity; 1-20; Fasham et al. 1990 (10)",
     "nitrification_rate": "d-1; ammonium to nitrate at 20 degC; 0.02-0.3; Yool et al. 2007",
@@ -127,8 +143,14 @@ PARAM_DOCS: dict[str, str] = {
     "phyto_attenuation": "m-1 (mmol N m-3)-1; self-shading by phytoplankton; 0.02-0.06; Fasham et al. 1990 (0.03)",
     "phosphorus_to_nitrogen": "mol P mol N-1; Redfield ratio of organic matter; 1/20-1/12; Redfield 1963 (1/16)",
     "silicon_to_nitrogen": "mol Si mol N-1; Si:N of the community (diatom share); 0.4-1.1; Brzezinski 1985",
-    "mixed_exchange_velocity": "m d-1; surface-bottom exchange velocity when well mixed (winter); 5-50 (Kz 2e-3..2e-2 m2 s-1 over 30 m); Lacroix and Gregoire 2002",
-    "stratified_exchange_velocity": "m d-1; surface-bottom exchange velocity when stratified; 0.05-1.0 (Kz 2e-5..3e-4 m2 s-1); Lacroix and Gregoire 2002",
+    "mixed_exchange_velocity": (
+        "m d-1; surface-bottom exchange velocity when well mixed (winter); "
+        "5-50 (Kz 2e-3..2e-2 m2 s-1 over 30 m); Lacroix and Gregoire 2002"
+    ),
+    "stratified_exchange_velocity": (
+        "m d-1; surface-bottom exchange velocity when stratified; "
+        "0.05-1.0 (Kz 2e-5..3e-4 m2 s-1); Lacroix and Gregoire 2002"
+    ),
 }
 
 PARAM_RANGES: dict[str, tuple[float, float]] = {

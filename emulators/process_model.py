@@ -26,10 +26,16 @@ Meister 2003, Appl. Numer. Math. 47, 1-30), on layer contents (mmol m-2). Every 
 production-destruction flow between two state entries (internal flows, exactly conservative) or as an
 external source/sink (air-sea, boundary, river, P and Si uptake and release, oxygen). Destruction terms are
 weighted by c^{n+1}/c^{*} so each stage is one linear solve with an M-matrix: the scheme is unconditionally
-positive, conserves total N to round-off in a closed set-up, and is second order in time. Forcing is
-constant over a day (daily means); a day is split into ``substeps`` equal sub-steps (12 by default: the
-fastest rates, growth and winter mixing of a thin surface layer, are a few per day; the solution is within
-1e-3 relative of a 16x finer step, see tests/test_process_model.py).
+positive, conserves total N to round-off in a closed set-up (1e-15 in float64, 1e-6 a year in float32), and
+is second order in time (measured 1.89-1.94 at 64-256 sub-steps a day; coarser steps are pre-asymptotic
+because surface ammonium turns over ~10 times a day). Forcing is constant over a day (daily means); a day is
+split into ``substeps`` equal sub-steps, 12 by default (2 h): against a 16x finer step the relative error
+is 3.5e-3 for the stiffest tracer (surface ammonium), 1.1e-3 for phytoplankton and below 5e-4 for the others
+after a day, and at most 6e-3 (ammonium) over a year. Total P and Si are conserved to truncation error only
+(2e-4 a year with two layers), since their uptake is Patankar-weighted on their own pools.
+
+Timing (CPU, one thread, 64 members x 365 days x 12 sub-steps, ``jit(vmap(run))``): 0.28 s with the default
+sparse solver, 2.5 s with the dense LU solver; first call (compilation) about 10 s.
 """
 
 from __future__ import annotations
@@ -162,7 +168,9 @@ def seawater_density(temperature: jax.Array, salinity: jax.Array) -> jax.Array:
     Check value: 1024.763 kg m-3 at T = 20 degC, S = 35 (Millero and Poisson 1981).
     """
     t, s = temperature, salinity
-    pure = 999.842594 + t * (6.793952e-2 + t * (-9.095290e-3 + t * (1.001685e-4 + t * (-1.120083e-6 + t * 6.536332e-9))))
+    pure = 999.842594 + t * (
+        6.793952e-2 + t * (-9.095290e-3 + t * (1.001685e-4 + t * (-1.120083e-6 + t * 6.536332e-9)))
+    )
     a = 0.824493 + t * (-4.0899e-3 + t * (7.6438e-5 + t * (-8.2467e-7 + t * 5.3875e-9)))
     b = -5.72466e-3 + t * (1.0227e-4 - t * 1.6546e-6)
     return pure + a * s + b * s * jnp.sqrt(jnp.maximum(s, 0.0)) + 4.8314e-4 * s**2
