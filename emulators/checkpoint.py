@@ -135,6 +135,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _is_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a checkpoint's metadata (other files beside it are allowed)."""
+    try:
+        metadata = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(metadata, dict) and "format_version" in metadata and "arrays_sha256" in metadata
+
+
 def save_checkpoint(directory: str | os.PathLike, emulator: Emulator, *, overwrite: bool = True) -> Path:
     """Writes ``emulator`` to ``directory`` atomically.
 
@@ -142,7 +151,8 @@ def save_checkpoint(directory: str | os.PathLike, emulator: Emulator, *, overwri
         directory: the checkpoint directory (created; its parent too).
         emulator: the emulator, with its normalisation, ranges, model error, config hash and lineage.
         overwrite: replace an existing checkpoint; when False an existing one raises FileExistsError. A
-            directory that is not a checkpoint is never replaced (FileExistsError).
+            directory that is not a checkpoint is never replaced (FileExistsError). Replacing a checkpoint
+            replaces its whole directory: files written beside it (a resolved config) must be written again.
 
     Returns:
         The checkpoint directory.
@@ -152,10 +162,10 @@ def save_checkpoint(directory: str | os.PathLike, emulator: Emulator, *, overwri
         if not overwrite:
             raise FileExistsError(f"checkpoint {directory} exists; pass overwrite=True to replace it")
         # Replacing removes the old directory: never do that to a directory that is not a checkpoint.
-        found = {p.name for p in directory.iterdir()} if directory.is_dir() else None
-        if found is None or not found <= {ARRAYS_FILE, METADATA_FILE} or METADATA_FILE not in found:
+        if not _is_checkpoint(directory):
+            found = sorted(p.name for p in directory.iterdir())[:10] if directory.is_dir() else []
             raise FileExistsError(
-                f"{directory} exists and is not an emulator checkpoint (it holds {sorted(found or [])}); "
+                f"{directory} exists and is not an emulator checkpoint (it holds {found}); "
                 "refusing to replace it: choose another directory"
             )
     arrays = _weight_arrays(emulator.weights)

@@ -99,6 +99,12 @@ def test_a_directory_that_is_not_a_checkpoint_is_never_replaced(tmp_path, emulat
     assert (other / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
 
+    # A checkpoint with a file written beside it (e.g. the resolved config) is still a checkpoint.
+    path = save_checkpoint(tmp_path / "ckpt", emulator)
+    (path / "resolved_config.yaml").write_text("seed: 0\n")
+    save_checkpoint(path, emulator.replace(config_hash="again"))
+    assert load_checkpoint(path).config_hash == "again"
+
 
 def test_failed_write_leaves_no_partial_checkpoint(tmp_path, emulator, monkeypatch):
     path = tmp_path / "ckpt"
