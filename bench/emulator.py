@@ -9,6 +9,7 @@ cost, so without ``--checkpoint`` an untrained network of the demo architecture 
 Prints member-years per second of both and their ratio; the last line is JSON.
 
 Usage: python bench/emulator.py [--members 64] [--sites 2] [--years 2] [--repeat 3] [--checkpoint DIR]
+                                [--hidden 96,96]
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from emulators.training import (  # noqa: E402
 )
 
 
-def untrained_emulator(num_sites: int) -> Emulator:
+def untrained_emulator(num_sites: int, hidden_sizes: tuple[int, ...] | None = None) -> Emulator:
     """The demo architecture with initial weights and a placeholder normalisation (speed does not depend on them)."""
-    train_config = TrainConfig()
+    train_config = TrainConfig() if hidden_sizes is None else TrainConfig(hidden_sizes=hidden_sizes)
     config = NetworkConfig(
         state_names=tuple(process_model.state_names(2)),
         forcing_names=forcing_feature_names(2),
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--years", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--checkpoint", default=None, help="time a trained emulator from this checkpoint")
+    parser.add_argument("--hidden", default=None, help="hidden sizes of the untrained network, e.g. 96,96")
     args = parser.parse_args()
 
     num_days = 365 * args.years
@@ -103,7 +105,8 @@ def main() -> None:
     run_members = jax.jit(jax.vmap(run_sites, in_axes=(0, 0, None, None)))
     process_seconds = best_time(lambda: run_members(state0, forcing, params, sites), args.repeat)
 
-    emulator = load_checkpoint(args.checkpoint) if args.checkpoint else untrained_emulator(args.sites)
+    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
+    emulator = load_checkpoint(args.checkpoint) if args.checkpoint else untrained_emulator(args.sites, hidden)
     if emulator.config.num_sites < args.sites:
         sys.exit(f"bench/emulator.py: the checkpoint has {emulator.config.num_sites} sites, asked for {args.sites}")
     names = emulator.config.forcing_names

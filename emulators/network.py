@@ -75,7 +75,7 @@ class NetworkConfig:
     forcing_names: tuple[str, ...]
     num_sites: int = 1
     site_features: int = 4
-    hidden_sizes: tuple[int, ...] = (64, 64)
+    hidden_sizes: tuple[int, ...] = (96, 96)
     activation: Activation = "tanh"
     seed: int = 0
     dt_days: float = 1.0
@@ -139,7 +139,7 @@ class EmulatorNet(nnx.Module):
         num_state: int,
         num_forcing: int,
         *,
-        hidden_sizes: Sequence[int] = (64, 64),
+        hidden_sizes: Sequence[int] = (96, 96),
         num_sites: int = 1,
         site_features: int = 4,
         activation: Activation = "tanh",

@@ -156,7 +156,7 @@ class TrainConfig:
         log_floor: concentration floor before the log, mmol m-3.
     """
 
-    hidden_sizes: tuple[int, ...] = (128, 128)
+    hidden_sizes: tuple[int, ...] = (96, 96)
     activation: Activation = "tanh"
     site_features: int = 4
     seed: int = 0
