@@ -175,10 +175,11 @@ class ModelConfig(Frozen):
 
 
 class PretrainConfig(Frozen):
-    members: int = Field(default=48, ge=4)
-    years: int = Field(default=3, ge=1)
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    max_steps: int = Field(default=3000, ge=10)
+    """Pretraining of the emulator on a process-model ensemble (forcing and initial states perturbed)."""
+    members: int = Field(default=128, ge=4)
+    years: int = Field(default=1, ge=1)
+    hidden_sizes: tuple[int, ...] = (96, 96)
+    max_steps: int = Field(default=3600, ge=10, description="optimizer steps over the whole curriculum")
     seed: int = Field(default=0, ge=0)
 
 
