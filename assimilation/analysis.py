@@ -110,7 +110,8 @@ def letkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: 
 
 
 def enkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: Array, key: Array | None = None,
-                localization: Localization | None = None) -> tuple[Array, Array]:
+                localization: Localization | None = None, perturbations: Array | None = None
+                ) -> tuple[Array, Array]:
     """Stochastic EnKF with perturbed observations (Burgers et al. 1998; Evensen 2009, ch. 9).
 
     The perturbations are centred over members (as DAPPER's ``mean0``), so the analysis mean equals the
@@ -122,18 +123,20 @@ def enkf_update(members: Array, predicted: Array, obs_value: Array, obs_scale: A
         predicted: (N, m) predicted observations.
         obs_value: (m,) observations.
         obs_scale: (m,) sqrt(R^-1), 0 for unused slots.
-        key: PRNG key for the observation perturbations (required).
+        key: PRNG key for the observation perturbations (required unless ``perturbations`` is given).
         localization: unused.
+        perturbations: (N, m) standard normal draws to use instead of drawing from ``key`` (the cycling
+            driver draws a whole window's at once: drawing them cycle by cycle dominated the EnKF's cost).
 
     Returns:
         (N, n) analysis ensemble, () degrees of freedom for signal.
     """
-    if key is None:
-        raise ValueError("enkf needs a PRNG key for the observation perturbations")
+    if key is None and perturbations is None:
+        raise ValueError("enkf needs a PRNG key (or perturbations) for the observation perturbations")
     Y, dy = _standardize(predicted, obs_value, obs_scale)
     num_members = members.shape[0]
     n1 = num_members - 1
-    eps = jax.random.normal(key, Y.shape, Y.dtype)
+    eps = jax.random.normal(key, Y.shape, Y.dtype) if perturbations is None else perturbations.astype(Y.dtype)
     eps = (eps - eps.mean(axis=0)) * (obs_scale > 0)
     D = dy[None, :] - Y + eps                                       # (N, m) standardized innovations
     # W = D Y^T G^-1 = D (Y^T Y + N1 I_m)^-1 Y^T: factor whichever of the two matrices is smaller
@@ -242,7 +245,8 @@ def predict_observations(members: Array, observations: Observations,
 
 def analysis(ensemble: Ensemble, observations: Observations, key: Array, params: FilterParams = FilterParams(),
              inflation_state: InflationState | None = None, localization: Localization | None = None,
-             log_mask: Array | None = None, obs_operator: ObsOperator | None = None) -> AnalysisResult:
+             log_mask: Array | None = None, obs_operator: ObsOperator | None = None,
+             obs_perturbations: Array | None = None) -> AnalysisResult:
     """One analysis: checks, transforms, inflation, the ``params.method`` kernel, RTPS, diagnostics.
 
     Order: dispositions of empty/bad/out-of-domain slots; log transform of the state and of the observations
@@ -261,6 +265,7 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
         localization: local observation sets (LETKF only).
         log_mask: (n,) bool, elements analysed in log space, or None.
         obs_operator: optional forward operator; default ``x[state_index]``.
+        obs_perturbations: (N, m) standard normal draws for the stochastic EnKF (default: drawn from ``key``).
 
     Returns:
         :class:`AnalysisResult`.
@@ -331,7 +336,10 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
     HZ = jnp.where(active, HZ, 0.0)
 
     obs_scale = jnp.where(active, 1.0 / r_safe, 0.0)
-    Za, dofs = kernel(Zf, HZ, y_safe, obs_scale, key, localization)
+    if params.method == "enkf" and obs_perturbations is not None:
+        Za, dofs = kernel(Zf, HZ, y_safe, obs_scale, key, localization, perturbations=obs_perturbations)
+    else:
+        Za, dofs = kernel(Zf, HZ, y_safe, obs_scale, key, localization)
     if posterior_factor != 1.0:
         Za = inflate(Za, posterior_factor)
     if params.rtps_alpha > 0:

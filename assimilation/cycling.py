@@ -65,19 +65,26 @@ def cycle_scan(forecast: ForecastFn, ensemble: Ensemble, observations: Observati
         inflation_state = initial_inflation_state()
     num_cycles = observations.value.shape[0]
     keys = jax.random.split(key, num_cycles)
+    # The stochastic EnKF's observation perturbations for the whole window in one draw: drawing them cycle by
+    # cycle inside the scan cost several times more.
+    perturbations = None
+    if params.method == "enkf":
+        shape = (num_cycles, ensemble.members.shape[0], observations.value.shape[-1])
+        perturbations = jax.random.normal(jax.random.fold_in(key, 0x5EED), shape, ensemble.members.dtype)
 
     def step(carry, inputs):
         members, infl = carry
-        obs_t, forcing_t, key_t = inputs
+        obs_t, forcing_t, key_t, eps_t = inputs
         key_f, key_a = jax.random.split(key_t)
         prior = forecast(members, forcing_t, key_f)
-        result = analysis(Ensemble(prior), obs_t, key_a, params, infl, localization, log_mask, obs_operator)
+        result = analysis(Ensemble(prior), obs_t, key_a, params, infl, localization, log_mask, obs_operator,
+                          obs_perturbations=eps_t)
         post = result.ensemble.members
         out = (post.mean(axis=0), post.std(axis=0, ddof=1), result.diagnostics, result.disposition)
         return (post, result.inflation_state), out
 
     (members, infl), (mean, spread, diagnostics, disposition) = jax.lax.scan(
-        step, (ensemble.members, inflation_state), (observations, forcing, keys))
+        step, (ensemble.members, inflation_state), (observations, forcing, keys, perturbations))
     return CycleResult(Ensemble(members), infl, mean, spread, diagnostics, disposition)
 
 

@@ -41,14 +41,20 @@ class EngineState(NamedTuple):
 def run_window(forecast, state: EngineState, observations: Observations, forcing: Any, key: jax.Array,
                params: FilterParams, log_mask: jax.Array) -> tuple[EngineState, WindowOutputs]:
     """Run T cycles (T = observations.value.shape[0]); ``forcing`` has a leading (T,) axis."""
-    keys = jax.random.split(key, observations.value.shape[0])
+    num_cycles = observations.value.shape[0]
+    keys = jax.random.split(key, num_cycles)
     q = jnp.asarray(QUANTILES)
+    perturbations = None  # the stochastic EnKF's, drawn for the whole window at once (as run_cycles does)
+    if params.method == "enkf":
+        shape = (num_cycles, state.members.shape[0], observations.value.shape[-1])
+        perturbations = jax.random.normal(jax.random.fold_in(key, 0x5EED), shape, state.members.dtype)
 
     def cycle(carry: EngineState, inputs):
-        obs_t, forcing_t, key_t = inputs
+        obs_t, forcing_t, key_t, eps_t = inputs
         key_f, key_a = jax.random.split(key_t)
         prior = forecast(carry.members, forcing_t, key_f)
-        result = analysis(Ensemble(prior), obs_t, key_a, params, carry.inflation, None, log_mask)
+        result = analysis(Ensemble(prior), obs_t, key_a, params, carry.inflation, None, log_mask,
+                          obs_perturbations=eps_t)
         post = result.ensemble.members
         idx = jnp.clip(obs_t.state_index, 0, prior.shape[1] - 1)
         out = WindowOutputs(
@@ -60,7 +66,7 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
             diagnostics=result.diagnostics, disposition=result.disposition)
         return EngineState(post, result.inflation_state), out
 
-    return jax.lax.scan(cycle, state, (observations, forcing, keys))
+    return jax.lax.scan(cycle, state, (observations, forcing, keys, perturbations))
 
 
 @functools.partial(jax.jit, static_argnames=("forecast", "num_days"))
