@@ -58,7 +58,6 @@ def vm_hwm_mib() -> float | None:
 
 def run_ours(case: dict, cycles: int, burn_in: int, seed: int = 0, state_dim: int = 40) -> dict:
     import jax
-    import jax.numpy as jnp
 
     import assimilation as da
     from assimilation.testbeds import lorenz96_sakov2008, simulate_twin

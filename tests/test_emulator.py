@@ -24,7 +24,6 @@ from emulators.training import (
     free_run_skill,
     long_run_check,
     make_training_data,
-    run_process_ensemble,
     train,
 )
 

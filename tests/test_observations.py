@@ -3,7 +3,6 @@ import pytest
 import xarray as xr
 from hypothesis import given, settings, strategies as st
 
-from twin import flags
 from twin.errors import InputError
 from twin.observations import (concat_observations, empty_observations, flag_duplicates, from_netcdf,
                                make_observations, sort_observations, to_netcdf)

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from twin import flags
 from twin.config import parse_config

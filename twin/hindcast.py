@@ -9,7 +9,6 @@ at the end, so a run killed midway leaves the previous complete run (or nothing)
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 import tempfile
@@ -25,8 +24,7 @@ import xarray as xr
 from assimilation import FilterParams, initial_inflation_state
 from emulators.parameters import ProcessParams, default_site
 from emulators.process_model import initial_state
-from twin import dispositions as disp
-from twin.config import SiteConfig, SourceConfig, TwinConfig, config_hash, write_resolved_config
+from twin.config import SiteConfig, SourceConfig, TwinConfig, write_resolved_config
 from twin.cycle_obs import USABLE_QC, build_cycle_observations, row_dispositions
 from twin.engine import EngineState, WindowOutputs, free_forecast, run_window
 from twin.forcing_builder import build_site_forcing
@@ -167,7 +165,6 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
 def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):
     """(stepper, log_error_sd (d,), emulator or None) for the configured model."""
     from twin.forecast import emulator_stepper
-    d = prepared.layout.model_dim
     if config.model.kind == "process":
         stepper = process_stepper(ProcessParams(), prepared.sites, config.model.substeps)
         return stepper, process_log_error_sd(config, prepared.layout), None
@@ -206,7 +203,7 @@ def _pad_slots(obs, m: int):
                      pad(obs.mask, False), pad(obs.qc_ok, False))
 
 
-def run_cycles(prepared: Prepared, forecast, key, quiet: bool = False, refit_hook=None):
+def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, refit_hook=None):
     """All cycles, window by window; returns (final EngineState, WindowOutputs over all cycles, timings)."""
     config = prepared.config
     layout = prepared.layout
@@ -271,7 +268,7 @@ def run_hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bo
         key = jax.random.PRNGKey(prepared.config.seed)
         _log(f"cycling {prepared.num_days} days with {prepared.config.filter.method.upper()}, "
              f"N = {prepared.config.filter.members}, model: {prepared.config.model.kind}", quiet)
-        final, outputs, timings, members0 = run_cycles(prepared, forecast, key, quiet)
+        final, outputs, timings, members0 = run_windows(prepared, forecast, key, quiet)
         baselines = {}
         if prepared.truth is not None:
             _log("free run and process-model baselines", quiet)

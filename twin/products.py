@@ -8,7 +8,6 @@ import numpy as np
 import xarray as xr
 
 from twin import dispositions as disp
-from twin import flags
 from twin.cycle_obs import USABLE_QC, cycle_of
 from twin.engine import QUANTILES
 from twin.observations import atomic_write

@@ -42,7 +42,7 @@ with value NaN and qc 9 (native flag kept); a value written ``<x`` is censored a
 unknown unit (long layout, unit column), a non-numeric value, a bad time or a record with the wrong number
 of fields is an InputError naming the file, the physical line and the column. A file without a single
 usable value is an InputError. Duplicated times are kept and later duplicates flagged suspect
-(``flag_duplicates_fast``); the table is returned sorted by time; backward time steps per site are
+(``twin.observations.flag_duplicates``); the table is returned sorted by time; backward time steps per site are
 counted in ``attrs["time_reversals"]``.
 """
 from __future__ import annotations
@@ -63,8 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from twin import flags
 from twin.errors import ConfigError, InputError
-from twin.observations import (LAYERS, OBS_DIM, flag_duplicates, make_observations, sort_observations,
-                               validate)
+from twin.observations import (LAYERS, flag_duplicates, make_observations, sort_observations)
 from twin.units import CANONICAL_UNITS, DEFAULT_ERROR_SD, converter
 
 _NERRS_RE = re.compile(r"^\s*<\s*(-?\d+)\s*>")
@@ -275,11 +274,6 @@ def load_mapping(mapping: str | Path | dict | Mapping) -> Mapping:
 
 
 # --- Table helpers shared by the readers (candidates for twin.observations) -----------------------------
-
-# Kept as names for the readers that import them: make_observations and flag_duplicates are vectorised.
-observations_table = make_observations
-flag_duplicates_fast = flag_duplicates
-
 
 def time_reversals(site: np.ndarray, time: np.ndarray) -> int:
     """Number of backward time steps within each site, in file order."""
@@ -607,9 +601,9 @@ def read(path: str | Path, *, mapping: str | Path | dict | Mapping,
         raise InputError(path, "no values: every value is empty or a missing_values sentinel")
     columns["qc"] = np.where(np.isfinite(value), columns["qc"].astype(np.int8), flags.MISSING).astype(np.int8)
     columns["censored"] = columns["censored"].astype(bool) & np.isfinite(value)
-    ds = observations_table(**columns, source=str(path))
+    ds = make_observations(**columns, source=str(path))
     reversals = time_reversals(site, time)
-    ds = flag_duplicates_fast(sort_observations(ds))
+    ds = flag_duplicates(sort_observations(ds))
     ds.attrs.update(time_reversals=reversals, skipped_variables="; ".join(f"{k}: {v} rows" for k, v in skipped.items()),
                     mapping_layout=m.layout)
     return ds

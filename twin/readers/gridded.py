@@ -36,7 +36,7 @@ import xarray as xr
 from twin import flags
 from twin.errors import InputError
 from twin.observations import LAYERS, sort_observations
-from twin.readers.generic_csv import flag_duplicates_fast, observations_table
+from twin.observations import flag_duplicates, make_observations
 from twin.readers.oceansites import STANDARD_NAMES, _find_time, open_netcdf
 from twin.units import CANONICAL_UNITS, DEFAULT_ERROR_SD, converter
 
@@ -257,8 +257,8 @@ def _read(path, ds, sites, radius_km, variables, error_sd, log_variables, min_re
                 latitude=np.full(times.size, float(sites[site][0])),
                 longitude=np.full(times.size, float(sites[site][1]))))
     columns = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    table = observations_table(**columns, layer=layer, layer_code="", source=str(path), line=-1)
-    table = flag_duplicates_fast(sort_observations(table))
+    table = make_observations(**columns, layer=layer, layer_code="", source=str(path), line=-1)
+    table = flag_duplicates(sort_observations(table))
     table.attrs.update(radius_km=float(radius_km), variables=", ".join(f"{k}: {v}" for k, v in chosen.items()),
                        time_reversals=int((np.diff(times.astype(np.int64)) < 0).sum()))
     return table

@@ -38,7 +38,8 @@ import xarray as xr
 from twin import flags
 from twin.errors import InputError
 from twin.observations import sort_observations
-from twin.readers.generic_csv import flag_duplicates_fast, observations_table, resolve_error_sd
+from twin.observations import flag_duplicates, make_observations
+from twin.readers.generic_csv import resolve_error_sd
 from twin.units import CF_STANDARD_NAMES, converter
 
 OCEANSITES_CODES: dict[str, str] = {
@@ -321,10 +322,10 @@ def read(path: str | Path, *, site: str | None = None, layer: str = "",
     columns = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if not np.isfinite(columns["value"]).any():
         raise InputError(path, "no values: every variable is _FillValue or a sentinel")
-    table = observations_table(**columns, site=site_id, layer=layer, layer_code="", source=str(path),
+    table = make_observations(**columns, site=site_id, layer=layer, layer_code="", source=str(path),
                                line=-1, latitude=lat, longitude=lon)
     t = time_var.values.astype("datetime64[ns]").astype(np.int64)
-    table = flag_duplicates_fast(sort_observations(table))
+    table = flag_duplicates(sort_observations(table))
     table.attrs.update(time_reversals=int((np.diff(t) < 0).sum()), skipped_variables=", ".join(skipped),
                        flag_scales="; ".join(f"{k}: {v}" for k, v in scales.items()))
     return table

@@ -58,7 +58,8 @@ import xarray as xr
 from twin import flags
 from twin.errors import InputError
 from twin.observations import sort_observations
-from twin.readers.generic_csv import flag_duplicates_fast, observations_table, resolve_error_sd
+from twin.observations import flag_duplicates, make_observations
+from twin.readers.generic_csv import resolve_error_sd
 from twin.units import converter
 
 
@@ -402,11 +403,11 @@ def read(path: str | Path, *, site: str | None = None, utc_offset_hours: float |
         columns = {k: np.stack([v[i] for i in order]).T.ravel() for k, v in parts.items()}
     else:
         columns = {k: np.concatenate(v) for k, v in parts.items()}
-    ds = observations_table(**columns, source=str(path), layer_code="", depth=np.nan)
+    ds = make_observations(**columns, source=str(path), layer_code="", depth=np.nan)
     if sort and not one_site_increasing:
         ds = sort_observations(ds)
     if pd.DataFrame({"site": codes, "time": time}).duplicated().any():  # else no key can repeat
-        ds = flag_duplicates_fast(ds)
+        ds = flag_duplicates(ds)
     ds.attrs.update(layout="cdmo-raw" if raw_layout else "swmpr", skipped_columns="; ".join(skipped),
                     time_reversals=int(backwards.sum()))
     return ds
