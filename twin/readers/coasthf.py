@@ -51,7 +51,8 @@ import xarray as xr
 from twin import flags
 from twin.errors import InputError
 from twin.observations import LAYERS, concat_observations, flag_duplicates, make_observations
-from twin.units import CANONICAL_UNITS, DEFAULT_ERROR_SD, converter
+from twin.readers._common import error_sd_table, read_text_lines
+from twin.units import converter
 
 # Coriolis / ROSCOP / Copernicus INSTAC parameter code -> canonical variable.
 PARAMETERS: dict[str, str] = {
@@ -116,10 +117,10 @@ def read(path: str | Path, *, error_sd: Mapping[str, float] | None = None,
             bad QC string, malformed number or date; names the file and, where known, line and column.
     """
     path = Path(path)
-    sd = _error_sd_table(error_sd)
+    sd = error_sd_table(error_sd)
     layers = _level_layers(level_layers)
     calibration = _calibration(fluorescence_calibration)
-    lines = _read_lines(path)
+    lines = read_text_lines(path, "a Coriolis-cotier header line 'PLATFORM,DATE (yyyy-mm-ddThh:mi:ssZ),...,QC'")
     columns, params, housekeeping = _header(path, lines[0], layers)
 
     body, line_no = _data_lines(path, lines, len(columns))
@@ -194,17 +195,6 @@ def _index(columns: list[str], name: str) -> int:
     return next(i for i, c in enumerate(columns) if c == name or c.startswith(name + " ("))
 
 
-def _error_sd_table(error_sd: Mapping[str, float] | None) -> dict[str, float]:
-    table = dict(DEFAULT_ERROR_SD)
-    for key, value in (error_sd or {}).items():
-        if key not in CANONICAL_UNITS:
-            raise ValueError(f"error_sd: unknown variable {key!r}; valid: {sorted(CANONICAL_UNITS)}")
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"error_sd[{key!r}] must be a positive number, got {value!r}")
-        table[key] = float(value)
-    return table
-
-
 def _level_layers(level_layers: Mapping[int, str] | None) -> dict[int, str]:
     table = dict(DEFAULT_LEVEL_LAYERS)
     for level, layer in (level_layers or {}).items():
@@ -226,29 +216,6 @@ def _calibration(calibration: Mapping[str, tuple[float, float]] | None) -> dict[
             raise ValueError(f"fluorescence_calibration[{site!r}] must be finite, got {coeffs!r}")
         table[str(site)] = (slope, offset)
     return table
-
-
-def _decode(data: bytes) -> str:
-    """UTF-8, else Windows-1252 (French Windows exports: µ, ‰, °), else Latin-1 (never fails)."""
-    for encoding in ("utf-8", "cp1252"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return data.decode("latin-1")
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(path, f"cannot read file ({exc.strerror or exc})") from None
-    text = _decode(data)
-    text = text.lstrip("\ufeff")
-    if not text.strip():
-        raise InputError(path, "empty file: expected a Coriolis-cotier header line "
-                         "'PLATFORM,DATE (yyyy-mm-ddThh:mi:ssZ),...,QC'")
-    return text.splitlines()
 
 
 def _header(path: Path, line: str, layers: dict[int, str]) -> tuple[list[str], list[dict], list[str]]:

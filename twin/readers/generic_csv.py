@@ -63,8 +63,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from twin import flags
 from twin.errors import ConfigError, InputError
+from twin.readers._common import error_sd_table
 from twin.observations import (LAYERS, flag_duplicates, make_observations, sort_observations)
-from twin.units import CANONICAL_UNITS, DEFAULT_ERROR_SD, converter
+from twin.units import CANONICAL_UNITS, converter
 
 _NERRS_RE = re.compile(r"^\s*<\s*(-?\d+)\s*>")
 _OFFSET_RE = re.compile(r"^(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?$")
@@ -281,20 +282,6 @@ def time_reversals(site: np.ndarray, time: np.ndarray) -> int:
     return int((frame.groupby("site", sort=False)["t"].diff() < 0).sum())
 
 
-def resolve_error_sd(error_sd: dict[str, float] | None) -> dict[str, float]:
-    """DEFAULT_ERROR_SD updated with the ``error_sd`` option (unknown variable -> ValueError)."""
-    sd = dict(DEFAULT_ERROR_SD)
-    if error_sd:
-        unknown = sorted(set(error_sd) - set(CANONICAL_UNITS))
-        if unknown:
-            raise ValueError(f"error_sd: unknown variables {unknown}; valid: {sorted(CANONICAL_UNITS)}")
-        bad = {k: v for k, v in error_sd.items() if not (np.isfinite(v) and v > 0)}
-        if bad:
-            raise ValueError(f"error_sd: values must be positive and finite, got {bad}")
-        sd.update(error_sd)
-    return sd
-
-
 def map_native_flags(path, scheme: str, native: np.ndarray, lines: np.ndarray | None, field: str):
     """Native flag strings -> (qc int8, censored bool) through ``twin.flags``, one lookup per distinct value.
 
@@ -491,7 +478,7 @@ def read(path: str | Path, *, mapping: str | Path | dict | Mapping,
     """
     path = Path(path)
     m = load_mapping(mapping)
-    sd = resolve_error_sd(error_sd)
+    sd = error_sd_table(error_sd)
     header, records, lines = _records(path, m)
     frame = pd.DataFrame(records, columns=header, dtype=object)
     if frame.columns.duplicated().any():

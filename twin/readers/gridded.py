@@ -37,6 +37,7 @@ from twin import flags
 from twin.errors import InputError
 from twin.observations import LAYERS, sort_observations
 from twin.observations import flag_duplicates, make_observations
+from twin.readers._common import variable_converter
 from twin.readers.oceansites import STANDARD_NAMES, _find_time, open_netcdf
 from twin.units import CANONICAL_UNITS, DEFAULT_ERROR_SD, converter
 
@@ -196,13 +197,8 @@ def _read(path, ds, sites, radius_km, variables, error_sd, log_variables, min_re
     parts = []
     for name, variable in chosen.items():
         var = ds[name]
-        unit = var.attrs.get("units")
-        if unit is None:
-            raise InputError(path, "variable has no 'units' attribute", field=name)
-        try:
-            convert = converter(variable, str(unit))
-        except ValueError as exc:
-            raise InputError(path, str(exc), field=name) from None
+        convert = variable_converter(path, var.attrs, variable, name)
+        unit = var.attrs["units"]
         cube = _load(path, var, time_dim, grid_dims, isel, select, sentinel_arr)
         cube = convert(cube)
         unc_name = _uncertainty(ds, name)

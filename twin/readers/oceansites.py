@@ -39,8 +39,8 @@ from twin import flags
 from twin.errors import InputError
 from twin.observations import sort_observations
 from twin.observations import flag_duplicates, make_observations
-from twin.readers.generic_csv import resolve_error_sd
-from twin.units import CF_STANDARD_NAMES, converter
+from twin.readers._common import error_sd_table, variable_converter
+from twin.units import CF_STANDARD_NAMES
 
 OCEANSITES_CODES: dict[str, str] = {
     "TEMP": "temperature", "PSAL": "salinity", "CNDC": "conductivity", "PRES": "pressure",
@@ -230,7 +230,7 @@ def read(path: str | Path, *, site: str | None = None, layer: str = "",
         InputError: naming the file and the variable.
     """
     path = Path(path)
-    sd = resolve_error_sd(error_sd)
+    sd = error_sd_table(error_sd)
     ds = open_netcdf(path)
     time_name = _find_time(ds)
     if time_name is None:
@@ -265,13 +265,7 @@ def read(path: str | Path, *, site: str | None = None, layer: str = "",
         if len(depth_dims) > 1:
             raise InputError(path, f"variable has dims {var.dims}; expected ({time_dim}[, depth])", field=name)
         var = var.transpose(time_dim, *depth_dims)
-        unit = var.attrs.get("units")
-        if unit is None:
-            raise InputError(path, "variable has no 'units' attribute", field=name)
-        try:
-            convert = converter(variable, str(unit))
-        except ValueError as exc:
-            raise InputError(path, str(exc), field=name) from None
+        convert = variable_converter(path, var.attrs, variable, name)
         raw = np.asarray(var.values, dtype=float)
         if sentinel_arr.size:
             raw = np.where(np.isin(raw, sentinel_arr) | (np.abs(raw) > 9e36), np.nan, raw)

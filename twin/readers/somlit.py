@@ -45,7 +45,8 @@ import xarray as xr
 from twin import flags
 from twin.errors import InputError
 from twin.observations import flag_duplicates, make_observations
-from twin.units import CANONICAL_UNITS, DEFAULT_ERROR_SD, converter
+from twin.readers._common import error_sd_table, read_text_lines
+from twin.units import converter
 
 # SOMLIT column -> canonical variable, in file order.
 VARIABLES: dict[str, str] = {
@@ -97,8 +98,8 @@ def read(path: str | Path, *, error_sd: Mapping[str, float] | None = None) -> xr
             malformed number, date or time; the message names the file and, where known, line and column.
     """
     path = Path(path)
-    sd = _error_sd_table(error_sd)
-    lines = _read_lines(path)
+    sd = error_sd_table(error_sd)
+    lines = read_text_lines(path, "a SOMLIT header line")
     header_idx, delim = _find_header(path, lines)
     columns = _split_header(path, lines[header_idx], delim, header_idx + 1)
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -174,39 +175,6 @@ def read(path: str | Path, *, error_sd: Mapping[str, float] | None = None) -> xr
 
 # --------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _error_sd_table(error_sd: Mapping[str, float] | None) -> dict[str, float]:
-    table = dict(DEFAULT_ERROR_SD)
-    for key, value in (error_sd or {}).items():
-        if key not in CANONICAL_UNITS:
-            raise ValueError(f"error_sd: unknown variable {key!r}; valid: {sorted(CANONICAL_UNITS)}")
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"error_sd[{key!r}] must be a positive number, got {value!r}")
-        table[key] = float(value)
-    return table
-
-
-def _decode(data: bytes) -> str:
-    """UTF-8, else Windows-1252 (French Windows exports: µ, ‰, °), else Latin-1 (never fails)."""
-    for encoding in ("utf-8", "cp1252"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return data.decode("latin-1")
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(path, f"cannot read file ({exc.strerror or exc})") from None
-    text = _decode(data)
-    text = text.lstrip("\ufeff")
-    if not text.strip():
-        raise InputError(path, "empty file: expected a SOMLIT header line")
-    return text.splitlines()
 
 
 def _find_header(path: Path, lines: list[str]) -> tuple[int, str]:

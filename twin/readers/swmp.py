@@ -59,7 +59,7 @@ from twin import flags
 from twin.errors import InputError
 from twin.observations import sort_observations
 from twin.observations import flag_duplicates, make_observations
-from twin.readers.generic_csv import resolve_error_sd
+from twin.readers._common import error_sd_table
 from twin.units import converter
 
 
@@ -269,7 +269,7 @@ def read(path: str | Path, *, site: str | None = None, utc_offset_hours: float |
         InputError: naming the file (and line, column) for anything malformed.
     """
     path = Path(path)
-    sd = resolve_error_sd(error_sd)
+    sd = error_sd_table(error_sd)
     data = _read_bytes(path)
     if not data.strip():
         raise InputError(path, "empty file: expected a SWMP/CDMO header line")
