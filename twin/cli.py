@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_qc = sub.add_parser(
         "qc", help="run QARTOD tests, write flagged table and plots",
         description="Qualify data with the IOOS QARTOD tests that fit each series (gross range, "
-                    "climatology, spike, rate of change, flat line), thresholds from the config's 'qc' "
+                    "climatology, spike, rate of change, flat line, and drift of a high-frequency sensor against "
+                    "reference samples), thresholds from the config's 'qc' "
                     "section; aggregates worst-wins into the canonical flag, keeps each test's result, "
                     "writes observations_qc.nc (CF NetCDF) and one plot per site and variable.")
     p_qc.add_argument("paths", nargs="*", metavar="PATH", help="data files (default: the config's sources)")
@@ -211,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hindcast", help="reanalysis of years of data (default: the embedded twin experiment)",
         description="Ingest and qualify every source of the config, build forcing, load or pretrain the "
                     "emulator, assimilate every observation with the configured ensemble filter (one compiled "
-                    "lax.scan per window), refit when due, and write reanalysis.nc (CF), metrics.json, the "
+                    "lax.scan per window), and write reanalysis.nc (CF), metrics.json, the "
                     "resolved config, the emulator lineage and report.html into the output folder. Without "
                     "CONFIG, runs configs/demo.yaml: a twin experiment that needs no data.")
     p_h.add_argument("config", nargs="?", help="YAML config (default: the embedded demo)")

@@ -23,7 +23,6 @@ from twin import dispositions as disp
 from twin import flags
 from twin.state_layout import StateLayout
 
-USABLE_QC = (flags.GOOD, flags.NOT_EVALUATED)
 
 
 class CycleObservations(NamedTuple):
@@ -94,7 +93,7 @@ def build_cycle_observations(table: xr.Dataset, layout: StateLayout, day0: np.da
     code[(code < 0) & withheld] = disp.WITHHELD
     is_duplicate = (qc == flags.SUSPECT) & _marked_duplicate(table)
     code[(code < 0) & is_duplicate] = disp.DUPLICATE
-    code[(code < 0) & ~np.isin(qc, USABLE_QC)] = disp.BAD_QC
+    code[(code < 0) & ~np.isin(qc, flags.USABLE_QC)] = disp.BAD_QC
     code[(code < 0) & ~(np.isfinite(error_sd) & (error_sd > 0))] = disp.MISSING
 
     use = code < 0

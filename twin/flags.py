@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 GOOD, NOT_EVALUATED, SUSPECT, BAD, MISSING = 1, 2, 3, 4, 9
+# Flags of values the twin may use (assimilate, build forcing from, count as training data).
+USABLE_QC = (GOOD, NOT_EVALUATED)
 QARTOD_NAMES = {GOOD: "good", NOT_EVALUATED: "not_evaluated", SUSPECT: "suspect", BAD: "bad",
                 MISSING: "missing"}
 

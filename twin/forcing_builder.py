@@ -17,7 +17,6 @@ from emulators.forcing import (Forcing, clear_sky_par, daily_means, day_of_year_
                                fit_harmonic_climatology, make_forcing)
 from twin import flags
 
-USABLE_QC = (flags.GOOD, flags.NOT_EVALUATED)
 FORCING_VARIABLES = ("temperature", "salinity")
 
 
@@ -35,7 +34,7 @@ def days_since(times: np.ndarray, day0: np.datetime64) -> np.ndarray:
 
 def _series(table: xr.Dataset, site: str, variable: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
     sel = ((table["site"].values == site) & (table["variable"].values == variable)
-           & (table["layer"].values == layer) & np.isin(table["qc"].values, USABLE_QC)
+           & (table["layer"].values == layer) & np.isin(table["qc"].values, flags.USABLE_QC)
            & np.isfinite(table["value"].values))
     return table["time"].values[sel], table["value"].values[sel]
 

@@ -2,7 +2,7 @@
 
 Steps (DESIGN sections 5-8): make the twin experiment's files if the config has one; ingest and qualify
 every source; build forcing for every day; load or pretrain the emulator; cycle window by window (each
-window one ``jit``-compiled ``lax.scan``), refitting the emulator between windows when due; score; write
+window one ``jit``-compiled ``lax.scan``; the periodic refit of the emulator is not wired in yet); score; write
 the products. Everything is written into a fresh folder next to the output directory and moved into place
 at the end, so a run killed midway leaves the previous complete run (or nothing) in the output directory.
 """
@@ -24,8 +24,9 @@ import xarray as xr
 from assimilation import FilterParams, initial_inflation_state
 from emulators.parameters import ProcessParams, default_site
 from emulators.process_model import initial_state
+from twin import flags
 from twin.config import SiteConfig, SourceConfig, TwinConfig, write_resolved_config
-from twin.cycle_obs import USABLE_QC, build_cycle_observations, row_dispositions
+from twin.cycle_obs import build_cycle_observations, row_dispositions
 from twin.engine import EngineState, WindowOutputs, free_forecast, run_window
 from twin.forcing_builder import build_site_forcing
 from twin.forecast import initial_ensemble, make_forecast, process_stepper, stack_sites
@@ -120,7 +121,7 @@ def _withhold(table: xr.Dataset, layout: StateLayout, fraction: float, seed: int
     n = table.sizes["obs"]
     if fraction <= 0 or n == 0:
         return np.zeros(n, bool)
-    eligible = np.isin(table["qc"].values, USABLE_QC) & np.isfinite(table["value"].values)
+    eligible = np.isin(table["qc"].values, flags.USABLE_QC) & np.isfinite(table["value"].values)
     lookup = {k: layout.observation_index(*k) >= 0 for k in
               set(zip(table["variable"].values, table["site"].values, table["layer"].values))}
     eligible &= np.array([lookup[k] for k in zip(table["variable"].values, table["site"].values,
@@ -193,17 +194,7 @@ def _concat_outputs(parts: list[WindowOutputs]) -> WindowOutputs:
     return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=0), *parts)
 
 
-def _pad_slots(obs, m: int):
-    """Pad a window's observation arrays to ``m`` slots, so every window compiles to the same shapes."""
-    extra = m - obs.value.shape[1]
-    if extra <= 0:
-        return obs
-    pad = lambda a, v: np.pad(np.asarray(a), ((0, 0), (0, extra)), constant_values=v)
-    return type(obs)(pad(obs.value, np.nan), pad(obs.error_sd, 1.0), pad(obs.state_index, 0),
-                     pad(obs.mask, False), pad(obs.qc_ok, False))
-
-
-def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, refit_hook=None):
+def run_windows(prepared: Prepared, forecast, key, quiet: bool = False):
     """All cycles, window by window; returns (final EngineState, WindowOutputs over all cycles, timings)."""
     config = prepared.config
     layout = prepared.layout
@@ -230,10 +221,6 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, refit_ho
         timings.append({"window": w, "days": stop - start, "seconds": time.perf_counter() - t0})
         parts.append(out)
         bar.update(stop - start)
-        if refit_hook is not None and stop < T:
-            new_forecast = refit_hook(stop, _concat_outputs(parts), state)
-            if new_forecast is not None:
-                forecast = new_forecast
     bar.close()
     return state, _concat_outputs(parts), timings, members
 
@@ -268,7 +255,7 @@ def run_hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bo
         key = jax.random.PRNGKey(prepared.config.seed)
         _log(f"cycling {prepared.num_days} days with {prepared.config.filter.method.upper()}, "
              f"N = {prepared.config.filter.members}, model: {prepared.config.model.kind}", quiet)
-        final, outputs, timings, members0 = run_windows(prepared, forecast, key, quiet)
+        _, outputs, timings, members0 = run_windows(prepared, forecast, key, quiet)
         baselines = {}
         if prepared.truth is not None:
             _log("free run and process-model baselines", quiet)

@@ -159,7 +159,7 @@ def mark_duplicates(ds: xr.Dataset) -> np.ndarray:
     ``flag_duplicates``, so a replicate never enters the filter twice with independent errors.
     """
     n = ds.sizes[OBS_DIM]
-    usable = np.isin(ds["qc"].values, (flags.GOOD, flags.NOT_EVALUATED))
+    usable = np.isin(ds["qc"].values, flags.USABLE_QC)
     dup = np.zeros(n, bool)
     if not usable.any():
         return dup

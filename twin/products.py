@@ -8,22 +8,15 @@ import numpy as np
 import xarray as xr
 
 from twin import dispositions as disp
-from twin.cycle_obs import USABLE_QC, cycle_of
+from twin import flags
+from twin.cycle_obs import cycle_of
 from twin.engine import QUANTILES
 from twin.observations import atomic_write
 from twin.skill import climatology_forecast, gaussian_crps, persistence_forecast, rmse, truth_scores
-from twin.state_layout import STATE_UNITS
+from twin.state_layout import STATE_UNITS, STATE_VARIABLES
 from twin.units import CF_STANDARD_NAMES
 
 Z90 = 1.6448536269514722
-
-
-def _state_variables(layout) -> list[str]:
-    seen = []
-    for v, _, _ in layout.variables():
-        if v not in seen:
-            seen.append(v)
-    return seen
 
 
 def reanalysis_dataset(prepared, outputs, dispositions: np.ndarray) -> xr.Dataset:
@@ -36,7 +29,7 @@ def reanalysis_dataset(prepared, outputs, dispositions: np.ndarray) -> xr.Datase
     data = {}
     mean, sd = np.asarray(outputs.analysis_mean), np.asarray(outputs.analysis_sd)
     quant = np.asarray(outputs.analysis_quantiles)
-    for v in _state_variables(layout):
+    for v in STATE_VARIABLES:
         idx = np.array([[layout.index(v, s, l) for l in layers] for s in sites])
         attrs = {"units": STATE_UNITS.get(v, "1"), "long_name": f"{v}, analysis ensemble mean",
                  "ancillary_variables": f"{v}_sd {v}_q05 {v}_q50 {v}_q95"}
@@ -113,7 +106,7 @@ def validation_scores(prepared, outputs) -> dict:
     withheld = prepared.withheld & ~table["censored"].values
     if not withheld.any():
         return {}
-    usable = np.isin(table["qc"].values, USABLE_QC) & np.isfinite(table["value"].values)
+    usable = np.isin(table["qc"].values, flags.USABLE_QC) & np.isfinite(table["value"].values)
     train = usable & ~prepared.withheld
     times, values, errors = table["time"].values, table["value"].values, table["error_sd"].values
     cyc = cycle_of(times, prepared.day0)

@@ -203,7 +203,7 @@ def reference_drift_test(table: xr.Dataset, usable: np.ndarray | None = None, *,
     if n == 0:
         return out
     if usable is None:
-        usable = np.isin(table["qc"].values, (flags.GOOD, flags.NOT_EVALUATED)) & ~table["censored"].values
+        usable = np.isin(table["qc"].values, flags.USABLE_QC) & ~table["censored"].values
     frame = pd.DataFrame({
         "site": table["site"].values.astype(str), "layer": table["layer"].values.astype(str),
         "variable": table["variable"].values.astype(str), "source": table["source"].values.astype(str),

@@ -17,6 +17,7 @@ from emulators.parameters import LAYERS as MODEL_LAYERS
 from emulators.parameters import NUM_TRACERS, TRACERS
 
 DIAGNOSTICS = ("chlorophyll",)
+STATE_VARIABLES = TRACERS + DIAGNOSTICS  # per site and layer, in state order
 # Canonical observed variable -> state variable it sees directly.
 OBSERVABLE = {"nitrate": "nitrate", "ammonium": "ammonium", "phosphate": "phosphate",
               "silicate": "silicate", "oxygen": "oxygen", "chlorophyll": "chlorophyll"}
