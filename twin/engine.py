@@ -37,22 +37,35 @@ class EngineState(NamedTuple):
     inflation: InflationState
 
 
+def cycle_keys(key: jax.Array, first_cycle, num_cycles: int) -> jax.Array:
+    """The random key of each cycle, from its number since the start of the run: the same cycle gets the
+    same key whether it runs in a long hindcast window or in a one-day operational cycle."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(first_cycle + jnp.arange(num_cycles))
+
+
 @functools.partial(jax.jit, static_argnames=("forecast", "params"))
 def run_window(forecast, state: EngineState, observations: Observations, forcing: Any, key: jax.Array,
-               params: FilterParams, log_mask: jax.Array) -> tuple[EngineState, WindowOutputs]:
-    """Run T cycles (T = observations.value.shape[0]); ``forcing`` has a leading (T,) axis."""
+               params: FilterParams, log_mask: jax.Array, first_cycle: jax.Array | int = 0,
+               model_params: Any = None) -> tuple[EngineState, WindowOutputs]:
+    """Run T cycles (T = observations.value.shape[0]); ``forcing`` has a leading (T,) axis.
+
+    ``key`` is the run's key and ``first_cycle`` the number of the window's first cycle (see
+    :func:`cycle_keys`). ``model_params`` is passed to ``forecast`` as data (the emulator's weights, which
+    a refit replaces, or the process model's parameters), so a new value does not recompile the window.
+    """
     num_cycles = observations.value.shape[0]
-    keys = jax.random.split(key, num_cycles)
+    keys = cycle_keys(key, first_cycle, num_cycles)
     q = jnp.asarray(QUANTILES)
-    perturbations = None  # the stochastic EnKF's, drawn for the whole window at once (as run_cycles does)
+    perturbations = None  # the stochastic EnKF's, drawn per cycle from the cycle's key
     if params.method == "enkf":
-        shape = (num_cycles, state.members.shape[0], observations.value.shape[-1])
-        perturbations = jax.random.normal(jax.random.fold_in(key, 0x5EED), shape, state.members.dtype)
+        shape = (state.members.shape[0], observations.value.shape[-1])
+        perturbations = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0x5EED), shape,
+                                                             state.members.dtype))(keys)
 
     def cycle(carry: EngineState, inputs):
         obs_t, forcing_t, key_t, eps_t = inputs
         key_f, key_a = jax.random.split(key_t)
-        prior = forecast(carry.members, forcing_t, key_f)
+        prior = forecast(carry.members, forcing_t, key_f, model_params)
         result = analysis(Ensemble(prior), obs_t, key_a, params, carry.inflation, None, log_mask,
                           obs_perturbations=eps_t)
         post = result.ensemble.members
@@ -70,13 +83,14 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
 
 
 @functools.partial(jax.jit, static_argnames=("forecast", "num_days"))
-def free_forecast(forecast, members: jax.Array, forcing: Any, key: jax.Array, num_days: int) -> jax.Array:
+def free_forecast(forecast, members: jax.Array, forcing: Any, key: jax.Array, num_days: int,
+                  model_params: Any = None) -> jax.Array:
     """Ensemble run without assimilation; returns the members after each day, (num_days, N, n)."""
     keys = jax.random.split(key, num_days)
 
     def day(x, inputs):
         forcing_t, key_t = inputs
-        nxt = forecast(x, forcing_t, key_t)
+        nxt = forecast(x, forcing_t, key_t, model_params)
         return nxt, nxt
 
     return jax.lax.scan(day, members, (forcing, keys))[1]

@@ -8,7 +8,7 @@ them), mean-preserving; the diagnostic chlorophyll is then recomputed from the n
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -20,28 +20,33 @@ from emulators.process_model import chlorophyll, step as process_step
 from twin.state_layout import StateLayout
 
 ModelKind = Literal["emulator", "process"]
-Stepper = Callable[[jax.Array, Forcing], jax.Array]  # (N, S, d), forcing with site axis -> (N, S, d)
+# (N, S, d) states, forcing with a site axis, model parameters (None: the stepper's own) -> (N, S, d)
+Stepper = Callable[[jax.Array, Forcing, Any], jax.Array]
 
 
 def process_stepper(params: ProcessParams, sites: Site, substeps: int = 12) -> Stepper:
-    """The process model (``emulators.process_model.step``) for every member and site."""
-    def one(x, f, site):
-        return process_step(x, f, params, site, substeps=substeps)
-    per_site = jax.vmap(one, in_axes=(0, 0, 0))
-    members = jax.vmap(per_site, in_axes=(0, None, None))  # members share forcing and sites
-    return lambda x, forcing_t: members(x, forcing_t, sites)
+    """The process model (``emulators.process_model.step``) for every member and site; ``model_params``
+    (a ProcessParams), when given, replaces ``params``."""
+    def one(x, f, site, p):
+        return process_step(x, f, p, site, substeps=substeps)
+    per_site = jax.vmap(one, in_axes=(0, 0, 0, None))
+    members = jax.vmap(per_site, in_axes=(0, None, None, None))  # members share forcing and sites
+    return lambda x, forcing_t, model_params=None: members(x, forcing_t, sites,
+                                                           params if model_params is None else model_params)
 
 
 def emulator_stepper(emulator) -> Stepper:
-    """The neural emulator (``emulators.network.predict_step``) for every member and site."""
+    """The neural emulator (``emulators.network.predict_step``) for every member and site; ``model_params``
+    (network weights, e.g. a refit's), when given, replace the emulator's."""
     from emulators.network import predict_step
     from emulators.training import forcing_inputs
     names = emulator.config.forcing_names
 
-    def stepper(x, forcing_t):
+    def stepper(x, forcing_t, model_params=None):
         features = forcing_inputs(names, forcing_t)  # (S, F)
         doy = forcing_t.day_of_year                   # (S,)
-        return predict_step(emulator.graphdef, emulator.weights, emulator.normalisation, x,
+        weights = emulator.weights if model_params is None else model_params
+        return predict_step(emulator.graphdef, weights, emulator.normalisation, x,
                             features[None], doy[None], 0)
     return stepper
 
@@ -62,9 +67,9 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
     chl = jax.vmap(jax.vmap(lambda x, f, s: chlorophyll(x, f, chlorophyll_params, s), in_axes=(0, 0, 0)),
                    in_axes=(0, None, None))
 
-    def forecast(members, forcing_t, key):
+    def forecast(members, forcing_t, key, model_params=None):
         x = members[:, model_idx]
-        x_next = stepper(x, forcing_t)
+        x_next = stepper(x, forcing_t, model_params)
         noise = jax.random.normal(key, x_next.shape, x_next.dtype)
         x_next = x_next * jnp.exp(sd * noise - 0.5 * sd**2)
         out = members.at[:, model_idx].set(x_next)

@@ -194,8 +194,9 @@ def _concat_outputs(parts: list[WindowOutputs]) -> WindowOutputs:
     return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=0), *parts)
 
 
-def run_windows(prepared: Prepared, forecast, key, quiet: bool = False):
-    """All cycles, window by window; returns (final EngineState, WindowOutputs over all cycles, timings)."""
+def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_params=None, refitter=None):
+    """All cycles, window by window (a window also ends where a refit is due); returns (final EngineState,
+    WindowOutputs over all cycles, timings, initial members)."""
     config = prepared.config
     layout = prepared.layout
     members = initial_ensemble(jax.random.fold_in(key, 0), layout, config.filter.members,
@@ -206,23 +207,43 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False):
     log_mask = jnp.ones(layout.dim, bool)
     obs_all = prepared.cycle_obs.obs
     T = prepared.num_days
-    window = config.hindcast.window_days
+    cuts = set(range(0, T, config.hindcast.window_days)) | set(refitter.boundaries(T) if refitter else [])
+    bounds = sorted(cuts) + [T]
+    cycle_key = jax.random.fold_in(key, 1)
     parts, timings = [], []
     from tqdm import tqdm
     bar = tqdm(total=T, desc="cycles", unit="day", disable=quiet, file=sys.stderr)
-    for w, start in enumerate(range(0, T, window)):
-        stop = min(start + window, T)
+    for w, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
         obs_w = jax.tree.map(lambda a: jnp.asarray(a[start:stop]), obs_all)
         forcing_w = jax.tree.map(lambda a: a[start:stop], prepared.forcing)
         t0 = time.perf_counter()
-        state, out = run_window(forecast, state, obs_w, forcing_w, jax.random.fold_in(key, w + 1), params,
-                                log_mask)
+        state, out = run_window(forecast, state, obs_w, forcing_w, cycle_key, params, log_mask, start,
+                                model_params)
         jax.block_until_ready(out)
         timings.append({"window": w, "days": stop - start, "seconds": time.perf_counter() - t0})
         parts.append(out)
         bar.update(stop - start)
+        if refitter is not None and refitter.due(stop):
+            model_params = refitter(stop, _concat_outputs(parts))
     bar.close()
     return state, _concat_outputs(parts), timings, members
+
+
+def refit_summary(prepared: Prepared, refitter, stepper, outputs) -> dict:
+    """The refit history and, in a twin experiment, the 7-day forecast RMSE against the truth of the
+    pretrained and the final emulator from the same analyses."""
+    from twin.refit import LEAD_DAYS, forecast_rmse_vs_truth
+    summary: dict[str, Any] = {"interval_days": prepared.config.refit.interval_days,
+                               "history": [r.to_dict() for r in refitter.records],
+                               "kept": sum(r.kept for r in refitter.records)}
+    if prepared.truth is not None:
+        names = prepared.layout.names()
+        mean = np.asarray(outputs.analysis_mean)
+        pretrained = refitter.initial_weights
+        summary[f"forecast_{LEAD_DAYS}day_rmse"] = {
+            label: forecast_rmse_vs_truth(refitter.deterministic, mean, prepared.truth, prepared.forcing, w, names)
+            for label, w in (("pretrained", pretrained), ("refit", refitter.emulator.weights))}
+    return summary
 
 
 def publish(work: Path, out: Path) -> None:
@@ -255,7 +276,18 @@ def run_hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bo
         key = jax.random.PRNGKey(prepared.config.seed)
         _log(f"cycling {prepared.num_days} days with {prepared.config.filter.method.upper()}, "
              f"N = {prepared.config.filter.members}, model: {prepared.config.model.kind}", quiet)
-        _, outputs, timings, members0 = run_windows(prepared, forecast, key, quiet)
+        refitter = None
+        if emulator is not None and prepared.config.refit.interval_days is not None:
+            from twin.emulator_source import train_config
+            from twin.refit import Refitter
+            refitter = Refitter(emulator, prepared, stepper, train_config(prepared.config),
+                                jax.random.fold_in(key, 2), quiet)
+        _, outputs, timings, members0 = run_windows(prepared, forecast, key, quiet,
+                                                    None if emulator is None else emulator.weights, refitter)
+        refits = None
+        if refitter is not None:
+            emulator = refitter.emulator
+            refits = refit_summary(prepared, refitter, stepper, outputs)
         baselines = {}
         if prepared.truth is not None:
             _log("free run and process-model baselines", quiet)
@@ -274,7 +306,7 @@ def run_hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bo
                 ).mean(axis=1))
         dispositions = row_dispositions(prepared.cycle_obs, np.asarray(outputs.disposition))
         metrics = write_products(work, prepared, outputs, dispositions, baselines, emulator,
-                                 {"cycles": timings, "total_seconds": time.perf_counter() - started})
+                                 {"cycles": timings, "total_seconds": time.perf_counter() - started}, refits)
         publish(work, out)
         _log(f"done: {out}", quiet)
         return metrics

@@ -166,7 +166,8 @@ def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) 
     return {"truth": result, "unobserved": unobserved}
 
 
-def write_products(work: Path, prepared, outputs, dispositions, baselines: dict, emulator, timings: dict) -> dict:
+def write_products(work: Path, prepared, outputs, dispositions, baselines: dict, emulator, timings: dict,
+                   refits: dict | None = None) -> dict:
     """Write reanalysis.nc, metrics.json, lineage.json and report.html into ``work``; return the metrics."""
     from twin.report import write_report
     ds = reanalysis_dataset(prepared, outputs, dispositions)
@@ -192,6 +193,8 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
     validation = validation_scores(prepared, outputs)
     if validation:
         metrics["validation"] = validation
+    if refits is not None:
+        metrics["refit"] = refits
     lineage = list(emulator.lineage) if emulator is not None else []
     metrics["emulator_lineage"] = lineage
     text = json.dumps(metrics, indent=2, default=float)

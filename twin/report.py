@@ -146,6 +146,18 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
                        e.get("kept")] for e in lineage],
                      ["kind", "time", "data", "skill before", "skill after", "kept"]) if lineage
               else "<p>No emulator (process model run).</p>"]
+    refit = metrics.get("refit")
+    if refit:
+        parts += [f"<h3>Refit history (every {refit['interval_days']} days)</h3>",
+                  _table([[r["time"], r["holdout"], r["score_before"], r["score_after"], r["kept"], r["seconds"]]
+                          for r in refit["history"]],
+                         ["time", "held out", "forecast score before", "after", "kept", "seconds"])
+                  if refit["history"] else "<p>No refit was attempted (too little data before the first one).</p>"]
+        lead = next((k for k in refit if k.startswith("forecast_")), None)
+        if lead:
+            before, after = refit[lead]["pretrained"], refit[lead]["refit"]
+            parts += [f"<h3>{lead.split('_')[1]} forecast RMSE against the truth: pretrained vs refit emulator</h3>",
+                      _table([[k, before[k], after[k]] for k in before], ["variable", "pretrained", "refit"])]
     style = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
              "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}"
              "img{max-width:100%}figure{margin:0}")

@@ -1,0 +1,236 @@
+"""Periodic refit of the emulator to the twin's own analyses (Brajard et al. 2020), kept only when it helps.
+
+Every ``refit.interval_days`` cycles the emulator is fine-tuned on the analysis-mean trajectories so far,
+cut into segments, each target state weighted by the analysis' confidence (the inverse of its relative
+variance, so well-observed, tightly analysed states count more). The latest ``refit.holdout_days`` are not
+trained on: there both the current and the refit emulator forecast up to ``LEAD_DAYS`` days from every
+analysis and are scored against the observations that were assimilated there. The refit is kept only if its
+score is lower; either way the attempt goes into the emulator's lineage (when, data, skill before and after,
+kept or not).
+
+The filter's model-error amplitude stays the pretrained emulator's: refit residuals are measured against
+analyses, which carry their own errors, and would shrink the spread the filter needs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from assimilation import dispositions as dsp
+
+LEAD_DAYS = 7
+BURN_IN_DAYS = 30        # the first analyses still remember the initial ensemble
+SEGMENT_DAYS = 30        # length of the training trajectories cut from the analyses
+CONFIDENCE_FLOOR = 0.05  # relative sd below which an analysis gets no more weight
+
+
+def analysis_trajectories(analysis_mean: np.ndarray, analysis_sd: np.ndarray, layout, forcing, emulator,
+                          start: int, stop: int, segment_days: int = SEGMENT_DAYS):
+    """Training trajectories and confidence weights from the analyses of cycles [start, stop).
+
+    The analysis of cycle c is the state at day c + 1; the step from it to cycle c + 1 is driven by the
+    forcing of cycle c + 1. Returns (TrajectoryData, weights (num_traj, segment_days + 1, d)) or None when
+    the span holds fewer than four segments (too few to hold some out for validation).
+    """
+    from emulators.training import TrajectoryData, forcing_inputs
+    features = np.asarray(forcing_inputs(emulator.config.forcing_names, forcing))  # (T, S, F)
+    doy = np.asarray(forcing.day_of_year)                                          # (T, S)
+    model_idx = layout.model_slices()
+    starts = list(range(start, stop - segment_days, segment_days))
+    if len(starts) * len(layout.sites) < 4:
+        return None
+    states, feats, days, weights, groups = [], [], [], [], []
+    for s, idx in enumerate(model_idx):
+        for g, k in enumerate(starts):
+            mean = analysis_mean[k:k + segment_days + 1, idx]
+            rel = analysis_sd[k:k + segment_days + 1, idx] / np.maximum(mean, 1e-6)
+            states.append(mean)
+            weights.append(1.0 / (rel**2 + CONFIDENCE_FLOOR**2))
+            feats.append(features[k + 1:k + segment_days + 1, s])
+            days.append(doy[k + 1:k + segment_days + 1, s])
+            groups.append(g)
+    weights = np.stack(weights)
+    weights /= weights.mean(axis=(0, 1), keepdims=True)  # mean weight 1 per variable
+    data = TrajectoryData(states=np.stack(states).astype(np.float32), forcing=np.stack(feats).astype(np.float32),
+                          day_of_year=np.stack(days).astype(np.float32), site=np.zeros(len(states), np.int32),
+                          group=np.asarray(groups), state_names=emulator.config.state_names,
+                          forcing_names=emulator.config.forcing_names,
+                          description=f"analyses of cycles {start}-{stop - 1} ({len(states)} segments of "
+                                      f"{segment_days} days, confidence-weighted)")
+    return data, weights.astype(np.float32)
+
+
+def lead_forecasts(forecast, analysis_mean: np.ndarray, forcing, starts: np.ndarray, lead_days: int, end: int):
+    """A jitted function of the model parameters: deterministic forecasts (B, lead_days, n) from the analysis
+    mean of each cycle in ``starts`` (``forecast`` built with zero model error), with the forcing of cycles
+    c + 1 .. c + lead_days (clipped at ``end - 1``)."""
+    cycles = np.minimum(np.asarray(starts)[:, None] + np.arange(1, lead_days + 1)[None, :], end - 1)  # (B, L)
+    x0 = jnp.asarray(analysis_mean[np.asarray(starts)])[:, None, :]  # (B, 1, n): each start an ensemble of 1
+    steps = jax.tree.map(lambda a: jnp.swapaxes(jnp.asarray(np.asarray(a)[cycles]), 0, 1), forcing)  # (L, B, ..)
+    key = jax.random.PRNGKey(0)
+    step = jax.vmap(lambda x, f, p: forecast(x, f, key, p), in_axes=(0, 0, None))
+
+    @jax.jit
+    def predictions(model_params):
+        def day(x, f):
+            nxt = step(x, f, model_params)
+            return nxt, nxt[:, 0, :]
+        return jnp.swapaxes(jax.lax.scan(day, x0, steps)[1], 0, 1)
+
+    return predictions
+
+
+def make_forecast_scorer(forecast, analysis_mean: np.ndarray, cycle_obs, disposition: np.ndarray, forcing,
+                         starts: np.ndarray, end: int, lead_days: int = LEAD_DAYS):
+    """A function of the model parameters (emulator weights) giving the forecast score on held-out days.
+
+    From the analysis mean of every cycle in ``starts`` a deterministic forecast runs ``lead_days`` days;
+    each observation assimilated at cycles c + 1 .. c + lead_days (before ``end``) is compared in log space,
+    scaled by its relative error. The score is the root mean square of these normalised errors (lower is
+    better); the function also returns the number of comparisons.
+    """
+    starts = np.asarray(starts)
+    cycles = starts[:, None] + np.arange(1, lead_days + 1)[None, :]
+    cycles_c = np.minimum(cycles, end - 1)
+    obs = cycle_obs.obs
+    value = np.asarray(obs.value)[cycles_c]                      # (B, L, m)
+    err = np.asarray(obs.error_sd)[cycles_c]
+    index = np.asarray(obs.state_index)[cycles_c]
+    use = ((np.asarray(disposition)[cycles_c] == dsp.ASSIMILATED) & (cycles < end)[..., None]
+           & (value > 0) & np.isfinite(value))
+    safe = np.where(use, value, 1.0)
+    log_y, scale = np.log(safe), np.where(use, err / safe, 1.0)
+    predictions = lead_forecasts(forecast, analysis_mean, forcing, starts, lead_days, end)
+    count = int(use.sum())
+
+    def score(model_params) -> tuple[float, int]:
+        if count == 0:
+            return float("nan"), 0
+        pred = np.asarray(predictions(model_params))
+        h = np.take_along_axis(pred, index.clip(0, pred.shape[-1] - 1), axis=-1)
+        z = np.where(use, (np.log(np.maximum(h, 1e-6)) - log_y) / scale, 0.0)
+        return float(np.sqrt((z**2).sum() / count)), count
+
+    return score
+
+
+def forecast_rmse_vs_truth(forecast, analysis_mean: np.ndarray, truth: np.ndarray, forcing, model_params,
+                           names: list[str], lead_days: int = LEAD_DAYS, stride: int = 3) -> dict[str, float]:
+    """RMSE of the ``lead_days``-day deterministic forecast from the analyses against the truth, per
+    variable (twin experiment), from every ``stride``-th analysis after the burn-in."""
+    end = analysis_mean.shape[0]
+    starts = np.arange(BURN_IN_DAYS, end - lead_days, stride)
+    pred = np.asarray(lead_forecasts(forecast, analysis_mean, forcing, starts, lead_days, end)(model_params))
+    err = pred[:, -1, :] - truth[starts + lead_days]
+    return {name: float(np.sqrt(np.mean(err[:, i] ** 2))) for i, name in enumerate(names)}
+
+
+@dataclasses.dataclass
+class RefitRecord:
+    """One refit attempt, as the report and metrics show it."""
+    cycle: int
+    time: str
+    trained_on: str
+    holdout: str
+    score_before: float
+    score_after: float
+    observations: int
+    kept: bool
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def refit_config(refit, train_defaults):
+    """A short fine-tuning schedule (one-day then four-day rollouts) at the refit's learning rate."""
+    half = max(1, refit.steps // 2)
+    return dataclasses.replace(train_defaults, learning_rate=refit.learning_rate,
+                               rollout_schedule=((1, half), (4, max(1, refit.steps - half))),
+                               warmup_steps=max(1, refit.steps // 10),
+                               steps_per_eval=max(1, refit.steps // 4), batch_size=64, patience=100)
+
+
+def refit_emulator(emulator, *, refit, train_defaults, forecast, analysis_mean, analysis_sd, cycle_obs,
+                   disposition, layout, forcing, day0, cycle: int, key, progress: bool = False):
+    """Try one refit at the end of ``cycle``; returns (the emulator to use next, RefitRecord or None).
+
+    ``analysis_mean``/``analysis_sd``/``disposition`` cover cycles 0 .. cycle; ``forecast`` is the twin's
+    forecast function without model error, taking the weights as its model parameters.
+    """
+    import time as time_module
+
+    from emulators.checkpoint import make_lineage_entry
+    from emulators.training import train
+    started = time_module.perf_counter()
+    end = cycle + 1
+    holdout_start = end - refit.holdout_days
+    built = analysis_trajectories(analysis_mean, analysis_sd, layout, forcing, emulator, BURN_IN_DAYS,
+                                  holdout_start)
+    if built is None:
+        return emulator, None
+    data, weights = built
+    starts = np.arange(holdout_start, end - 1)
+    scorer = make_forecast_scorer(forecast, analysis_mean, cycle_obs, disposition, forcing, starts, end)
+    before, count = scorer(emulator.weights)
+    candidate, _ = train(refit_config(refit, train_defaults), data, key, initial=emulator,
+                         sample_weights=weights, progress=progress)
+    after, _ = scorer(candidate.weights)
+    kept = bool(np.isfinite(after) and after < before)
+    when = (np.datetime64(day0, "D") + np.timedelta64(end, "D")).astype(str)
+    holdout = f"cycles {holdout_start}-{cycle}, {count} observations, {LEAD_DAYS}-day forecasts"
+    entry = make_lineage_entry("refit", f"{data.description}; held out: {holdout}",
+                               skill_before={"holdout_forecast_score": before},
+                               skill_after={"holdout_forecast_score": after}, kept=kept,
+                               time=datetime.datetime.now(datetime.UTC))
+    lineage = tuple(emulator.lineage) + (entry,)
+    # The refit's model error is not taken (see the module docstring): only weights and ranges change.
+    chosen = (candidate.replace(model_error=emulator.model_error, lineage=lineage) if kept
+              else emulator.replace(lineage=lineage))
+    record = RefitRecord(cycle=cycle, time=str(when), trained_on=data.description, holdout=holdout,
+                         score_before=before, score_after=after, observations=count, kept=kept,
+                         seconds=time_module.perf_counter() - started)
+    return chosen, record
+
+
+class Refitter:
+    """The hindcast's refit schedule: ``due(cycles_done)`` and ``__call__`` between windows."""
+
+    def __init__(self, emulator, prepared, stepper, train_defaults, key, quiet: bool = True):
+        from twin.forecast import make_forecast
+        self.emulator = emulator
+        self.initial_weights = emulator.weights
+        self.prepared = prepared
+        self.refit = prepared.config.refit
+        self.train_defaults = train_defaults
+        self.key = key
+        self.quiet = quiet
+        zero = np.zeros(prepared.layout.model_dim, np.float32)
+        self.deterministic = make_forecast(stepper, prepared.layout, prepared.sites, zero)
+        self.records: list[RefitRecord] = []
+
+    def due(self, cycles_done: int) -> bool:
+        k = self.refit.interval_days
+        return k is not None and cycles_done % k == 0 and cycles_done < self.prepared.num_days
+
+    def boundaries(self, num_days: int) -> list[int]:
+        k = self.refit.interval_days
+        return [] if k is None else list(range(k, num_days, k))
+
+    def __call__(self, cycles_done: int, outputs) -> Any:
+        """Refit after ``cycles_done`` cycles (``outputs`` covers them); returns the weights to use next."""
+        p = self.prepared
+        self.emulator, record = refit_emulator(
+            self.emulator, refit=self.refit, train_defaults=self.train_defaults, forecast=self.deterministic,
+            analysis_mean=np.asarray(outputs.analysis_mean), analysis_sd=np.asarray(outputs.analysis_sd),
+            cycle_obs=p.cycle_obs, disposition=np.asarray(outputs.disposition), layout=p.layout,
+            forcing=p.forcing, day0=p.day0, cycle=cycles_done - 1,
+            key=jax.random.fold_in(self.key, cycles_done), progress=not self.quiet)
+        if record is not None:
+            self.records.append(record)
+        return self.emulator.weights
