@@ -221,6 +221,47 @@ class HindcastConfig(Frozen):
     forecast_days: int = Field(default=7, ge=1, le=60)
 
 
+class AlertConfig(Frozen):
+    """An alert: probability that ``variable`` at ``site``/``layer`` goes beyond ``threshold`` (in the
+    variable's canonical unit) within ``horizon_days``, raised when at least ``probability``.
+
+    Example: bottom oxygen below 63 mmol m-3 (about 2 mg/L) within 7 days with probability >= 0.3.
+    """
+    name: str = Field(default="", description="id of the alert; derived from its settings when omitted")
+    variable: str = Field(min_length=1, description="a state variable, e.g. 'oxygen' or 'chlorophyll'")
+    site: str = Field(min_length=1)
+    layer: Literal["surface", "bottom"] = "surface"
+    threshold: float
+    direction: Literal["below", "above"]
+    horizon_days: int = Field(default=7, ge=1, le=60)
+    probability: float = Field(default=0.5, gt=0, le=1, description="raise when P(exceedance) >= this")
+    error_sd: float | None = Field(
+        default=None, ge=0, description="observation error sd in the exceedance probability; None: the "
+                                        "variable's default (twin.units.DEFAULT_ERROR_SD), 0 when it has none")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data):
+        # Derived before validation because the model is frozen; bad values still fail on their own field.
+        if isinstance(data, dict) and not data.get("name"):
+            parts = [data.get("layer", "surface"), data.get("variable"), data.get("direction"),
+                     data.get("threshold"), data.get("site")]
+            if all(p is not None for p in parts):
+                data = {**data, "name": "{} {} {} {} at {}".format(*parts)}
+        return data
+
+    @field_validator("variable")
+    @classmethod
+    def _state_variable(cls, v):
+        from twin.state_layout import STATE_VARIABLES  # lazy: pulls in JAX, needed only with alerts
+        if v not in STATE_VARIABLES:
+            hint = difflib.get_close_matches(v, STATE_VARIABLES, n=1)
+            raise ValueError(f"alert variable {v!r} is not a state variable of the twin"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                             + f"; valid: {', '.join(STATE_VARIABLES)}")
+        return v
+
+
 class TwinConfig(Frozen):
     """The whole configuration of a twin run."""
     name: str = Field(default="twin", min_length=1)
@@ -235,6 +276,7 @@ class TwinConfig(Frozen):
     filter: FilterConfig = FilterConfig()
     refit: RefitConfig = RefitConfig()
     validation: ValidationConfig = ValidationConfig()
+    alerts: tuple[AlertConfig, ...] = ()
     output: OutputConfig = OutputConfig()
     seed: int = Field(default=0, ge=0)
 
