@@ -8,8 +8,10 @@ from pathlib import Path
 
 from twin import __version__
 from twin.errors import ConfigError, InputError
+from twin.store import StoreBusy, StoreError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_BUSY = 75  # EX_TEMPFAIL: another cycle holds the store; a scheduler retries later
 FORMATS = ("somlit", "coasthf", "oceansites", "swmp", "csv", "gridded")
 
 
@@ -160,6 +162,61 @@ def _cmd_emulator_evaluate(args) -> int:
     return EXIT_OK
 
 
+def _print_report(report: dict, as_json: bool, lines: list[str]) -> None:
+    print("\n".join(lines))
+    if as_json:
+        print(json.dumps(report, default=str, separators=(",", ":")))
+
+
+def _cmd_init(args) -> int:
+    from twin.config import load_config
+    from twin.operational import init_store
+    config = load_config(Path(args.config) if args.config else DEFAULT_CONFIG)
+    manifest = init_store(args.store, config, from_hindcast=args.from_hindcast, quiet=args.quiet)
+    print(f"store {args.store} created: day 0 {manifest['day0']}, {manifest['cycles_done']} cycles done")
+    return EXIT_OK
+
+
+def _cmd_cycle(args) -> int:
+    from twin.operational import run_cycle
+    report = run_cycle(args.store, until=args.until, data=tuple(args.data or ()), quiet=args.quiet,
+                       lock_timeout_s=args.lock_timeout)
+    lines = [f"{report['store']}: {report.get('message', 'cycled')}; {report['files_read']} new file(s), "
+             f"{report['rows_new']} new row(s), {report['late']} late, {report['cycles']} cycle(s); "
+             f"analysis at {report.get('analysis_time', '-')} ({report['seconds']:.1f} s)"]
+    lines += [f"  unreadable (retried next cycle): {e['file']}: {e['error']}" for e in report["errors"]]
+    if report.get("alerts_raised"):
+        lines.append(f"  ALERTS: {', '.join(report['alerts_raised'])}")
+    if report.get("suspect_rows"):
+        lines.append(f"  {report['suspect_rows']} new observation(s) suspect against the twin's forecast")
+    _print_report(report, args.json, lines)
+    return EXIT_OK
+
+
+def _cmd_status(args) -> int:
+    from twin.operational import store_status
+    status = store_status(args.store)
+    lines = [f"{status['store']}: {'healthy' if status['healthy'] else 'PROBLEMS: ' + '; '.join(status['problems'])}",
+             f"  last analysis {status['last_analysis']} after {status['cycles_done']} cycles "
+             f"(last run {status['last_cycle_run']})",
+             f"  ledger: {status['ledger']['rows']} rows: "
+             + ", ".join(f"{k} {v}" for k, v in status["ledger"]["by_disposition"].items()),
+             f"  emulator: {status['emulator']}; last refit: "
+             f"{(status['last_refit'] or {}).get('time', 'none')}",
+             f"  open alerts: {', '.join(a['name'] for a in status['open_alerts']) or 'none'}"]
+    lines += [f"  drifting: {d['series']} (mean normalised innovation {d['mean_normalised_innovation']:+.2f} "
+              f"over {d['rows']} rows)" for d in status["drifting"]]
+    _print_report(status, args.json, lines)
+    return EXIT_OK if status["healthy"] else EXIT_USAGE
+
+
+def _cmd_forecast(args) -> int:
+    from twin.operational import store_forecast
+    path = store_forecast(args.store, args.days, args.out)
+    print(f"forecast {args.days} days: {path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twin",
@@ -222,6 +279,42 @@ def build_parser() -> argparse.ArgumentParser:
     p_h.add_argument("--quiet", action="store_true", help="no progress output")
     p_h.set_defaults(func=_cmd_hindcast)
 
+    p_init = sub.add_parser(
+        "init", help="create an operational store",
+        description="Create a twin store: the resolved config, the emulator checkpoint and lineage, the initial "
+                    "ensemble (or the last analysis of --from-hindcast), inflation state, random seed, an empty "
+                    "observation ledger and the manifest.")
+    p_init.add_argument("store", help="store folder (must not exist yet)")
+    p_init.add_argument("--config", help="YAML config (default: the embedded demo)")
+    p_init.add_argument("--from-hindcast", help="a hindcast output folder to start from")
+    p_init.add_argument("--quiet", action="store_true")
+    p_init.set_defaults(func=_cmd_init)
+    p_cyc = sub.add_parser(
+        "cycle", help="assimilate what is new, forecast, evaluate alerts",
+        description="Ingest only what is new (files and rows recognised by content), qualify it, assimilate to "
+                    "the newest complete analysis window (or --until), forecast hindcast.forecast_days ahead, "
+                    "evaluate the alerts, write products; the manifest is written last, so a killed cycle "
+                    "leaves the store as it was. Waits for the lock if another cycle runs.")
+    p_cyc.add_argument("store")
+    p_cyc.add_argument("--until", help="analyse up to this time (ISO 8601)")
+    p_cyc.add_argument("--data", nargs="+", metavar="PATH", help="new data files or folders")
+    p_cyc.add_argument("--lock-timeout", type=float, default=60.0, help="seconds to wait for the lock")
+    p_cyc.add_argument("--json", action="store_true", help="end with one JSON line")
+    p_cyc.add_argument("--quiet", action="store_true")
+    p_cyc.set_defaults(func=_cmd_cycle)
+    p_st = sub.add_parser("status", help="state of a store",
+                          description="Last analysis time, ledger counts by disposition, emulator version, last "
+                                      "refit, open alerts, drifting sensors, store health (exit 2 if unhealthy).")
+    p_st.add_argument("store")
+    p_st.add_argument("--json", action="store_true")
+    p_st.set_defaults(func=_cmd_status)
+    p_fc = sub.add_parser("forecast", help="ensemble forecast from the last analysis",
+                          description="The ensemble forecast from the store's last analysis as CF NetCDF.")
+    p_fc.add_argument("store")
+    p_fc.add_argument("--days", type=int, default=7)
+    p_fc.add_argument("--out", help="copy the NetCDF here")
+    p_fc.set_defaults(func=_cmd_forecast)
+
     p_em = sub.add_parser("emulator", help="train and evaluate the neural emulator",
                           description="Train and evaluate the neural emulator of the process model.")
     sub_em = p_em.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
@@ -264,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (StoreBusy, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BUSY if isinstance(exc, StoreBusy) else EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

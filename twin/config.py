@@ -218,6 +218,9 @@ class HindcastConfig(Frozen):
     end: date | None = Field(default=None, description="last day (default: the experiment's or data's)")
     window_days: int = Field(default=365, ge=1)
     forcing_max_gap_days: PositiveFloat = 20.0
+    forcing_mode: Literal["interpolate", "causal"] = Field(
+        default="interpolate", description="causal: each day's forcing uses no later observation, as in "
+                                           "operational cycles (twin cycle); interpolate: across gaps")
     forecast_days: int = Field(default=7, ge=1, le=60)
 
 

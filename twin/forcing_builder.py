@@ -13,8 +13,8 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from emulators.forcing import (Forcing, clear_sky_par, daily_means, day_of_year_of, fill_series,
-                               fit_harmonic_climatology, make_forcing)
+from emulators.forcing import (Forcing, clear_sky_par, daily_means, day_of_year_of, evaluate_climatology,
+                               fill_series, fit_harmonic_climatology, make_forcing)
 from twin import flags
 
 FORCING_VARIABLES = ("temperature", "salinity")
@@ -39,10 +39,33 @@ def _series(table: xr.Dataset, site: str, variable: str, layer: str) -> tuple[np
     return table["time"].values[sel], table["value"].values[sel]
 
 
+def causal_fill(daily: np.ndarray, max_gap_days: float, fallback: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Operational gap filling: each day's value uses no later observation.
+
+    The observed daily mean where there is one; else the last observed daily mean if at most
+    ``max_gap_days`` old; else ``fallback`` (T,) (the other layer, or the pre-period climatology). Returns
+    (values, filled).
+    """
+    days = np.arange(daily.size)
+    ok = np.isfinite(daily)
+    last = np.maximum.accumulate(np.where(ok, days, -1))
+    recent = (last >= 0) & (days - last <= max_gap_days)
+    values = np.where(ok, daily, np.where(recent, daily[np.maximum(last, 0)], fallback))
+    return values, ~ok
+
+
 def observed_daily_series(table: xr.Dataset, site: str, variable: str, layers: tuple[str, ...],
                           day0: np.datetime64, num_days: int, max_gap_days: float = 20.0,
-                          n_harmonics: int = 2) -> tuple[np.ndarray, dict[str, float], dict[str, str]]:
+                          n_harmonics: int = 2, mode: str = "interpolate"
+                          ) -> tuple[np.ndarray, dict[str, float], dict[str, str]]:
     """A gap-free daily series per layer, shape (num_days, num_layers), from the observations.
+
+    ``mode="interpolate"`` (hindcasts): anomalies interpolated across gaps, climatology fitted on the whole
+    series. ``mode="causal"`` (operations, and hindcasts that must reproduce them): a day's value uses no
+    later observation (:func:`causal_fill`); a layer falls back to the other layer's value of the same day,
+    and the climatology is fitted on observations before ``day0`` only (when there are none, the first
+    observed value stands in before the record starts: the one exception, and operational cycles do not run
+    before their first data).
 
     Raises:
         ValueError: no layer of ``site`` has enough ``variable`` observations to fit a climatology.
@@ -55,6 +78,8 @@ def observed_daily_series(table: xr.Dataset, site: str, variable: str, layers: t
         counts = {layer: int(v[1].size) for layer, v in raw.items()}
         raise ValueError(f"site {site!r}: not enough usable {variable} observations to build forcing "
                          f"(need {need} per layer, have {counts})")
+    if mode == "causal":
+        return _causal_series(raw, usable, variable, layers, day0, num_days, max_gap_days, n_harmonics)
     out = np.empty((num_days, len(layers)))
     filled, borrowed = {}, {}
     for j, layer in enumerate(layers):
@@ -72,20 +97,52 @@ def observed_daily_series(table: xr.Dataset, site: str, variable: str, layers: t
     return out, filled, borrowed
 
 
+def _causal_series(raw, usable, variable, layers, day0, num_days, max_gap_days, n_harmonics):
+    days = np.arange(num_days, dtype=np.float64)
+    daily = {}
+    for layer, (times, values) in raw.items():
+        t = days_since(times, day0)
+        daily[layer] = daily_means(t, values, days) if values.size else np.full(num_days, np.nan)
+    # Fallback of last resort: the pre-period climatology, else the first observed value of any layer.
+    first = next(iter(usable.values()))
+    t_first = days_since(first[0], day0)
+    before = t_first < 0
+    if before.sum() >= 2 * n_harmonics + 2:
+        clim = fit_harmonic_climatology(t_first[before], first[1][before], n_harmonics=n_harmonics)
+        base = evaluate_climatology(clim, days + 0.5)
+    else:
+        base = np.full(num_days, first[1][np.argmin(t_first)])
+    out = np.empty((num_days, len(layers)))
+    filled, borrowed = {}, {}
+    own = {layer: causal_fill(daily[layer], max_gap_days, np.full(num_days, np.nan))[0] for layer in layers}
+    for j, layer in enumerate(layers):
+        others = [own[o] for o in layers if o != layer]
+        fallback = base.copy()
+        for other in others:  # the other layer's value of the same day before the climatology
+            fallback = np.where(np.isfinite(other), other, fallback)
+        if layer not in usable and others:
+            borrowed[f"{variable}/{layer}"] = next(o for o in layers if o != layer)
+        out[:, j], was_filled = causal_fill(daily[layer], max_gap_days, fallback)
+        filled[f"{variable}/{layer}"] = float(was_filled.mean())
+    return out, filled, borrowed
+
+
 def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tuple[str, ...],
                        day0: np.datetime64, num_days: int, *, cloudiness: float = 0.25,
-                       max_gap_days: float = 20.0, wind_speed: float = 5.0) -> tuple[Forcing, ForcingReport]:
+                       max_gap_days: float = 20.0, wind_speed: float = 5.0,
+                       mode: str = "interpolate") -> tuple[Forcing, ForcingReport]:
     """Forcing of one site on ``num_days`` daily steps from ``day0``.
 
     Args:
         table: canonical observation table (after QC).
         layers: the model layers, surface first ("surface", "bottom").
         cloudiness: mean fractional reduction of clear-sky PAR.
+        mode: "interpolate" or "causal" (see :func:`observed_daily_series`).
     """
     temperature, filled_t, borrowed_t = observed_daily_series(
-        table, site, "temperature", layers, day0, num_days, max_gap_days)
+        table, site, "temperature", layers, day0, num_days, max_gap_days, mode=mode)
     salinity, filled_s, borrowed_s = observed_daily_series(
-        table, site, "salinity", layers, day0, num_days, max_gap_days)
+        table, site, "salinity", layers, day0, num_days, max_gap_days, mode=mode)
     times = np.datetime64(day0, "ns") + np.arange(num_days) * np.timedelta64(1, "D")
     doy = day_of_year_of(times)
     par = np.asarray(clear_sky_par(latitude, doy + 0.5)) * (1.0 - cloudiness)

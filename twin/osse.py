@@ -192,3 +192,35 @@ def write_truth(path: Path, truth: Truth) -> Path:
     from twin.observations import atomic_write
     ds = truth_dataset(truth)
     return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
+
+
+def write_daily_experiment(directory: str | Path, spec: ExperimentSpec) -> tuple[Truth, list[tuple[str, list[Path]]]]:
+    """The twin experiment delivered day by day, as an operational twin receives it: the same samples as
+    :func:`write_experiment` (same seed, same draws), one folder per day ``YYYY-MM-DD/`` holding that day's
+    ``somlit.csv`` (days with bottles) and ``coasthf.csv`` (days with buoy records). Returns the truth and
+    ``[(day, [paths])]`` in date order."""
+    directory = Path(directory)
+    truth = make_truth(spec)
+    rng = np.random.default_rng(spec.seed)
+    bottles = sample_bottles(truth, spec, rng)
+    buoy = sample_buoy(truth, spec, rng) if spec.buoy else None
+    bottle_day = pd.DatetimeIndex(bottles["time"]).strftime("%Y-%m-%d").to_numpy()
+    days = np.datetime64(spec.start, "D") + np.arange(spec.num_days)
+    out = []
+    for day in days.astype(str):
+        paths = []
+        rows = bottles[bottle_day == day]
+        if len(rows):
+            paths.append(write_somlit_native(directory / day / "somlit.csv", rows,
+                                             title=f"twin experiment, seed {spec.seed}, {day}"))
+        if buoy is not None:
+            times, columns = buoy
+            sel = times.astype("datetime64[D]").astype(str) == day
+            if sel.any():
+                paths.append(write_coasthf(directory / day / "coasthf.csv", spec.platform, spec.latitude,
+                                           spec.longitude, times[sel],
+                                           {k: (v[sel], q[sel]) for k, (v, q) in columns.items()}))
+        if paths:
+            out.append((day, paths))
+    write_truth(directory / "truth.nc", truth)
+    return truth, out

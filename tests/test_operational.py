@@ -1,0 +1,258 @@
+"""Operational twin cycles on a store: equivalence with the hindcast, idempotence, restart reproducibility,
+locking, late data, corrupt files, and SIGKILL fault injection (issue 6)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from twin import dispositions as disp
+from twin.config import parse_config
+from twin.hindcast import _bottle_error_sd, run_hindcast
+from twin.operational import init_store, run_cycle, store_status
+from twin.osse import BOTTLE_ERROR, BUOY_ERROR, ExperimentSpec, write_daily_experiment
+from twin.store import Store, StoreBusy
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINT = REPO / "configs" / "emulators" / "demo"
+DAYS = 101            # files for days 1..100 (the buoy starts on day 1): 100 daily cycle calls
+CALLS = 100
+START = "2016-01-01"
+
+
+def _config(incoming: Path, *, end: str | None = None) -> dict:
+    buoy_sd = {k: BUOY_ERROR[k] for k in ("temperature", "salinity", "oxygen", "fluorescence")}
+    buoy_sd["chlorophyll"] = BUOY_ERROR["fluorescence"] * 2.0
+    return {
+        "name": "ops-osse",
+        "sites": [{"name": "SYNTH-B", "latitude": 43.68, "longitude": 7.32, "aliases": ["SYNTH01"],
+                   "bottom_depth_m": 60.0}],
+        "sources": [{"path": str(incoming / "*" / "somlit.csv"), "format": "somlit",
+                     "error_sd": _bottle_error_sd(BOTTLE_ERROR)},
+                    {"path": str(incoming / "*" / "coasthf.csv"), "format": "coasthf", "error_sd": buoy_sd,
+                     "fluorescence_calibration": {"SYNTH01": [2.0, 0.0]}}],
+        "emulator": {"checkpoint": str(CHECKPOINT)},
+        "filter": {"members": 16, "inflation": 1.05},
+        "hindcast": {"start": START, "end": end, "forcing_mode": "causal", "forecast_days": 5},
+        "alerts": [{"variable": "chlorophyll", "site": "SYNTH-B", "threshold": 1.0, "direction": "above",
+                    "horizon_days": 5, "probability": 0.3}],
+    }
+
+
+@pytest.fixture(scope="module")
+def daily(tmp_path_factory):
+    root = tmp_path_factory.mktemp("daily")
+    spec = ExperimentSpec(site="SYNTH-B", platform="SYNTH01", latitude=43.68, longitude=7.32,
+                          start=np.datetime64(START), num_days=DAYS, seed=3, fluorescence_slope=2.0,
+                          buoy_gap_fraction=0.0)  # a file every day: one call per calendar day
+    _, days = write_daily_experiment(root / "all", spec)
+    return root, days
+
+
+def _new_store(root: Path, name: str, days=None) -> Path:
+    store = root / name
+    (root / f"{name}-incoming").mkdir(exist_ok=True)
+    init_store(store, parse_config(_config(root / f"{name}-incoming")), quiet=True)
+    return store
+
+
+def _feed(store: Path, days, first: int, count: int) -> list[dict]:
+    return [run_cycle(store, data=(str(paths[0].parent),), quiet=True) for _, paths in days[first:first + count]]
+
+
+def _day_number(day: str) -> int:
+    return int((np.datetime64(day) - np.datetime64(START)) / np.timedelta64(1, "D"))
+
+
+def _members(store: Path) -> np.ndarray:
+    s = Store(store)
+    return s.load_arrays(s.manifest()["files"]["state"])["members"]
+
+
+@pytest.fixture(scope="module")
+def operated(daily, tmp_path_factory):
+    """A store fed day by day for ``CALLS`` days, one cycle call per day."""
+    root, days = daily
+    work = tmp_path_factory.mktemp("ops")
+    store = _new_store(work, "store")
+    started = time.perf_counter()
+    reports = _feed(store, days, 0, CALLS)
+    return store, reports, (time.perf_counter() - started) / CALLS
+
+
+def test_daily_cycles_match_the_equivalent_hindcast(daily, operated, tmp_path):
+    root, days = daily
+    store, reports, _ = operated
+    manifest = Store(store).manifest()
+    cycles = manifest["cycles_done"]
+    # The data of day k complete the analysis window of day k (k - 12 h .. k + 12 h): the last day fed
+    # brings the store to its analysis (the buoy starts on day 1, so 100 calls feed days 1..100).
+    assert cycles == _day_number(days[CALLS - 1][0]) == CALLS
+    end = str(np.datetime64(START) + np.timedelta64(cycles - 1, "D"))
+    config = parse_config(_config(root / "all", end=end))
+    run_hindcast(config, tmp_path / "hc", quiet=True)
+    with xr.open_dataset(tmp_path / "hc" / "reanalysis.nc") as ds:
+        assert ds.sizes["time"] == cycles
+    history = Store(store).load_arrays(manifest["files"]["history"])
+    ops_mean = history["analysis_mean"]
+    from twin.state_layout import STATE_VARIABLES
+    with xr.open_dataset(tmp_path / "hc" / "reanalysis.nc") as ds:
+        hc = {v: ds[v].values for v in STATE_VARIABLES}
+    from twin.operational import _layout
+    layout = _layout(config)
+    for v, s, layer in layout.variables():
+        i = layout.index(v, s, layer)
+        li = layout.layers.index(layer)
+        # Same algorithm, same keys; only the order of float32 sums differs (slots padded differently,
+        # one-day windows instead of one long scan): agreement to 1e-3 relative over 99 cycles.
+        np.testing.assert_allclose(ops_mean[:, i], hc[v][:, 0, li], rtol=1e-3, atol=1e-5,
+                                   err_msg=f"{v}@{s}/{layer}")
+    # the final ensemble is the one the store carries
+    np.testing.assert_allclose(_members(store).mean(0), ops_mean[-1], rtol=1e-6)
+    assert all(r["errors"] == [] for r in reports)
+    assert sum(r["cycles"] for r in reports) == cycles
+
+
+def test_cycle_again_without_new_data_changes_nothing(operated):
+    store, _, _ = operated
+    before = (store / "manifest.json").read_bytes()
+    report = run_cycle(store, quiet=True)
+    assert report["message"] == "nothing new" and report["cycles"] == 0
+    assert (store / "manifest.json").read_bytes() == before
+
+
+def test_restart_gives_the_same_state_bit_for_bit(daily, tmp_path):
+    _, days = daily
+    a = _new_store(tmp_path, "a")
+    b = _new_store(tmp_path, "b")
+    _feed(a, days, 0, 6)
+    _feed(a, days, 6, 6)
+    # b: the same twelve days of files at once: one cycle call runs all the analyses in a row
+    run_cycle(b, data=tuple(str(p[0].parent) for _, p in days[:12]), quiet=True)
+    assert Store(a).manifest()["cycles_done"] == Store(b).manifest()["cycles_done"] == _day_number(days[11][0])
+    assert np.array_equal(_members(a), _members(b))
+
+
+def test_second_cycle_waits_for_the_lock_then_refuses(daily, tmp_path):
+    store = _new_store(tmp_path, "locked")
+    holder_ready, release = threading.Event(), threading.Event()
+
+    def hold():
+        with Store(store).lock():
+            holder_ready.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    holder_ready.wait(5)
+    started = time.monotonic()
+    with pytest.raises(StoreBusy, match="already running"):
+        run_cycle(store, quiet=True, lock_timeout_s=1.0)
+    assert time.monotonic() - started >= 1.0
+    release.set()
+    t.join()
+    run_cycle(store, quiet=True, lock_timeout_s=1.0)  # free again
+
+
+def test_late_data_are_kept_with_their_disposition(daily, tmp_path):
+    _, days = daily
+    store = _new_store(tmp_path, "late")
+    # day 1's bottles held back; days 0 and 2..9 arrive first
+    held = [(d, p) for d, p in days[:10] if any(q.name == "somlit.csv" for q in p)][0]
+    for day, paths in days[:10]:
+        feed = [q for q in paths if not (day == held[0] and q.name == "somlit.csv")]
+        run_cycle(store, data=tuple(map(str, feed)), quiet=True)
+    late_file = next(q for q in held[1] if q.name == "somlit.csv")
+    report = run_cycle(store, data=(str(late_file),), quiet=True)
+    assert report["late"] > 0
+    status = store_status(store)
+    assert status["ledger"]["by_disposition"]["late"] == report["late"]
+
+
+def test_corrupt_file_is_reported_and_retried(daily, tmp_path):
+    _, days = daily
+    store = _new_store(tmp_path, "corrupt")
+    _feed(store, days, 0, 3)
+    bad = tmp_path / "bad" / "coasthf.csv"
+    bad.parent.mkdir()
+    bad.write_text("this is not a COAST-HF export\n1;2;3\n")
+    _, paths = days[3]
+    report = run_cycle(store, data=(str(bad), *map(str, paths)), quiet=True)
+    assert [e["file"] for e in report["errors"]] == [str(bad)] and report["cycles"] == 1
+    rows = store_status(store)["ledger"]["rows"]
+    again = run_cycle(store, data=(str(bad),), quiet=True)
+    assert [e["file"] for e in again["errors"]] == [str(bad)]  # tried again, still reported
+    assert store_status(store)["ledger"]["rows"] == rows          # nothing already stored was lost
+
+
+def _cycle_command(store: Path, data: Path) -> list[str]:
+    return [sys.executable, "-m", "twin.cli", "cycle", str(store), "--data", str(data), "--quiet", "--json"]
+
+
+def test_sigkill_at_random_points_leaves_a_consistent_store(daily, tmp_path):
+    """Kill ``twin cycle`` with SIGKILL at random moments (>= 50 trials); every time the store opens and is
+    consistent, and the next cycle ends exactly where an uninterrupted one does."""
+    _, days = daily
+    trials = int(os.environ.get("TWIN_FAULT_TRIALS", "50"))
+    base = _new_store(tmp_path, "base")
+    _feed(base, days, 0, 3)
+    data = days[3][1][0].parent
+    reference = tmp_path / "reference"
+    shutil.copytree(base, reference)
+    started = time.perf_counter()
+    assert subprocess.run(_cycle_command(reference, data), capture_output=True).returncode == 0
+    full = time.perf_counter() - started
+    expected = _members(reference)
+    rng = np.random.default_rng(0)
+    outcomes = {"killed": 0, "finished": 0}
+    for trial in range(trials):
+        store = tmp_path / f"trial-{trial}"
+        shutil.copytree(base, store)
+        proc = subprocess.Popen(_cycle_command(store, data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.0, full))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            outcomes["killed"] += 1
+        else:
+            outcomes["finished"] += 1
+        proc.wait()
+        s = Store(store)
+        assert s.check() == [], f"trial {trial}: {s.check()}"
+        done = s.manifest()["cycles_done"]
+        assert done in (_day_number(days[2][0]), _day_number(days[3][0])), f"trial {trial}: {done} cycles"
+        run_cycle(store, data=(str(data),), quiet=True)  # completes what was killed (or finds nothing new)
+        assert np.array_equal(_members(store), expected), f"trial {trial}"
+        assert json.loads((store / "manifest.json").read_text())["cycles_done"] == _day_number(days[3][0])
+        shutil.rmtree(store)
+    assert outcomes["killed"] >= trials // 2, outcomes
+
+
+def test_status_reports_the_ledger_and_health(operated):
+    store, _, _ = operated
+    status = store_status(store)
+    assert status["healthy"] and status["cycles_done"] == CALLS
+    by = status["ledger"]["by_disposition"]
+    assert by["assimilated"] > 100 and by.get("late", 0) == 0
+    assert status["emulator"] == "emulator-0"
+
+
+def test_forecast_products_and_alerts_each_cycle(operated):
+    store, reports, _ = operated
+    s = Store(store)
+    alerts = s.load_json(s.manifest()["files"]["alerts"])
+    assert len(alerts) == CALLS  # one evaluation per call (each moved the twin a day)
+    assert all(0.0 <= a["probability"] <= 1.0 for a in alerts)
+    products = sorted((store / "products").glob("forecast-*.nc"))
+    assert len(products) == CALLS
+    with xr.open_dataset(products[-1]) as ds:
+        assert ds.sizes["time"] == 5 and np.all(ds["chlorophyll_q05"].values <= ds["chlorophyll_q95"].values)

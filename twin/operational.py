@@ -1,0 +1,623 @@
+"""Operational twin cycles on a store: ``twin init``, ``twin cycle``, ``twin status``, ``twin forecast``.
+
+A cycle, under the store's lock: read the files that are new by content (SHA-256 of the file; rows already in
+the ledger are skipped row by row, so a growing export only adds its new rows); qualify the rows not yet
+assimilated (QC over the last ``QC_CONTEXT_DAYS`` of the ledger); run every daily analysis whose ±12 h window
+the data now cover (or up to ``--until``), one ``run_window`` call per day with the same per-cycle keys as the
+hindcast, so N cycles then N more equal 2N in a row bit for bit; record each observation's disposition and
+its innovation over the forecast spread (the twin's own check of new data); forecast ``forecast_days`` ahead;
+evaluate the alerts; write new versioned files and the manifest last.
+
+Policies:
+- Late data (a row whose analysis time has already been cycled) stay in the ledger with disposition ``late``;
+  they are not assimilated by the running twin (it does not go back in time) and enter the next reanalysis
+  (``twin hindcast`` over the same files assimilates them).
+- A file that cannot be read is reported and not registered, so the next cycle tries it again; the rest is
+  assimilated.
+- Forcing is built causally (``hindcast.forcing_mode: causal``): a day's forcing uses no later observation,
+  so what the store cycled does not change when later data arrive. Forecast days carry the last observed
+  values forward (up to ``forcing_max_gap_days``), then the fallback of the causal rule.
+"""
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from twin import dispositions as disp
+from twin import flags
+from twin.config import TwinConfig, dump_config, load_config
+from twin.errors import InputError
+from twin.store import Store, StoreError, file_digest, require_store
+
+QC_CONTEXT_DAYS = 30
+SLOT_QUANTUM = 32       # observation slots per cycle are padded to a multiple of this (fewer recompiles)
+SUSPECT_Z = 3.0         # |innovation| / expected spread above which a new observation is reported suspect
+DRIFT_DAYS = 30         # window of the running mean innovation per series (sensor drift)
+DRIFT_LIMIT = 1.0       # |mean normalised innovation| above which a series is reported drifting
+LEDGER_EXTRA = {"qc_read": np.int8, "disposition": np.int16, "cycle": np.int32, "ingested": np.int32,
+                "twin_z": np.float32, "row_key": np.uint64, "file_digest": str}
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"[twin] {message}", file=sys.stderr, flush=True)
+
+
+def _operational_config(config: TwinConfig) -> TwinConfig:
+    hindcast = config.hindcast.model_copy(update={"forcing_mode": "causal"})
+    return config.model_copy(update={"hindcast": hindcast})
+
+
+def _day0(config: TwinConfig) -> np.datetime64:
+    if config.hindcast.start is not None:
+        return np.datetime64(config.hindcast.start, "D").astype("datetime64[ns]")
+    if config.experiment is not None:
+        return np.datetime64(config.experiment.start, "D").astype("datetime64[ns]")
+    raise StoreError("an operational store needs a start date: set hindcast.start in the config")
+
+
+def _layout(config: TwinConfig):
+    from twin.state_layout import StateLayout
+    num_layers = 2 if any("bottom" in s.layers for s in config.sites) else 1
+    return StateLayout(tuple(s.name for s in config.sites), num_layers)
+
+
+def _sites(config: TwinConfig, layout):
+    from emulators.parameters import default_site
+    from twin.forecast import stack_sites
+    structs = []
+    for s in config.sites:
+        thickness = (10.0, max(s.bottom_depth_m - 10.0, 1.0)) if layout.num_layers == 2 else (10.0,)
+        structs.append(default_site(layout.num_layers, s.latitude, thickness))
+    return stack_sites(structs)
+
+
+# --- init --------------------------------------------------------------------------------------------
+
+
+def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str | Path | None = None,
+               quiet: bool = False) -> dict[str, Any]:
+    """Create a store: resolved config, emulator, initial ensemble, empty ledger, manifest."""
+    from emulators.checkpoint import save_checkpoint
+    from emulators.process_model import initial_state
+    from twin.emulator_source import obtain_emulator
+    from twin.forecast import initial_ensemble
+    store = Store(store_dir)
+    if store.exists():
+        raise StoreError(f"{store.root}: a store already exists here (remove it or choose another folder)")
+    store.root.mkdir(parents=True, exist_ok=True)
+    with store.lock(timeout_s=5):
+        if config.experiment is not None:
+            from twin.hindcast import experiment_sources
+            config, _ = experiment_sources(config, store.root / "experiment", quiet)
+        if not config.sites:
+            raise StoreError("the config names no sites: add a 'sites' list (name, latitude, longitude)")
+        config = _operational_config(config)
+        layout = _layout(config)
+        day0 = _day0(config)
+        emulator = obtain_emulator(config, None, quiet) if config.model.kind == "emulator" else None
+        if emulator is not None:
+            save_checkpoint(store.path("emulator-0"), emulator)
+        key = jax.random.PRNGKey(config.seed)
+        cycles_done = 0
+        site_state = np.tile(np.asarray(initial_state(layout.num_layers))[None], (len(layout.sites), 1))
+        members = initial_ensemble(jax.random.fold_in(key, 0), layout, config.filter.members, site_state,
+                                   config.filter.initial_spread)
+        if from_hindcast is not None:
+            members, cycles_done, day0 = _ensemble_from_hindcast(Path(from_hindcast), layout, config, key)
+        text = dump_config(config)
+        from twin.observations import atomic_write
+        atomic_write(store.path("config.yaml"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        files = {"state": store.save_arrays("state-0.npz", _state_arrays(members, None, cycles_done)),
+                 "ledger": _save_ledger(store, _empty_ledger(), 0),
+                 "history": store.save_arrays("history-0.npz", {}),
+                 "alerts": store.save_json("alerts-0.json", [])}
+        if emulator is not None:
+            files["emulator"] = "emulator-0"
+        manifest = {"seq": 0, "cycles_done": cycles_done, "day0": str(day0)[:10], "seed": config.seed,
+                    "slots": SLOT_QUANTUM, "registry": {}, "files": files, "refits": [],
+                    "created": _now(), "last_cycle": None}
+        store.write_manifest(manifest)
+    _log(f"store {store.root}: {len(layout.sites)} site(s), {layout.dim} state elements, day 0 {str(day0)[:10]}, "
+         f"{cycles_done} cycles done", quiet)
+    return manifest
+
+
+def _ensemble_from_hindcast(directory: Path, layout, config: TwinConfig, key):
+    """Members drawn (log-normally) around the last analysis of a hindcast's reanalysis.nc."""
+    path = directory / "reanalysis.nc"
+    if not path.exists():
+        raise InputError(path, "no reanalysis.nc: --from-hindcast needs a finished hindcast output folder")
+    with xr.open_dataset(path, engine="netcdf4") as ds:
+        ds = ds.load()
+    sites, layers = list(ds["site"].values.astype(str)), list(ds["layer"].values.astype(str))
+    mean = np.zeros(layout.dim, np.float32)
+    sd = np.zeros(layout.dim, np.float32)
+    for v, s, layer in layout.variables():
+        if v not in ds or s not in sites or layer not in layers:
+            raise InputError(path, f"the hindcast has no {v} at {s}/{layer}: it was not run with this config")
+        i = layout.index(v, s, layer)
+        mean[i] = float(ds[v].values[-1, sites.index(s), layers.index(layer)])
+        sd[i] = float(ds[f"{v}_sd"].values[-1, sites.index(s), layers.index(layer)])
+    rel = np.log1p((sd / np.maximum(mean, 1e-6)) ** 2) ** 0.5
+    noise = np.asarray(jax.random.normal(jax.random.fold_in(key, 0), (config.filter.members, layout.dim)))
+    members = mean[None] * np.exp(rel * noise - 0.5 * rel**2)
+    day0 = np.datetime64(str(ds["time"].values[0])[:10]) - np.timedelta64(1, "D")
+    return jnp.asarray(members, jnp.float32), int(ds.sizes["time"]), day0.astype("datetime64[ns]")
+
+
+def _state_arrays(members, inflation, cycles_done: int) -> dict[str, np.ndarray]:
+    from assimilation import initial_inflation_state
+    inflation = inflation or initial_inflation_state()
+    return {"members": np.asarray(members), "cycles_done": np.asarray(cycles_done),
+            **{f"inflation_{k}": np.asarray(v) for k, v in inflation._asdict().items()}}
+
+
+def _load_state(store: Store, manifest):
+    from assimilation.types import InflationState
+    arrays = store.load_arrays(manifest["files"]["state"])
+    inflation = InflationState(**{k: jnp.asarray(arrays[f"inflation_{k}"]) for k in InflationState._fields})
+    return jnp.asarray(arrays["members"]), inflation
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+# --- ledger ------------------------------------------------------------------------------------------
+
+
+def _empty_ledger() -> xr.Dataset:
+    from twin.observations import empty_observations
+    table = empty_observations()
+    n = table.sizes["obs"]
+    return table.assign({k: ("obs", np.zeros(n, dt if dt is not str else object)) for k, dt in LEDGER_EXTRA.items()})
+
+
+def _save_ledger(store: Store, ledger: xr.Dataset, seq: int) -> str:
+    """The ledger as NumPy arrays (fixed-width text): NetCDF's variable-length strings cost seconds per
+    cycle on a large ledger. ``twin status`` and the hindcast products give it as CF NetCDF."""
+    arrays = {k: (np.array([str(x) for x in v.values]) if v.dtype == object else v.values)
+              for k, v in ledger.data_vars.items()}
+    arrays["time"] = ledger["time"].values
+    return store.save_arrays(f"ledger-{seq}.npz", arrays)
+
+
+def _load_ledger(store: Store, manifest) -> xr.Dataset:
+    arrays = store.load_arrays(manifest["files"]["ledger"])
+    time_ = arrays.pop("time")
+    columns = {k: ("obs", v.astype(object) if v.dtype.kind == "U" else v) for k, v in arrays.items()}
+    return xr.Dataset(columns, coords={"time": ("obs", time_)})
+
+
+def row_keys(table: xr.Dataset) -> np.ndarray:
+    """A 64-bit content key per row (site, layer, depth, variable, time, value, native flag)."""
+    frame = pd.DataFrame({k: table[k].values for k in ("site", "layer", "depth", "variable", "time", "value",
+                                                       "native_qc")})
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy(np.uint64)
+
+
+def _source_for(path: Path, config: TwinConfig):
+    """The config source a file belongs to (its glob matches), else a plain source of the detected format."""
+    from twin.config import SourceConfig
+    for source in config.sources:
+        if fnmatch.fnmatch(str(path.resolve()), source.path) or Path(source.path).resolve() == path.resolve():
+            return source
+    for source in config.sources:  # same file name pattern anywhere (a --data file like the configured ones)
+        if fnmatch.fnmatch(path.name, Path(source.path).name):
+            return source
+    return SourceConfig(path=str(path))
+
+
+def _candidate_files(config: TwinConfig, data: tuple[str, ...]) -> list[Path]:
+    import glob
+    found: list[Path] = []
+    for source in config.sources:
+        if any(ch in source.path for ch in "*?["):
+            found += sorted(Path(p) for p in glob.glob(source.path, recursive=True))
+        elif Path(source.path).exists():
+            found.append(Path(source.path))
+    for item in data:
+        p = Path(item)
+        found += sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    seen, unique = set(), []
+    for p in found:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique
+
+
+def read_new_rows(config: TwinConfig, manifest, ledger: xr.Dataset, data: tuple[str, ...], seq: int):
+    """New rows from files not yet registered; returns (table or None, registrations, errors)."""
+    from twin.ingest import canonical_site_names, reader_options
+    from twin.observations import concat_observations
+    from twin.readers import detect_format, read_observations
+    registry = manifest["registry"]
+    tables, registered, errors = [], {}, []
+    known = set(ledger["row_key"].values.tolist())
+    for path in _candidate_files(config, data):
+        try:
+            digest = file_digest(path)
+        except OSError as err:
+            errors.append({"file": str(path), "error": f"unreadable: {err}"})
+            continue
+        if digest in registry or digest in registered:
+            continue
+        source = _source_for(path, config)
+        try:
+            fmt = source.format or detect_format(path)
+            table = read_observations(path, fmt, **reader_options(source, fmt, config))
+        except Exception as err:  # noqa: BLE001 - any reader failure: report, retry next cycle
+            errors.append({"file": str(path), "error": str(err)})
+            continue
+        if source.sites is not None:
+            table = table.isel(obs=np.flatnonzero(np.isin(table["site"].values.astype(str), list(source.sites))))
+        table = canonical_site_names(table, config)
+        keys = row_keys(table)
+        new = ~np.isin(keys, list(known)) if known else np.ones(keys.size, bool)
+        table = table.isel(obs=np.flatnonzero(new))
+        n = table.sizes["obs"]
+        table = table.assign(row_key=("obs", keys[new]), file_digest=("obs", np.full(n, digest, object)))
+        registered[digest] = {"file": str(path), "rows": int(n), "seq": seq}
+        if n:
+            tables.append(table)
+    if not tables:
+        return None, registered, errors
+    return concat_observations(tables), registered, errors
+
+
+def _append(ledger: xr.Dataset, new: xr.Dataset, seq: int) -> xr.Dataset:
+    from twin.observations import concat_observations
+    n = new.sizes["obs"]
+    new = new.assign(qc_read=("obs", new["qc"].values.astype(np.int8)),
+                     disposition=("obs", np.full(n, disp.NOT_YET_CYCLED, np.int16)),
+                     cycle=("obs", np.full(n, -1, np.int32)), ingested=("obs", np.full(n, seq, np.int32)),
+                     twin_z=("obs", np.full(n, np.nan, np.float32)))
+    return concat_observations([ledger, new]) if ledger.sizes["obs"] else new
+
+
+def requalify(ledger: xr.Dataset, config: TwinConfig) -> xr.Dataset:
+    """QC of the rows not yet assimilated, in the context of the ledger's last ``QC_CONTEXT_DAYS`` days (the
+    hindcast's tests, on the same series); the flags of rows already decided do not change."""
+    from twin.observations import flag_duplicates, sort_observations
+    from twin.qc import apply_qc
+    pending = ledger["disposition"].values == disp.NOT_YET_CYCLED
+    if not pending.any():
+        return ledger
+    times = ledger["time"].values
+    start = times[pending].min() - np.timedelta64(QC_CONTEXT_DAYS, "D")
+    context = np.flatnonzero(times >= start)
+    sub = ledger.isel(obs=context)
+    sub = sub.assign(qc=("obs", sub["qc_read"].values), position=("obs", context))
+    sub = apply_qc(sort_observations(flag_duplicates(sub)), config.qc)
+    qc = ledger["qc"].values.copy()
+    position = sub["position"].values
+    take = pending[position]
+    qc[position[take]] = sub["qc"].values[take]
+    return ledger.assign(qc=("obs", qc))
+
+
+# --- cycle -------------------------------------------------------------------------------------------
+
+
+def _target_cycles(ledger: xr.Dataset, day0, cycles_done: int, until) -> int:
+    """Cycles done after this call: every analysis whose ±12 h window the newest row has passed, or up to
+    ``until``; never fewer than now."""
+    if until is not None:
+        days = (np.datetime64(until, "ns") - day0) / np.timedelta64(1, "D")
+        return max(cycles_done, int(np.floor(days)))
+    if not ledger.sizes["obs"]:
+        return cycles_done
+    newest = ledger["time"].values.max()
+    days = (newest - day0) / np.timedelta64(1, "D")
+    return max(cycles_done, int(np.floor(days - 0.5)))
+
+
+def _forcing(config, ledger, layout, day0, num_days):
+    from twin.forcing_builder import build_site_forcing
+    from twin.forecast import stack_sites
+    usable = ledger.isel(obs=np.flatnonzero(np.isin(ledger["qc"].values, flags.USABLE_QC)))
+    try:
+        per_site = [build_site_forcing(usable, s.name, s.latitude, layout.layers, day0, num_days,
+                                       max_gap_days=config.hindcast.forcing_max_gap_days, mode="causal")[0]
+                    for s in config.sites]
+    except ValueError as err:
+        raise StoreError(f"cannot build the forcing yet: {err}; feed temperature and salinity data "
+                         "(twin cycle STORE --data ...)") from None
+    return stack_sites(per_site)
+
+
+def _model(store: Store, manifest, config: TwinConfig, layout, sites):
+    from emulators.parameters import ProcessParams
+    from twin.forecast import emulator_stepper, make_forecast, process_stepper
+    from twin.hindcast import process_log_error_sd
+    if config.model.kind == "process":
+        stepper = process_stepper(ProcessParams(), sites, config.model.substeps)
+        return make_forecast(stepper, layout, sites, process_log_error_sd(config, layout)), None, None
+    from emulators.checkpoint import load_checkpoint
+    emulator = load_checkpoint(store.path(manifest["files"]["emulator"]))
+    sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
+    stepper = emulator_stepper(emulator)
+    return make_forecast(stepper, layout, sites, sd), emulator, stepper
+
+
+def use_compilation_cache(store: Store) -> None:
+    """Keep compiled XLA programs in the store: a scheduled cycle is a new process each time, and
+    recompiling the window and the forecast would cost more than the cycle itself."""
+    jax.config.update("jax_compilation_cache_dir", str(store.path("jax-cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def load_store_config(store: Store) -> TwinConfig:
+    return load_config(store.path("config.yaml"))
+
+
+def run_cycle(store_dir: str | Path, *, until: str | None = None, data: tuple[str, ...] = (),
+              quiet: bool = False, lock_timeout_s: float = 60.0) -> dict[str, Any]:
+    """One operational cycle (see the module docstring); returns what it did."""
+    store = require_store(store_dir)
+    started = time.perf_counter()
+    use_compilation_cache(store)
+    with store.lock(lock_timeout_s):
+        manifest = store.manifest()
+        removed = store.collect_garbage(manifest)
+        config = load_store_config(store)
+        layout = _layout(config)
+        day0 = np.datetime64(manifest["day0"]).astype("datetime64[ns]")
+        seq = manifest["seq"] + 1
+        ledger = _load_ledger(store, manifest)
+        new, registered, errors = read_new_rows(config, manifest, ledger, tuple(data), seq)
+        report: dict[str, Any] = {"store": str(store.root), "files_read": len(registered),
+                                  "rows_new": 0 if new is None else int(new.sizes["obs"]), "errors": errors,
+                                  "late": 0, "cycles": 0, "removed_orphans": removed}
+        for e in errors:
+            _log(f"could not read {e['file']}: {e['error']} (will retry next cycle)", quiet)
+        done = int(manifest["cycles_done"])
+        if new is not None:
+            ledger = _append(ledger, new, seq)
+        target = _target_cycles(ledger, day0, done, until)
+        if new is None and target == done:
+            report.update(message="nothing new", cycles_done=done, seconds=time.perf_counter() - started)
+            return report
+        ledger = requalify(ledger, config)
+        ledger, late = _mark_late(ledger, day0, done)
+        report["late"] = late
+        files = dict(manifest["files"])
+        history = store.load_arrays(files["history"])
+        alerts_history = store.load_json(files["alerts"])
+        if target > done:
+            ledger, history, alerts_history, outcome = _advance(store, manifest, config, layout, day0, ledger,
+                                                                history, alerts_history, done, target, quiet)
+            files["state"] = store.save_arrays(f"state-{seq}.npz", outcome.pop("state"))
+            report.update(outcome)
+        files["ledger"] = _save_ledger(store, ledger, seq)
+        files["history"] = store.save_arrays(f"history-{seq}.npz", history)
+        files["alerts"] = store.save_json(f"alerts-{seq}.json", alerts_history)
+        registry = {**manifest["registry"], **registered}
+        manifest = {**manifest, "seq": seq, "cycles_done": target, "registry": registry, "files": files,
+                    "slots": report.pop("slots", manifest["slots"]), "last_cycle": _now()}
+        store.write_manifest(manifest)
+        store.collect_garbage(manifest)
+    report.update(cycles_done=target, analysis_time=str(day0 + np.timedelta64(target, "D"))[:19],
+                  seconds=time.perf_counter() - started)
+    return report
+
+
+def _mark_late(ledger: xr.Dataset, day0, done: int) -> tuple[xr.Dataset, int]:
+    from twin.cycle_obs import cycle_of
+    code = ledger["disposition"].values.copy()
+    late = (code == disp.NOT_YET_CYCLED) & (cycle_of(ledger["time"].values, day0) < done)
+    code[late] = disp.LATE
+    return ledger.assign(disposition=("obs", code)), int(late.sum())
+
+
+def _advance(store, manifest, config, layout, day0, ledger, history, alerts_history, done, target, quiet):
+    """Cycles ``done`` .. ``target - 1``, the forecast and the alerts."""
+    from twin.cycle_obs import build_cycle_observations, row_dispositions
+    from twin.engine import EngineState, free_forecast, run_window
+    from twin.hindcast import filter_params
+    sites = _sites(config, layout)
+    forecast_days = config.hindcast.forecast_days
+    forcing = _forcing(config, ledger, layout, day0, target + forecast_days)
+    forecast, emulator, _ = _model(store, manifest, config, layout, sites)
+    weights = None if emulator is None else emulator.weights
+    members, inflation = _load_state(store, manifest)
+    pending = np.flatnonzero(ledger["disposition"].values == disp.NOT_YET_CYCLED)
+    table = ledger.isel(obs=pending)
+    slots = int(manifest["slots"])
+    cobs = build_cycle_observations(table, layout, day0, target, min_slots=slots,
+                                    representativeness_fraction=config.filter.representativeness_fraction)
+    m = cobs.obs.value.shape[1]
+    if m > slots:  # more observations in a day than ever before: pad to a new quantum (one recompile)
+        slots = -(-m // SLOT_QUANTUM) * SLOT_QUANTUM
+        cobs = build_cycle_observations(table, layout, day0, target, min_slots=slots,
+                                        representativeness_fraction=config.filter.representativeness_fraction)
+    params = filter_params(config)
+    log_mask = jnp.ones(layout.dim, bool)
+    cycle_key = jax.random.fold_in(jax.random.PRNGKey(int(manifest["seed"])), 1)
+    state = EngineState(members, inflation)
+    outs = []
+    _log(f"cycling {target - done} day(s): {str(day0 + np.timedelta64(done + 1, 'D'))[:10]} .. "
+         f"{str(day0 + np.timedelta64(target, 'D'))[:10]}", quiet)
+    for i in range(done, target):
+        obs_i = jax.tree.map(lambda a: jnp.asarray(a[i:i + 1]), cobs.obs)
+        forcing_i = jax.tree.map(lambda a: a[i:i + 1], forcing)
+        state, out = run_window(forecast, state, obs_i, forcing_i, cycle_key, params, log_mask, i, weights)
+        outs.append(jax.tree.map(np.asarray, out))
+    out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
+    # Dispositions and the twin's check of every row that reached the filter.
+    slot_disp = np.full(cobs.obs.value.shape, disp.MISSING, np.int64)
+    slot_disp[done:target] = out.disposition
+    codes = row_dispositions(cobs, slot_disp)
+    z_slot = np.full(cobs.obs.value.shape, np.nan)
+    obs_v, obs_e = np.asarray(cobs.obs.value[done:target]), np.asarray(cobs.obs.error_sd[done:target])
+    z_slot[done:target] = (obs_v - out.obs_forecast) / np.sqrt(out.obs_forecast_sd**2 + obs_e**2)
+    z_group = np.full(cobs.group_cycle.size, np.nan)
+    filled = cobs.slot_group >= 0
+    z_group[cobs.slot_group[filled]] = z_slot[filled]
+    row_cycle = np.where(cobs.row_group >= 0, cobs.group_cycle[np.maximum(cobs.row_group, 0)], -1)
+    decided = (codes != disp.OUTSIDE_PERIOD)
+    code_all = ledger["disposition"].values.copy()
+    code_all[pending[decided]] = codes[decided]
+    z_all = ledger["twin_z"].values.copy()
+    z_all[pending] = np.where(cobs.row_group >= 0, z_group[np.maximum(cobs.row_group, 0)], np.nan)
+    cycle_all = ledger["cycle"].values.copy()
+    cycle_all[pending] = row_cycle
+    ledger = ledger.assign(disposition=("obs", code_all), twin_z=("obs", z_all.astype(np.float32)),
+                           cycle=("obs", cycle_all.astype(np.int32)))
+    history = _extend_history(history, out, forcing, done, target)
+    # Forecast and alerts from the newest analysis.
+    future = jax.tree.map(lambda a: a[target:target + forecast_days], forcing)
+    key = jax.random.fold_in(jax.random.PRNGKey(int(manifest["seed"])), 10**7 + target)
+    ens = np.asarray(free_forecast(forecast, state.members, future, key, forecast_days, weights))
+    analysis_time = day0 + np.timedelta64(target, "D")
+    product = write_forecast(store, config, layout, ens, analysis_time)
+    records = _alerts(config, layout, ens, analysis_time)
+    alerts_history = list(alerts_history) + records
+    suspect = int(np.sum(np.abs(z_all[pending]) > SUSPECT_Z))
+    counts = np.bincount(out.disposition.ravel(), minlength=6)
+    outcome = {"state": _state_arrays(state.members, state.inflation, target), "cycles": target - done,
+               "assimilated_slots": int(counts[0]), "rejected_outliers": int(counts[5]), "suspect_rows": suspect,
+               "forecast": str(product.relative_to(store.root)), "alerts_raised": [r["name"] for r in records
+                                                                                   if r["raised"]],
+               "slots": slots}
+    return ledger, history, alerts_history, outcome
+
+
+def _extend_history(history: dict, out, forcing, done: int, target: int) -> dict:
+    rows = {"analysis_mean": out.analysis_mean, "analysis_sd": out.analysis_sd,
+            "forecast_mean": out.forecast_mean, "forecast_sd": out.forecast_sd,
+            "inflation": np.asarray(out.diagnostics.inflation),
+            "normalized_innovation": np.asarray(out.diagnostics.normalized_innovation)}
+    for name, value in forcing._asdict().items():
+        rows[f"forcing_{name}"] = np.asarray(value)[done:target]
+    extended = {}
+    for name, value in rows.items():
+        old = history.get(name)
+        extended[name] = np.asarray(value) if old is None or old.size == 0 else np.concatenate([old, value])
+    return extended
+
+
+def _alerts(config, layout, ens: np.ndarray, analysis_time) -> list[dict]:
+    if not config.alerts:
+        return []
+    from twin.alerts import alert_forecasts, evaluate_alerts
+    by_variable = alert_forecasts(config.alerts, ens, layout)
+    return [r.as_json() for r in evaluate_alerts(config.alerts, by_variable, analysis_time)]
+
+
+def write_forecast(store: Store, config, layout, ens: np.ndarray, analysis_time) -> Path:
+    """The ensemble forecast (L, N, n) as CF NetCDF: mean, sd and 5/50/95 % per variable, site and layer."""
+    from twin.observations import atomic_write
+    from twin.state_layout import STATE_UNITS, STATE_VARIABLES
+    lead = np.arange(1, ens.shape[0] + 1)
+    times = np.datetime64(analysis_time, "ns") + lead * np.timedelta64(1, "D")
+    sites, layers = list(layout.sites), list(layout.layers)
+    data = {}
+    for v in STATE_VARIABLES:
+        idx = np.array([[layout.index(v, s, l) for l in layers] for s in sites])
+        x = ens[:, :, idx]  # (L, N, S, K)
+        units = STATE_UNITS.get(v, "1")
+        dims = ("time", "site", "layer")
+        data[v] = (dims, x.mean(1), {"units": units, "long_name": f"{v}, forecast ensemble mean"})
+        data[f"{v}_sd"] = (dims, x.std(1, ddof=1), {"units": units, "long_name": f"{v}, forecast ensemble sd"})
+        for q in (5, 50, 95):
+            data[f"{v}_q{q:02d}"] = (dims, np.percentile(x, q, axis=1),
+                                     {"units": units, "long_name": f"{v}, forecast {q} % quantile"})
+    ds = xr.Dataset(data, coords={"time": ("time", times, {"standard_name": "time", "axis": "T"}),
+                                  "lead_days": ("time", lead), "site": ("site", np.array(sites, object)),
+                                  "layer": ("layer", np.array(layers, object))})
+    ds.attrs.update({"Conventions": "CF-1.10", "title": f"coastal twin forecast: {config.name}",
+                     "analysis_time": str(analysis_time)[:19], "members": ens.shape[1]})
+    path = store.path("products") / f"forecast-{str(analysis_time)[:10]}.nc"
+    encoding = {k: {"dtype": str} for k in ("site", "layer")}
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
+
+
+# --- status and forecast -----------------------------------------------------------------------------
+
+
+def store_status(store_dir: str | Path) -> dict[str, Any]:
+    """What a scheduler or a person asks of a store."""
+    store = require_store(store_dir)
+    problems = store.check()
+    manifest = store.manifest()
+    ledger = _load_ledger(store, manifest)
+    codes, counts = np.unique(ledger["disposition"].values, return_counts=True)
+    by_disposition = {disp.DISPOSITION_NAMES.get(int(c), str(c)): int(k) for c, k in zip(codes, counts)}
+    alerts = store.load_json(manifest["files"]["alerts"])
+    last_time = max((a["issue_time"] for a in alerts), default=None)
+    open_alerts = [a for a in alerts if a["issue_time"] == last_time and a["raised"]]
+    lineage = []
+    if "emulator" in manifest["files"]:
+        import json
+        meta = store.path(manifest["files"]["emulator"]) / "metadata.json"
+        if meta.exists():
+            lineage = json.loads(meta.read_text()).get("lineage", [])
+    day0 = np.datetime64(manifest["day0"])
+    return {"store": str(store.root), "healthy": not problems, "problems": problems,
+            "cycles_done": manifest["cycles_done"],
+            "last_analysis": str(day0 + np.timedelta64(manifest["cycles_done"], "D")),
+            "last_cycle_run": manifest["last_cycle"], "ledger": {"rows": int(ledger.sizes["obs"]),
+                                                                  "by_disposition": by_disposition},
+            "files_registered": len(manifest["registry"]), "emulator": manifest["files"].get("emulator"),
+            "last_refit": next((e for e in reversed(lineage) if e.get("kind") == "refit"), None),
+            "open_alerts": open_alerts, "drifting": drifting_series(ledger)}
+
+
+def drifting_series(ledger: xr.Dataset) -> list[dict[str, Any]]:
+    """Series whose mean normalised innovation over the last ``DRIFT_DAYS`` exceeds ``DRIFT_LIMIT``: the
+    observations sit persistently on one side of the twin (a drifting or fouled sensor)."""
+    z = ledger["twin_z"].values
+    ok = np.isfinite(z)
+    if not ok.any():
+        return []
+    newest = ledger["time"].values[ok].max()
+    recent = ok & (ledger["time"].values >= newest - np.timedelta64(DRIFT_DAYS, "D"))
+    frame = pd.DataFrame({"site": ledger["site"].values[recent], "layer": ledger["layer"].values[recent],
+                          "variable": ledger["variable"].values[recent], "z": z[recent]})
+    out = []
+    for (site, layer, variable), g in frame.groupby(["site", "layer", "variable"]):
+        mean = float(g["z"].mean())
+        if abs(mean) > DRIFT_LIMIT and len(g) >= 5:
+            out.append({"series": f"{variable}@{site}/{layer}", "mean_normalised_innovation": mean,
+                        "rows": len(g)})
+    return out
+
+
+def store_forecast(store_dir: str | Path, days: int, out: str | Path | None = None) -> Path:
+    """Ensemble forecast ``days`` ahead from the store's last analysis (reads, never changes the store)."""
+    from twin.engine import free_forecast
+    store = require_store(store_dir)
+    use_compilation_cache(store)
+    manifest = store.manifest()
+    config = load_store_config(store)
+    layout = _layout(config)
+    day0 = np.datetime64(manifest["day0"]).astype("datetime64[ns]")
+    done = int(manifest["cycles_done"])
+    ledger = _load_ledger(store, manifest)
+    forcing = _forcing(config, ledger, layout, day0, done + days)
+    future = jax.tree.map(lambda a: a[done:done + days], forcing)
+    forecast, emulator, _ = _model(store, manifest, config, layout, _sites(config, layout))
+    members, _ = _load_state(store, manifest)
+    key = jax.random.fold_in(jax.random.PRNGKey(int(manifest["seed"])), 10**7 + done)
+    ens = np.asarray(free_forecast(forecast, members, future, key, days,
+                                   None if emulator is None else emulator.weights))
+    path = write_forecast(store, config, layout, ens, day0 + np.timedelta64(done, "D"))
+    if out is not None:
+        shutil.copyfile(path, out)
+        return Path(out)
+    return path
