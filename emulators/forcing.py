@@ -23,7 +23,6 @@ from typing import Literal, NamedTuple, get_args
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.signal
 
 from emulators.solar import clear_sky_par, day_length, solar_declination
 
@@ -353,6 +352,7 @@ def _ar1(key: jax.Array, n: int, sd: float, correlation_days: float) -> np.ndarr
     normal = np.asarray(jax.random.normal(key, (n,)), np.float64)
     innovations = normal * sd * np.sqrt(1 - phi**2)
     innovations[0] = normal[0] * sd  # start from the stationary distribution
+    import scipy.signal  # imported here: it costs most of a second, and only perturbed forcing needs it
     return scipy.signal.lfilter([1.0], [1.0, -phi], innovations)
 
 

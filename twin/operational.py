@@ -327,16 +327,18 @@ def _target_cycles(ledger: xr.Dataset, day0, cycles_done: int, until) -> int:
 
 def _forcing(config, ledger, layout, day0, num_days):
     from twin.forcing_builder import build_site_forcing
-    from twin.forecast import stack_sites
     usable = ledger.isel(obs=np.flatnonzero(np.isin(ledger["qc"].values, flags.USABLE_QC)))
     try:
         per_site = [build_site_forcing(usable, s.name, s.latitude, layout.layers, day0, num_days,
                                        max_gap_days=config.hindcast.forcing_max_gap_days, mode="causal")[0]
                     for s in config.sites]
+        # NumPy, not device arrays: the series grow by a day each cycle, and stacking or slicing device
+        # arrays of a new shape would compile new programs in every cycle's process.
+        per_site = [jax.tree.map(np.asarray, f) for f in per_site]
+        return jax.tree.map(lambda *xs: np.stack(xs, axis=1), *per_site)
     except ValueError as err:
         raise StoreError(f"cannot build the forcing yet: {err}; feed temperature and salinity data "
                          "(twin cycle STORE --data ...)") from None
-    return stack_sites(per_site)
 
 
 def _model(store: Store, manifest, config: TwinConfig, layout, sites):

@@ -1,0 +1,96 @@
+"""Operational cycle benchmark: wall time of each ``twin cycle`` call, one process per day as a scheduler runs it.
+
+Writes a twin experiment delivered day by day (``twin.osse.write_daily_experiment``), creates a store with the
+demo emulator, then calls ``twin cycle STORE --data DAY`` in a fresh process for each day and times it
+(process start, imports, ingestion, QC, the day's analysis, a 7-day forecast, alerts, atomic writes). The
+first call compiles and fills the store's compilation cache; the goal is under 5 s per call after it on 2 CPU
+cores. Baseline in the same run: the same cycle called in-process (no process start, warm), to show what the
+process start costs. Last line JSON.
+
+Usage: python bench/operational.py [--days 20] [--members 32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from twin.config import parse_config  # noqa: E402
+from twin.hindcast import _bottle_error_sd  # noqa: E402
+from twin.operational import init_store, run_cycle  # noqa: E402
+from twin.osse import BOTTLE_ERROR, BUOY_ERROR, ExperimentSpec, write_daily_experiment  # noqa: E402
+
+
+def config(incoming: Path, members: int) -> dict:
+    buoy_sd = {k: BUOY_ERROR[k] for k in ("temperature", "salinity", "oxygen", "fluorescence")}
+    buoy_sd["chlorophyll"] = BUOY_ERROR["fluorescence"]
+    return {"name": "bench-ops",
+            "sites": [{"name": "SYNTH-B", "latitude": 43.68, "longitude": 7.32, "aliases": ["SYNTH01"],
+                       "bottom_depth_m": 60.0}],
+            "sources": [{"path": str(incoming / "*" / "somlit.csv"), "format": "somlit",
+                         "error_sd": _bottle_error_sd(BOTTLE_ERROR)},
+                        {"path": str(incoming / "*" / "coasthf.csv"), "format": "coasthf", "error_sd": buoy_sd,
+                         "fluorescence_calibration": {"SYNTH01": [1.0, 0.0]}}],
+            "emulator": {"checkpoint": str(REPO / "configs" / "emulators" / "demo")},
+            "filter": {"members": members},
+            "hindcast": {"start": "2016-01-01", "forcing_mode": "causal"},
+            "alerts": [{"variable": "oxygen", "site": "SYNTH-B", "layer": "bottom", "threshold": 200.0,
+                        "direction": "below", "probability": 0.3}]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=20)
+    parser.add_argument("--members", type=int, default=32)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-ops-"))
+    spec = ExperimentSpec(site="SYNTH-B", platform="SYNTH01", latitude=43.68, longitude=7.32,
+                          start=np.datetime64("2016-01-01"), num_days=args.days + 2, seed=5, buoy_gap_fraction=0.0)
+    _, days = write_daily_experiment(work / "all", spec)
+    days = days[:args.days]
+    (work / "incoming").mkdir()
+    store = work / "store"
+    init_store(store, parse_config(config(work / "incoming", args.members)), quiet=True)
+    walls = []
+    for day, paths in days:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "twin.cli", "cycle", str(store), "--data", str(paths[0].parent),
+                               "--quiet"], capture_output=True, text=True, cwd=REPO)
+        walls.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise SystemExit(f"twin cycle failed on {day}:\n{proc.stderr[-2000:]}")
+        print(f"{day}: {walls[-1]:.2f} s  {proc.stdout.strip()[:100]}", file=sys.stderr, flush=True)
+    # Baseline: the same kind of cycle in this (warm) process, on a copy fed the same days.
+    store2 = work / "store-inproc"
+    init_store(store2, parse_config(config(work / "incoming", args.members)), quiet=True)
+    inproc = []
+    for _, paths in days:
+        t0 = time.perf_counter()
+        run_cycle(store2, data=(str(paths[0].parent),), quiet=True)
+        inproc.append(time.perf_counter() - t0)
+    after_first = np.asarray(walls[1:])
+    result = {"cycles": len(walls), "first_call_seconds": walls[0],
+              "median_seconds_after_first": float(np.median(after_first)),
+              "max_seconds_after_first": float(after_first.max()),
+              "median_seconds_in_process": float(np.median(inproc[1:])),
+              "process_overhead_ratio": float(np.median(after_first) / np.median(inproc[1:])),
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+              "goal_seconds": 5.0, "members": args.members}
+    print(f"twin cycle, one process per day: first {walls[0]:.1f} s, then median {result['median_seconds_after_first']:.2f} s "
+          f"(max {result['max_seconds_after_first']:.2f} s); in-process median {result['median_seconds_in_process']:.2f} s; "
+          f"peak RSS of a cycle process {result['peak_rss_mb']:.0f} MiB")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
