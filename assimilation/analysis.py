@@ -39,14 +39,37 @@ def _standardize(predicted: Array, obs_value: Array, obs_scale: Array) -> tuple[
 
 def _etkf_transform(Y: Array, dy: Array) -> tuple[Array, Array]:
     """Ensemble-space transform W (N, N) with analysis = mean + W @ A (Hunt et al. 2007, eqs. 21-24),
-    and trace(HK) = sum_i s_i / (s_i + N1) over the eigenvalues s_i of Y Y^T."""
-    num_members = Y.shape[0]
+    and trace(HK) = sum_i s_i / (s_i + N1) over the eigenvalues s_i of Y Y^T.
+
+    With fewer observation slots than members (m < N, the usual coastal cycle) the same W comes from the
+    eigendecomposition of the m x m matrix Y^T Y instead of the N x N one (cheaper, same numbers).
+    """
+    num_members, num_obs = Y.shape
+    if num_obs < num_members:
+        return _etkf_transform_obs_space(Y, dy)
     n1 = num_members - 1
     G = Y @ Y.T + n1 * jnp.eye(num_members, dtype=Y.dtype)
     eigval, V = jnp.linalg.eigh(G)
     T = (V * jnp.sqrt(n1 / eigval)) @ V.T  # symmetric square root: T 1 = 1, so the mean is preserved
     w = V @ ((V.T @ (Y @ dy)) / eigval)
     return w[None, :] + T, _dofs_from_eigenvalues(eigval, n1)
+
+
+def _etkf_transform_obs_space(Y: Array, dy: Array) -> tuple[Array, Array]:
+    """:func:`_etkf_transform` through Y^T Y = U diag(s) U^T (m x m). With G = Y Y^T + N1 I:
+    sqrt(N1) G^(-1/2) = I + Y U diag(g(s)) U^T Y^T, g(s) = (sqrt(N1 / (N1 + s)) - 1) / s, written as
+    -1 / ((N1 + s)(1 + sqrt(N1 / (N1 + s)))) so that s = 0 (an empty slot) is exact; and
+    G^-1 Y dy = Y U diag(1 / (N1 + s)) U^T dy."""
+    num_members = Y.shape[0]
+    n1 = num_members - 1
+    s, U = jnp.linalg.eigh(Y.T @ Y)
+    s = jnp.maximum(s, 0.0)  # round-off below zero on empty slots
+    root = jnp.sqrt(n1 / (n1 + s))
+    g = -1.0 / ((n1 + s) * (1.0 + root))
+    YU = Y @ U                                                       # (N, m)
+    T = jnp.eye(num_members, dtype=Y.dtype) + (YU * g) @ YU.T
+    w = YU @ ((U.T @ dy) / (n1 + s))
+    return w[None, :] + T, jnp.sum(s / (n1 + s))
 
 
 def _dofs_from_eigenvalues(eigval: Array, n1: int) -> Array:

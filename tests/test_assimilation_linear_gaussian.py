@@ -164,3 +164,25 @@ def test_custom_linear_operator_equals_index_operator():
         actual_mean, actual_cov = sample_moments(result.ensemble.members)
         np.testing.assert_allclose(actual_mean, mean_a, **TIGHT)
         np.testing.assert_allclose(actual_cov, cov_a, **TIGHT)
+
+
+@pytest.mark.parametrize("num_obs", [3, 7])
+def test_observation_space_etkf_transform_equals_the_ensemble_space_one(num_obs):
+    """With m < N the ETKF transform comes from the m x m eigendecomposition; it must equal the N x N one,
+    empty (zero) slots included."""
+    from assimilation.analysis import _etkf_transform_obs_space
+    rng = np.random.default_rng(num_obs)
+    Y = rng.normal(size=(12, num_obs))
+    Y[:, 1] = 0.0  # an unused slot
+    Y -= Y.mean(axis=0)
+    dy = rng.normal(size=num_obs)
+    dy[1] = 0.0
+    n1 = 11
+    G = Y @ Y.T + n1 * np.eye(12)
+    eigval, V = np.linalg.eigh(G)
+    T = (V * np.sqrt(n1 / eigval)) @ V.T
+    w = np.linalg.solve(G, Y @ dy)
+    with enable_x64():
+        W, dofs = _etkf_transform_obs_space(jnp.asarray(Y), jnp.asarray(dy))
+    np.testing.assert_allclose(np.asarray(W), w[None, :] + T, **TIGHT)
+    np.testing.assert_allclose(float(dofs), np.sum((eigval - n1) / eigval), **TIGHT)
