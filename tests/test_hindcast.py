@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -17,7 +18,13 @@ SMALL = {
     "filter": {"members": 12, "inflation": 1.05},
     "hindcast": {"window_days": 60},
     "validation": {"withhold_fraction": 0.2, "seed": 1},
+    # Thresholds crossed in this experiment (the truth's window event rates are about 0.3 and 0.15).
+    "alerts": [{"variable": "chlorophyll", "site": "SYNTH-B", "threshold": 1.0, "direction": "above",
+                "probability": 0.3},
+               {"variable": "oxygen", "site": "SYNTH-B", "layer": "bottom", "threshold": 220.0,
+                "direction": "below", "probability": 0.3}],
 }
+PLAIN = {k: v for k, v in SMALL.items() if k != "alerts"}  # alert forecasts cost a compile: only where tested
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +73,29 @@ def test_report_embeds_its_figures(run):
     assert page.count("data:image/png;base64,") >= 2 and "<h2>Skill against the truth" in page
 
 
+def test_alerts_are_verified_against_observations_and_truth(run):
+    out, metrics = run
+    alerts = metrics["alerts"]
+    assert list(alerts) == ["surface chlorophyll above 1.0 at SYNTH-B", "bottom oxygen below 220.0 at SYNTH-B"]
+    for entry in alerts.values():
+        assert entry["definition"]["horizon_days"] == 7 and 0 <= entry["raised_days"] <= 120
+        for against in ("observed", "truth"):
+            v = entry[against]
+            assert v["n"] > 50 and 0 < v["n_events"] < v["n"], "the events happen, but not always"
+            assert 0.0 <= v["brier"] <= 1.0
+            assert v["hits"] + v["misses"] + v["false_alarms"] + v["correct_negatives"] == v["n"]
+    history = pd.read_csv(out / "alerts.csv", parse_dates=["time"])
+    assert list(history.columns) == ["time", "alert", "probability", "raised", "state_probability"]
+    assert len(history) == 2 * 120 and history["probability"].between(0, 1).all()
+    oxygen = history[history["alert"] == "bottom oxygen below 220.0 at SYNTH-B"]
+    assert oxygen["raised"].sum() == alerts["bottom oxygen below 220.0 at SYNTH-B"]["raised_days"]
+    assert str(oxygen["time"].iloc[0])[:10] == "2016-03-02"  # the first analysis
+    page = (out / "report.html").read_text()
+    assert "<h2>Alerts</h2>" in page
+    for name in alerts:
+        assert f'alt="reliability diagram of {name}"' in page and f'alt="probability history of {name}"' in page
+
+
 def test_a_failed_run_leaves_the_previous_one_intact(run, monkeypatch):
     out, _ = run
     before = (out / "metrics.json").read_text()
@@ -75,7 +105,7 @@ def test_a_failed_run_leaves_the_previous_one_intact(run, monkeypatch):
         raise RuntimeError("killed while writing products")
     monkeypatch.setattr(twin.products, "write_products", boom)
     with pytest.raises(RuntimeError, match="killed while writing"):
-        run_hindcast(parse_config(SMALL), out, quiet=True)
+        run_hindcast(parse_config(PLAIN), out, quiet=True)
     assert (out / "metrics.json").read_text() == before
     assert not list(out.parent.glob(".run.partial-*")), "the partial folder is cleaned up"
 
@@ -83,7 +113,7 @@ def test_a_failed_run_leaves_the_previous_one_intact(run, monkeypatch):
 def test_cli_hindcast_prints_skill(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     import yaml
-    small = dict(SMALL, experiment={"days": 40, "seed": 3}, validation={"withhold_fraction": 0.0},
+    small = dict(PLAIN, experiment={"days": 40, "seed": 3}, validation={"withhold_fraction": 0.0},
                  filter={"members": 8})
     cfg.write_text(yaml.safe_dump(small))
     assert main(["hindcast", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--json"]) == 0
@@ -122,7 +152,7 @@ def test_emulator_hindcast_with_the_committed_demo_checkpoint(tmp_path):
     run at the observed surface nitrate."""
     from pathlib import Path
     checkpoint = Path(__file__).resolve().parents[1] / "configs" / "emulators" / "demo"
-    small = dict(SMALL, model={"kind": "emulator"}, emulator={"checkpoint": str(checkpoint)},
+    small = dict(PLAIN, model={"kind": "emulator"}, emulator={"checkpoint": str(checkpoint)},
                  experiment={"days": 90, "seed": 4}, validation={"withhold_fraction": 0.0})
     metrics = run_hindcast(parse_config(small), tmp_path / "emu", quiet=True)
     nitrate = metrics["truth"]["nitrate@SYNTH-B/surface"]

@@ -2,7 +2,9 @@
 
 Like ``assimilation.run_cycles``, but it records what the twin's products need on every cycle: the forecast
 and analysis ensemble means, spreads and 5/50/95 % quantiles of every state element, and the forecast and
-analysis values in observation space. The analysis itself is ``assimilation.analysis``.
+analysis values in observation space. The analysis itself is ``assimilation.analysis``. With alerts, each
+cycle also runs its analysis ensemble ahead and records the probability of each alert's event over its horizon
+(``AlertSpec``).
 """
 from __future__ import annotations
 
@@ -29,6 +31,47 @@ class WindowOutputs(NamedTuple):
     obs_analysis: jax.Array       # (T, m) analysis ensemble mean at each observation
     diagnostics: Diagnostics      # fields with a (T,) axis
     disposition: jax.Array        # (T, m)
+    # (T, A) probability of each AlertSpec's event within its horizon, issued from the cycle's analysis;
+    # (T, 0) without alerts. None only in records not made by run_window.
+    alert_probability: jax.Array | None = None
+
+
+class AlertSpec(NamedTuple):
+    """One alert as the engine computes it (hashable: the alerts are a static argument of ``run_window``).
+
+    The probability is ``twin.alerts.window_probability``'s: per member, the largest over lead days
+    1..horizon_days of the probability that an observation (member value + N(0, error_sd^2)) is beyond
+    the threshold, averaged over members; with ``error_sd == 0``, the fraction of members strictly beyond
+    on some lead day.
+    """
+    state_index: int      # element of the state vector
+    threshold: float      # in the variable's canonical unit
+    sign: int             # +1: event when above the threshold, -1: when below
+    error_sd: float       # observation error sd, same unit (>= 0)
+    horizon_days: int     # >= 1
+
+
+def alert_window_probability(lead_members: jax.Array, alerts: tuple[AlertSpec, ...]) -> jax.Array:
+    """Probability of each alert's event within its horizon, from a forecast ensemble.
+
+    Args:
+        lead_members: (H, N, n) forecast members, row ``k`` valid ``k + 1`` days after the issue time,
+            with H >= every alert's horizon_days.
+        alerts: the alerts.
+
+    Returns:
+        (A,) probabilities in [0, 1]; NaN where a member used is NaN.
+    """
+    out = []
+    for a in alerts:
+        x = lead_members[: a.horizon_days, :, a.state_index]            # (h, N)
+        excess = a.sign * (x - a.threshold)                               # > 0: beyond
+        if a.error_sd > 0:
+            q = jax.scipy.special.ndtr(excess / a.error_sd)
+        else:
+            q = jnp.where(jnp.isnan(x), jnp.nan, (excess > 0).astype(x.dtype))
+        out.append(jnp.mean(jnp.max(q, axis=0)))
+    return jnp.stack(out) if out else jnp.zeros((0,), lead_members.dtype)
 
 
 class EngineState(NamedTuple):
@@ -43,18 +86,42 @@ def cycle_keys(key: jax.Array, first_cycle, num_cycles: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(first_cycle + jnp.arange(num_cycles))
 
 
-@functools.partial(jax.jit, static_argnames=("forecast", "params"))
+ALERT_KEY = 0xA1E27  # folded into a cycle's key for its alert forecast; the cycle's own stream is untouched
+
+
+@functools.partial(jax.jit, static_argnames=("forecast", "params", "alerts"))
 def run_window(forecast, state: EngineState, observations: Observations, forcing: Any, key: jax.Array,
                params: FilterParams, log_mask: jax.Array, first_cycle: jax.Array | int = 0,
-               model_params: Any = None) -> tuple[EngineState, WindowOutputs]:
+               model_params: Any = None, alerts: tuple[AlertSpec, ...] | None = None,
+               forcing_ahead: Any = None) -> tuple[EngineState, WindowOutputs]:
     """Run T cycles (T = observations.value.shape[0]); ``forcing`` has a leading (T,) axis.
 
     ``key`` is the run's key and ``first_cycle`` the number of the window's first cycle (see
     :func:`cycle_keys`). ``model_params`` is passed to ``forecast`` as data (the emulator's weights, which
     a refit replaces, or the process model's parameters), so a new value does not recompile the window.
+
+    ``alerts`` (static): after each analysis, the analysis ensemble is run H = max horizon days ahead
+    (``forecast``, model error included, with a key folded from the cycle's, so the cycles themselves are
+    the same with or without alerts) and ``alert_window_probability`` is recorded in
+    ``WindowOutputs.alert_probability`` (T, A). Lead day k of cycle i uses the forcing of cycle i + k:
+    ``forcing_ahead`` holds the forcing of the H days after the window, leading (H,) axis (or more); when
+    None, the window's last day is repeated (a forecast past the end of the known forcing).
     """
     num_cycles = observations.value.shape[0]
     keys = cycle_keys(key, first_cycle, num_cycles)
+    alerts = tuple(alerts or ())
+    horizon = max((a.horizon_days for a in alerts), default=0)
+    lead_forcing = None  # (T, H, ...) forcing of each cycle's lead days 1..H
+    if horizon:
+        if forcing_ahead is None:
+            forcing_ahead = jax.tree.map(lambda a: jnp.repeat(a[-1:], horizon, axis=0), forcing)
+        else:
+            forcing_ahead = jax.tree.map(lambda a: a[:horizon], forcing_ahead)
+            short = [a.shape[0] for a in jax.tree.leaves(forcing_ahead) if a.shape[0] < horizon]
+            if short:
+                raise ValueError(f"forcing_ahead covers {min(short)} days; the alerts need {horizon}")
+        lead = jnp.arange(num_cycles)[:, None] + jnp.arange(1, horizon + 1)[None, :]
+        lead_forcing = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0)[lead], forcing, forcing_ahead)
     q = jnp.asarray(QUANTILES)
     perturbations = None  # the stochastic EnKF's, drawn per cycle from the cycle's key
     if params.method == "enkf":
@@ -62,8 +129,20 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
         perturbations = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0x5EED), shape,
                                                              state.members.dtype))(keys)
 
+    def alert_probability(post, lead_forcing_t, key_t):
+        if not alerts:
+            return jnp.zeros((0,), post.dtype)
+        lead_keys = jax.random.split(jax.random.fold_in(key_t, ALERT_KEY), horizon)
+
+        def day(x, inputs):
+            nxt = forecast(x, inputs[0], inputs[1], model_params)
+            return nxt, nxt
+
+        lead_members = jax.lax.scan(day, post, (lead_forcing_t, lead_keys))[1]  # (H, N, n)
+        return alert_window_probability(lead_members, alerts)
+
     def cycle(carry: EngineState, inputs):
-        obs_t, forcing_t, key_t, eps_t = inputs
+        obs_t, forcing_t, key_t, eps_t, lead_forcing_t = inputs
         key_f, key_a = jax.random.split(key_t)
         prior = forecast(carry.members, forcing_t, key_f, model_params)
         result = analysis(Ensemble(prior), obs_t, key_a, params, carry.inflation, None, log_mask,
@@ -76,10 +155,11 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
             analysis_quantiles=jnp.quantile(post, q, axis=0),
             obs_forecast=prior[:, idx].mean(0), obs_forecast_sd=prior[:, idx].std(0, ddof=1),
             obs_analysis=post[:, idx].mean(0),
-            diagnostics=result.diagnostics, disposition=result.disposition)
+            diagnostics=result.diagnostics, disposition=result.disposition,
+            alert_probability=alert_probability(post, lead_forcing_t, key_t))
         return EngineState(post, result.inflation_state), out
 
-    return jax.lax.scan(cycle, state, (observations, forcing, keys, perturbations))
+    return jax.lax.scan(cycle, state, (observations, forcing, keys, perturbations, lead_forcing))
 
 
 @functools.partial(jax.jit, static_argnames=("forecast", "num_days"))

@@ -2,9 +2,10 @@
 
 Steps (DESIGN sections 5-8): make the twin experiment's files if the config has one; ingest and qualify
 every source; build forcing for every day; load or pretrain the emulator; cycle window by window (each
-window one ``jit``-compiled ``lax.scan``; the periodic refit of the emulator is not wired in yet); score; write
-the products. Everything is written into a fresh folder next to the output directory and moved into place
-at the end, so a run killed midway leaves the previous complete run (or nothing) in the output directory.
+window one ``jit``-compiled ``lax.scan``, with the configured alerts' probabilities issued from every
+analysis; the emulator refit between windows when due); score and verify the alerts; write the products.
+Everything is written into a fresh folder next to the output directory and moved into place at the end, so a
+run killed midway leaves the previous complete run (or nothing) in the output directory.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from emulators.process_model import initial_state
 from twin import flags
 from twin.config import SiteConfig, SourceConfig, TwinConfig, write_resolved_config
 from twin.cycle_obs import build_cycle_observations, row_dispositions
-from twin.engine import EngineState, WindowOutputs, free_forecast, run_window
+from twin.engine import AlertSpec, EngineState, WindowOutputs, free_forecast, run_window
 from twin.forcing_builder import build_site_forcing
 from twin.forecast import initial_ensemble, make_forecast, process_stepper, stack_sites
 from twin.ingest import ingest
@@ -147,7 +148,8 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
     forcings, structs, report = [], [], {}
     for s in config.sites:
         f, rep = build_site_forcing(table, s.name, s.latitude, layout.layers, day0, num_days,
-                                    max_gap_days=config.hindcast.forcing_max_gap_days)
+                                    max_gap_days=config.hindcast.forcing_max_gap_days,
+                                    mode=config.hindcast.forcing_mode)
         forcings.append(f)
         thickness = (10.0, max(s.bottom_depth_m - 10.0, 1.0))[:num_layers] if num_layers == 2 else (10.0,)
         structs.append(default_site(num_layers, s.latitude, thickness))
@@ -190,6 +192,34 @@ def filter_params(config: TwinConfig) -> FilterParams:
                         adaptive_inflation=f.adaptive_inflation, outlier_threshold=f.outlier_threshold)
 
 
+def alert_specs(prepared: Prepared) -> tuple[AlertSpec, ...]:
+    """The configured alerts as the engine computes them: first each alert with its observation error (the
+    probability it issues, verified against observations), then, in a twin experiment, each again with no
+    observation error (the probability that the state itself goes beyond, verified against the truth).
+    ``WindowOutputs.alert_probability`` has these columns, in this order."""
+    from twin.alerts import alert_error_sd
+    layout = prepared.layout
+    specs, state_specs = [], []
+    for alert in prepared.config.alerts:
+        i = layout.index(alert.variable, alert.site, alert.layer)
+        if i < 0:
+            raise ValueError(f"alert {alert.name!r}: the twin carries no {alert.variable} at {alert.site}/"
+                             f"{alert.layer} (sites {list(layout.sites)}, layers {list(layout.layers)})")
+        sign = 1 if alert.direction == "above" else -1
+        specs.append(AlertSpec(i, float(alert.threshold), sign, alert_error_sd(alert), int(alert.horizon_days)))
+        state_specs.append(specs[-1]._replace(error_sd=0.0))
+    return tuple(specs + (state_specs if prepared.truth is not None else []))
+
+
+def _forcing_ahead(forcing, stop: int, days: int):
+    """Forcing of the ``days`` days from cycle ``stop`` on (the last day repeated past the end)."""
+    if days == 0:
+        return None
+    T = jax.tree.leaves(forcing)[0].shape[0]
+    idx = np.minimum(np.arange(stop, stop + days), T - 1)
+    return jax.tree.map(lambda a: a[idx], forcing)
+
+
 def _concat_outputs(parts: list[WindowOutputs]) -> WindowOutputs:
     return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=0), *parts)
 
@@ -210,6 +240,8 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
     cuts = set(range(0, T, config.hindcast.window_days)) | set(refitter.boundaries(T) if refitter else [])
     bounds = sorted(cuts) + [T]
     cycle_key = jax.random.fold_in(key, 1)
+    alerts = alert_specs(prepared) or None
+    horizon = max((a.horizon_days for a in alerts or ()), default=0)
     parts, timings = [], []
     from tqdm import tqdm
     bar = tqdm(total=T, desc="cycles", unit="day", disable=quiet, file=sys.stderr)
@@ -218,7 +250,7 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
         forcing_w = jax.tree.map(lambda a: a[start:stop], prepared.forcing)
         t0 = time.perf_counter()
         state, out = run_window(forecast, state, obs_w, forcing_w, cycle_key, params, log_mask, start,
-                                model_params)
+                                model_params, alerts, _forcing_ahead(prepared.forcing, stop, horizon))
         jax.block_until_ready(out)
         timings.append({"window": w, "days": stop - start, "seconds": time.perf_counter() - t0})
         parts.append(out)
@@ -271,6 +303,7 @@ def run_hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bo
         write_resolved_config(config, work)
         prepared = prepare(config, work, quiet)
         write_resolved_config(prepared.config, work)
+        alert_specs(prepared)  # an alert on a site or layer the twin lacks fails now, not after pretraining
         stepper, log_sd, emulator = build_model(prepared.config, prepared, quiet)
         forecast = make_forecast(stepper, prepared.layout, prepared.sites, log_sd)
         key = jax.random.PRNGKey(prepared.config.seed)

@@ -1,4 +1,4 @@
-"""Products of a hindcast: reanalysis.nc (CF), metrics.json, report.html and the emulator lineage."""
+"""Products of a hindcast: reanalysis.nc (CF), metrics.json, alerts.csv, report.html and the emulator lineage."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from twin.cycle_obs import cycle_of
 from twin.engine import QUANTILES
 from twin.observations import atomic_write
 from twin.skill import climatology_forecast, gaussian_crps, persistence_forecast, rmse, truth_scores
-from twin.state_layout import STATE_UNITS, STATE_VARIABLES
+from twin.state_layout import OBSERVABLE, STATE_UNITS, STATE_VARIABLES
 from twin.units import CF_STANDARD_NAMES
 
 Z90 = 1.6448536269514722
@@ -166,9 +166,81 @@ def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) 
     return {"truth": result, "unobserved": unobserved}
 
 
+HALF_DAY = np.timedelta64(12, "h")
+
+
+def analysis_times(prepared) -> np.ndarray:
+    """(T,) time of each cycle's analysis, ``day0 + cycle + 1`` days."""
+    return prepared.day0 + (np.arange(prepared.num_days) + 1) * np.timedelta64(1, "D")
+
+
+def alert_observations(table, alert) -> tuple[np.ndarray, np.ndarray]:
+    """(times, values) of the usable observations of an alert's variable at its site and layer.
+
+    A below-detection (censored) value is an upper bound: kept only where it settles the outcome (below a
+    "below" threshold: an event; at or below an "above" threshold: none).
+    """
+    variables = [v for v, state in OBSERVABLE.items() if state == alert.variable]
+    value = table["value"].values
+    sel = (np.isin(table["variable"].values, variables) & (table["site"].values == alert.site)
+           & (table["layer"].values == alert.layer) & np.isin(table["qc"].values, flags.USABLE_QC)
+           & np.isfinite(value))
+    censored = table["censored"].values.astype(bool)
+    settled = value < alert.threshold if alert.direction == "below" else value <= alert.threshold
+    sel &= ~censored | settled
+    return table["time"].values[sel], value[sel]
+
+
+def alert_verification(prepared, outputs):
+    """Verify every configured alert over the hindcast; return (metrics["alerts"], alert history).
+
+    ``outputs.alert_probability`` holds the columns of ``twin.hindcast.alert_specs``: per alert the issued
+    probability (observation error included), then in a twin experiment the probability of the state itself.
+
+    Against observations, an issue time is the end of its cycle's observation window (analysis time + 12 h,
+    see ``twin.cycle_obs.cycle_of``), so the verifying window (t, t + horizon] holds only observations the
+    forecast had not assimilated. Against the truth (twin experiment), the event is the daily true state
+    beyond the threshold on some lead day 1..horizon, and the probability verified is the state's (no
+    observation error): the forecast of that same event.
+
+    Returns:
+        ({alert name: {definition, observed, truth (twin experiment), raised_days}}, pandas DataFrame with
+        columns time (analysis time), alert, probability, raised and, in a twin experiment,
+        state_probability; one row per cycle and alert).
+    """
+    import pandas as pd
+    from twin.alerts import verify_alert
+    alerts = prepared.config.alerts
+    if not alerts:
+        return {}, None
+    probs = np.asarray(outputs.alert_probability, float)
+    times = analysis_times(prepared)
+    A = len(alerts)
+    result, history = {}, []
+    for k, alert in enumerate(alerts):
+        p = probs[:, k]
+        raised = p >= alert.probability
+        obs_t, obs_v = alert_observations(prepared.table, alert)
+        observed = verify_alert(alert, times + HALF_DAY, p, obs_t, obs_v)
+        observed["event"] = "an observation beyond the threshold (probability with observation error)"
+        entry = {"definition": alert.model_dump(mode="json"), "observed": observed}
+        frame = {"time": times, "alert": alert.name, "probability": p, "raised": raised}
+        if prepared.truth is not None:
+            state_p = probs[:, A + k]
+            i = prepared.layout.index(alert.variable, alert.site, alert.layer)
+            entry["truth"] = verify_alert(alert, times, state_p, times, prepared.truth[:, i])
+            entry["truth"]["event"] = "the true state beyond the threshold (probability of the state)"
+            frame["state_probability"] = state_p
+        entry["raised_days"] = int(raised.sum())
+        result[alert.name] = entry
+        history.append(pd.DataFrame(frame))
+    return result, pd.concat(history, ignore_index=True)
+
+
 def write_products(work: Path, prepared, outputs, dispositions, baselines: dict, emulator, timings: dict,
                    refits: dict | None = None) -> dict:
-    """Write reanalysis.nc, metrics.json, lineage.json and report.html into ``work``; return the metrics."""
+    """Write reanalysis.nc, metrics.json, lineage.json, report.html (and alerts.csv when the config has
+    alerts) into ``work``; return the metrics."""
     from twin.report import write_report
     ds = reanalysis_dataset(prepared, outputs, dispositions)
     encoding = {k: ({"dtype": str} if v.dtype == object else {"zlib": True, "complevel": 4})
@@ -195,6 +267,11 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
         metrics["validation"] = validation
     if refits is not None:
         metrics["refit"] = refits
+    alerts, alert_history = alert_verification(prepared, outputs)
+    if alerts:
+        metrics["alerts"] = alerts
+        atomic_write(work / "alerts.csv", lambda tmp: alert_history.to_csv(
+            tmp, index=False, float_format="%.6g", date_format="%Y-%m-%dT%H:%M:%S"))
     lineage = list(emulator.lineage) if emulator is not None else []
     metrics["emulator_lineage"] = lineage
     text = json.dumps(metrics, indent=2, default=float)

@@ -102,6 +102,78 @@ def _diagnostics_figure(prepared, outputs) -> str:
     return _figure_html(fig, "innovation statistics")
 
 
+_ALERT_COLUMNS = [("n", "n"), ("base rate", "base_rate"), ("Brier", "brier"), ("reliability", "reliability"),
+                  ("resolution", "resolution"), ("uncertainty", "uncertainty"), ("BSS", "brier_skill_score"),
+                  ("hit rate", "hit_rate"), ("false-alarm rate (POFD)", "false_alarm_rate"),
+                  ("false-alarm ratio", "false_alarm_ratio")]
+
+
+def _alert_figures(prepared, outputs, k: int, alert, entry: dict) -> str:
+    """Reliability diagrams (observed, truth) and the probability history with the events of alert ``k``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from twin.alerts import reliability_figure
+    from twin.products import alert_observations, analysis_times
+    labels = [label for label in ("observed", "truth") if label in entry]
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.6 * len(labels), 4.4), squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        reliability_figure(entry[label], ax)
+        against = "observations" if label == "observed" else "the truth"
+        ax.set_title(f"against {against}: {ax.get_title()}", fontsize=8)
+    fig.tight_layout()
+    parts = [_figure_html(fig, f"reliability diagram of {alert.name}")]
+
+    times = analysis_times(prepared)
+    probs = np.asarray(outputs.alert_probability)
+    fig, ax = plt.subplots(figsize=(11, 3.3))
+    ax.plot(times, probs[:, k], color="tab:blue", lw=1, label="issued probability")
+    if "truth" in entry:
+        A = len(prepared.config.alerts)
+        ax.plot(times, probs[:, A + k], color="tab:blue", lw=0.7, ls=":", label="probability of the state")
+        i = prepared.layout.index(alert.variable, alert.site, alert.layer)
+        x = prepared.truth[:, i]
+        beyond = x < alert.threshold if alert.direction == "below" else x > alert.threshold
+        ax.fill_between(times, 0, 1, where=beyond, step="mid", color="k", alpha=0.15, lw=0,
+                        transform=ax.get_xaxis_transform(), label="true event")
+    ax.axhline(alert.probability, color="tab:red", lw=0.8, ls="--", label=f"alert level {alert.probability:g}")
+    obs_t, obs_v = alert_observations(prepared.table, alert)
+    beyond = obs_v < alert.threshold if alert.direction == "below" else obs_v > alert.threshold
+    ax.plot(obs_t[~beyond], np.full((~beyond).sum(), -0.04), "|", color="grey", ms=6, label="observation, no event")
+    ax.plot(obs_t[beyond], np.full(beyond.sum(), 1.04), "v", color="tab:red", ms=4, label="observed event")
+    ax.set(ylim=(-0.08, 1.08), ylabel=f"P(event within {alert.horizon_days} d)", xlim=(times[0], times[-1]))
+    ax.set_title(alert.name, fontsize=9)
+    ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+    fig.tight_layout()
+    parts.append(_figure_html(fig, f"probability history of {alert.name}"))
+    return "\n".join(parts)
+
+
+def _alerts_section(prepared, outputs, metrics: dict) -> list[str]:
+    alerts = metrics.get("alerts")
+    if not alerts:
+        return []
+    parts = ["<h2>Alerts</h2>",
+             "<p>Each cycle's analysis ensemble is run ahead over the alert's horizon (model error included). "
+             "The issued probability includes observation error and is verified against the usable "
+             "observations: the event is an observation beyond the threshold within (t, t + horizon], t the "
+             "end of the cycle's observation window; issue times with no observation in their window are left "
+             "out. In a twin experiment the probability of the state itself (no observation error) is also "
+             "verified against the daily truth. Windows of consecutive days overlap, so n overstates the "
+             "number of independent cases. Hit rate, false-alarm rate (POFD) and false-alarm ratio (FAR) are "
+             "those of the warning raised when the probability reaches the alert level.</p>"]
+    for k, alert in enumerate(prepared.config.alerts):
+        entry = alerts[alert.name]
+        rows = [[label] + [np.nan if entry[label][key] is None else entry[label][key] for _, key in _ALERT_COLUMNS]
+                for label in ("observed", "truth") if label in entry]
+        parts += [f"<h3>{html.escape(alert.name)}: P &ge; {alert.probability:g} within {alert.horizon_days} days</h3>",
+                  f"<p>Raised on {entry['raised_days']} of {metrics['period']['days']} days.</p>",
+                  _table(rows, ["verified against"] + [h for h, _ in _ALERT_COLUMNS]),
+                  _alert_figures(prepared, outputs, k, alert, entry)]
+    return parts
+
+
 def _table(rows: list[list], header: list[str]) -> str:
     def fmt(x):
         if isinstance(x, float):
@@ -134,6 +206,7 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
         parts += ["<h2>Withheld observations</h2>",
                   _table(rows, ["variable", "n", "RMSE twin", "RMSE persistence", "RMSE climatology", "CRPS twin",
                                 "90 % coverage"])]
+    parts += _alerts_section(prepared, outputs, metrics)
     parts += ["<h2>Time series</h2>"]
     for site in prepared.layout.sites:
         parts.append(_site_figure(prepared, outputs, dispositions, baselines, site))
