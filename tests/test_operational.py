@@ -108,8 +108,8 @@ def test_daily_cycles_match_the_equivalent_hindcast(daily, operated, tmp_path):
     from twin.state_layout import STATE_VARIABLES
     with xr.open_dataset(tmp_path / "hc" / "reanalysis.nc") as ds:
         hc = {v: ds[v].values for v in STATE_VARIABLES}
-    from twin.operational import _layout
-    layout = _layout(config)
+    from twin.operational import store_layout
+    layout = store_layout(config)
     for v, s, layer in layout.variables():
         i = layout.index(v, s, layer)
         li = layout.layers.index(layer)

@@ -67,13 +67,13 @@ def _day0(config: TwinConfig) -> np.datetime64:
     raise StoreError("an operational store needs a start date: set hindcast.start in the config")
 
 
-def _layout(config: TwinConfig):
+def store_layout(config: TwinConfig):
     from twin.state_layout import StateLayout
     num_layers = 2 if any("bottom" in s.layers for s in config.sites) else 1
     return StateLayout(tuple(s.name for s in config.sites), num_layers)
 
 
-def _sites(config: TwinConfig, layout):
+def store_sites(config: TwinConfig, layout):
     from emulators.parameters import default_site
     from twin.forecast import stack_sites
     structs = []
@@ -104,7 +104,7 @@ def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str 
         if not config.sites:
             raise StoreError("the config names no sites: add a 'sites' list (name, latitude, longitude)")
         config = _operational_config(config)
-        layout = _layout(config)
+        layout = store_layout(config)
         day0 = _day0(config)
         emulator = obtain_emulator(config, None, quiet) if config.model.kind == "emulator" else None
         if emulator is not None:
@@ -164,7 +164,7 @@ def _state_arrays(members, inflation, cycles_done: int) -> dict[str, np.ndarray]
             **{f"inflation_{k}": np.asarray(v) for k, v in inflation._asdict().items()}}
 
 
-def _load_state(store: Store, manifest):
+def load_state(store: Store, manifest):
     from assimilation.types import InflationState
     arrays = store.load_arrays(manifest["files"]["state"])
     inflation = InflationState(**{k: jnp.asarray(arrays[f"inflation_{k}"]) for k in InflationState._fields})
@@ -194,7 +194,7 @@ def _save_ledger(store: Store, ledger: xr.Dataset, seq: int) -> str:
     return store.save_arrays(f"ledger-{seq}.npz", arrays)
 
 
-def _load_ledger(store: Store, manifest) -> xr.Dataset:
+def load_ledger(store: Store, manifest) -> xr.Dataset:
     arrays = store.load_arrays(manifest["files"]["ledger"])
     time_ = arrays.pop("time")
     columns = {k: ("obs", v.astype(object) if v.dtype.kind == "U" else v) for k, v in arrays.items()}
@@ -325,7 +325,7 @@ def _target_cycles(ledger: xr.Dataset, day0, cycles_done: int, until) -> int:
     return max(cycles_done, int(np.floor(days - 0.5)))
 
 
-def _forcing(config, ledger, layout, day0, num_days):
+def store_forcing(config, ledger, layout, day0, num_days):
     from twin.forcing_builder import build_site_forcing
     usable = ledger.isel(obs=np.flatnonzero(np.isin(ledger["qc"].values, flags.USABLE_QC)))
     try:
@@ -341,7 +341,7 @@ def _forcing(config, ledger, layout, day0, num_days):
                          "(twin cycle STORE --data ...)") from None
 
 
-def _model(store: Store, manifest, config: TwinConfig, layout, sites):
+def store_model(store: Store, manifest, config: TwinConfig, layout, sites):
     from emulators.parameters import ProcessParams
     from twin.forecast import emulator_stepper, make_forecast, process_stepper
     from twin.hindcast import process_log_error_sd
@@ -377,10 +377,10 @@ def run_cycle(store_dir: str | Path, *, until: str | None = None, data: tuple[st
         manifest = store.manifest()
         removed = store.collect_garbage(manifest)
         config = load_store_config(store)
-        layout = _layout(config)
+        layout = store_layout(config)
         day0 = np.datetime64(manifest["day0"]).astype("datetime64[ns]")
         seq = manifest["seq"] + 1
-        ledger = _load_ledger(store, manifest)
+        ledger = load_ledger(store, manifest)
         new, registered, errors = read_new_rows(config, manifest, ledger, tuple(data), seq)
         report: dict[str, Any] = {"store": str(store.root), "files_read": len(registered),
                                   "rows_new": 0 if new is None else int(new.sizes["obs"]), "errors": errors,
@@ -431,12 +431,12 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     from twin.cycle_obs import build_cycle_observations, row_dispositions
     from twin.engine import EngineState, free_forecast, run_window
     from twin.hindcast import filter_params
-    sites = _sites(config, layout)
+    sites = store_sites(config, layout)
     forecast_days = config.hindcast.forecast_days
-    forcing = _forcing(config, ledger, layout, day0, target + forecast_days)
-    forecast, emulator, _ = _model(store, manifest, config, layout, sites)
+    forcing = store_forcing(config, ledger, layout, day0, target + forecast_days)
+    forecast, emulator, _ = store_model(store, manifest, config, layout, sites)
     weights = None if emulator is None else emulator.weights
-    members, inflation = _load_state(store, manifest)
+    members, inflation = load_state(store, manifest)
     pending = np.flatnonzero(ledger["disposition"].values == disp.NOT_YET_CYCLED)
     table = ledger.isel(obs=pending)
     slots = int(manifest["slots"])
@@ -557,7 +557,7 @@ def store_status(store_dir: str | Path) -> dict[str, Any]:
     store = require_store(store_dir)
     problems = store.check()
     manifest = store.manifest()
-    ledger = _load_ledger(store, manifest)
+    ledger = load_ledger(store, manifest)
     codes, counts = np.unique(ledger["disposition"].values, return_counts=True)
     by_disposition = {disp.DISPOSITION_NAMES.get(int(c), str(c)): int(k) for c, k in zip(codes, counts)}
     alerts = store.load_json(manifest["files"]["alerts"])
@@ -607,14 +607,14 @@ def store_forecast(store_dir: str | Path, days: int, out: str | Path | None = No
     use_compilation_cache(store)
     manifest = store.manifest()
     config = load_store_config(store)
-    layout = _layout(config)
+    layout = store_layout(config)
     day0 = np.datetime64(manifest["day0"]).astype("datetime64[ns]")
     done = int(manifest["cycles_done"])
-    ledger = _load_ledger(store, manifest)
-    forcing = _forcing(config, ledger, layout, day0, done + days)
+    ledger = load_ledger(store, manifest)
+    forcing = store_forcing(config, ledger, layout, day0, done + days)
     future = jax.tree.map(lambda a: a[done:done + days], forcing)
-    forecast, emulator, _ = _model(store, manifest, config, layout, _sites(config, layout))
-    members, _ = _load_state(store, manifest)
+    forecast, emulator, _ = store_model(store, manifest, config, layout, store_sites(config, layout))
+    members, _ = load_state(store, manifest)
     key = jax.random.fold_in(jax.random.PRNGKey(int(manifest["seed"])), 10**7 + done)
     ens = np.asarray(free_forecast(forecast, members, future, key, days,
                                    None if emulator is None else emulator.weights))
