@@ -127,6 +127,7 @@ def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str 
             files["emulator"] = "emulator-0"
         manifest = {"seq": 0, "cycles_done": cycles_done, "day0": str(day0)[:10], "seed": config.seed,
                     "slots": SLOT_QUANTUM, "registry": {}, "files": files, "refits": [],
+                    "history_first_cycle": cycles_done,
                     "created": _now(), "last_cycle": None}
         store.write_manifest(manifest)
     _log(f"store {store.root}: {len(layout.sites)} site(s), {layout.dim} state elements, day 0 {str(day0)[:10]}, "
@@ -405,6 +406,11 @@ def run_cycle(store_dir: str | Path, *, until: str | None = None, data: tuple[st
                                                                 history, alerts_history, done, target, quiet)
             files["state"] = store.save_arrays(f"state-{seq}.npz", outcome.pop("state"))
             report.update(outcome)
+            refit = _refit_if_due(store, manifest, config, layout, day0, ledger, history, done, target, seq, quiet)
+            if refit is not None:
+                files["emulator"], record = refit
+                manifest = {**manifest, "refits": [*manifest.get("refits", []), record]}
+                report["refit"] = record
         files["ledger"] = _save_ledger(store, ledger, seq)
         files["history"] = store.save_arrays(f"history-{seq}.npz", history)
         files["alerts"] = store.save_json(f"alerts-{seq}.json", alerts_history)
@@ -416,6 +422,44 @@ def run_cycle(store_dir: str | Path, *, until: str | None = None, data: tuple[st
     report.update(cycles_done=target, analysis_time=str(day0 + np.timedelta64(target, "D"))[:19],
                   seconds=time.perf_counter() - started)
     return report
+
+
+def _refit_if_due(store, manifest, config, layout, day0, ledger, history, done, target, seq, quiet):
+    """Refit the emulator when a multiple of ``refit.interval_days`` cycles was passed (``twin.refit``:
+    confidence-weighted fine-tuning on the store's analyses, kept only if the held-out forecast improves).
+    Returns (new emulator folder, record) or None when not due (or when the attempt was not kept, the
+    lineage entry is still saved with the current weights)."""
+    k = config.refit.interval_days
+    if k is None or "emulator" not in manifest["files"] or target // k == done // k:
+        return None
+    from emulators.checkpoint import save_checkpoint
+    from twin.cycle_obs import build_cycle_observations
+    from twin.emulator_source import train_config
+    from twin.forecast import make_forecast
+    from twin.refit import refit_emulator
+    first = int(manifest.get("history_first_cycle", 0))
+    sites = store_sites(config, layout)
+    forecast, emulator, stepper = store_model(store, manifest, config, layout, sites)
+    day_first = day0 + np.timedelta64(first, "D")
+    span = target - first
+    forcing = jax.tree.map(lambda a: a[first:target], store_forcing(config, ledger, layout, day0, target))
+    assimilated = ledger.isel(obs=np.flatnonzero(ledger["disposition"].values == disp.ASSIMILATED))
+    cobs = build_cycle_observations(assimilated, layout, day_first, span,
+                                    representativeness_fraction=config.filter.representativeness_fraction)
+    disposition = np.where(np.asarray(cobs.obs.mask), disp.ASSIMILATED, disp.MISSING)
+    deterministic = make_forecast(stepper, layout, sites, np.zeros(layout.model_dim, np.float32))
+    _log(f"refit of the emulator on {span} analyses", quiet)
+    chosen, record = refit_emulator(
+        emulator, refit=config.refit, train_defaults=train_config(config), forecast=deterministic,
+        analysis_mean=history["analysis_mean"], analysis_sd=history["analysis_sd"], cycle_obs=cobs,
+        disposition=disposition, layout=layout, forcing=forcing, day0=day_first, cycle=span - 1,
+        key=jax.random.fold_in(jax.random.PRNGKey(int(manifest["seed"])), 2 * 10**7 + target),
+        progress=not quiet)
+    if record is None:
+        return None
+    name = f"emulator-{seq}"
+    save_checkpoint(store.path(name), chosen)
+    return name, {**record.to_dict(), "cycle": target}
 
 
 def _mark_late(ledger: xr.Dataset, day0, done: int) -> tuple[xr.Dataset, int]:
