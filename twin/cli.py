@@ -217,6 +217,41 @@ def _cmd_forecast(args) -> int:
     return EXIT_OK
 
 
+def _cmd_scenario(args) -> int:
+    from twin.scenario import scenario
+    summary = scenario(args.store, args.scenario, args.out, quiet=args.quiet)
+    lines = [f"scenarios from the analysis of {summary['start']}, {summary['days']} days, {summary['members']} "
+             f"members, model: {summary['model']}: {summary['out']} ({summary['seconds']:.1f} s)"]
+    for name, entry in summary["scenarios"].items():
+        lines.append(f"  {name}: time-mean difference, mean [5 %, 95 %]")
+        for variable, d in entry["differences"].items():
+            e = d["time_mean"]
+            lines.append(f"    {variable:32s} {e['mean']:+10.4g} [{e['q05']:+.4g}, {e['q95']:+.4g}] {d['units']}")
+        lines += [f"    warning: {w}" for w in entry["warnings"]]
+        if entry["newly_outside_training_range"]:
+            lines.append(f"    outside the emulator's training range (extrapolation): "
+                         f"{', '.join(entry['newly_outside_training_range'])}")
+    _print_report(summary, args.json, lines)
+    return EXIT_OK
+
+
+def _cmd_sampling(args) -> int:
+    from twin.advice import (format_store_plan, format_verification, plan_for_store,
+                             verify_in_twin_experiment)
+    result = plan_for_store(args.store, args.target, args.horizon, args.candidates, args.budget, args.seed)
+    report = {"plan": result.as_json()}
+    lines = [format_store_plan(result)]
+    if args.verify_trials:
+        check = verify_in_twin_experiment(args.store, args.target, args.horizon, budget=args.budget,
+                                          num_trials=args.verify_trials, spin_up_days=args.spin_up_days,
+                                          candidates_file=args.candidates, random_draws=args.random_draws,
+                                          seed=args.seed, truth_path=args.truth)
+        report["verification"] = check.as_json()
+        lines.append(format_verification(check))
+    _print_report(report, args.json, lines)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twin",
@@ -314,6 +349,50 @@ def build_parser() -> argparse.ArgumentParser:
     p_fc.add_argument("--days", type=int, default=7)
     p_fc.add_argument("--out", help="copy the NetCDF here")
     p_fc.set_defaults(func=_cmd_forecast)
+
+    p_sc = sub.add_parser(
+        "scenario", help="what-if scenarios: changed forcing or parameters beside the baseline",
+        description="From the store's last analysis (or the analysis of the file's 'start' date), run the "
+                    "ensemble 'days' ahead under the store's forcing (baseline) and under each scenario's "
+                    "changes (shift, scale or replace a forcing series over a period, or a process-model "
+                    "parameter), same members and same random draws; report the difference of every "
+                    "variable with its 90 %% interval, alert probabilities under both, and the days the "
+                    "emulator runs outside its training range. Writes scenario.nc (CF), scenario.json, "
+                    "report.html and the resolved scenario file into --out, atomically.")
+    p_sc.add_argument("store", help="store folder (twin init, twin cycle)")
+    p_sc.add_argument("scenario", help="scenario YAML file (see configs/scenarios/)")
+    p_sc.add_argument("--out", help="output folder (default: scenario-<file name> next to the store)")
+    p_sc.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
+    p_sc.add_argument("--quiet", action="store_true")
+    p_sc.set_defaults(func=_cmd_scenario)
+
+    p_sa = sub.add_parser(
+        "sampling", help="which samples would reduce a target's forecast uncertainty most",
+        description="Run the store's ensemble HORIZON days ahead from its last analysis and plan BUDGET samples "
+                    "(site x variable x lead day, each with its error) that most reduce the forecast variance of "
+                    "the target at the horizon: ensemble covariance formula, greedy with a serial square-root "
+                    "update between picks, in log space for concentrations. Prints each pick with the "
+                    "expected variance and sd after it. With --verify-trials T, also scores the advice in the "
+                    "store's twin experiment: over T analysis days, the target's actual error after the "
+                    "plan's samples against as many random candidates (needs the experiment's truth).")
+    p_sa.add_argument("store")
+    p_sa.add_argument("--target", required=True, metavar="VARIABLE@SITE/LAYER",
+                      help="the quantity to pin down, e.g. 'oxygen@SYNTH-B/bottom'")
+    p_sa.add_argument("--horizon", type=int, required=True, metavar="DAYS", help="lead day of the target")
+    p_sa.add_argument("--candidates", metavar="FILE",
+                      help="CSV or YAML of candidates (variable, site, layer, lead_day, error_sd); default: "
+                           "every observable variable at every site and layer on lead days 1..DAYS")
+    p_sa.add_argument("--budget", type=int, default=3, metavar="K", help="samples in the plan (default 3)")
+    p_sa.add_argument("--seed", type=int, default=0,
+                      help="forecast noise and verification draws (0: the store's own forecast)")
+    p_sa.add_argument("--verify-trials", type=int, default=0, metavar="T",
+                      help="also verify against random samples over T days of the twin experiment")
+    p_sa.add_argument("--spin-up-days", type=int, default=60, help="first verification day (default 60)")
+    p_sa.add_argument("--random-draws", type=int, default=1,
+                      help="random choices (and noise draws) averaged per verification trial (default 1)")
+    p_sa.add_argument("--truth", help="the experiment's truth.nc (default: STORE/experiment/truth.nc)")
+    p_sa.add_argument("--json", action="store_true", help="end with one JSON line")
+    p_sa.set_defaults(func=_cmd_sampling)
 
     p_em = sub.add_parser("emulator", help="train and evaluate the neural emulator",
                           description="Train and evaluate the neural emulator of the process model.")
