@@ -161,3 +161,21 @@ def test_emulator_hindcast_with_the_committed_demo_checkpoint(tmp_path):
     assert metrics["emulator_lineage"] and metrics["emulator_lineage"][0]["kind"] == "pretrain"
     with xr.open_dataset(tmp_path / "emu" / "reanalysis.nc") as ds:
         assert np.all(ds["zooplankton_q05"].values > 0) and np.all(np.isfinite(ds["oxygen"].values))
+
+
+def test_boundary_from_data_takes_the_station_medians():
+    from emulators.parameters import TRACERS, default_site
+    from twin.hindcast import boundary_from_data
+    from twin.observations import make_observations
+    n = 12
+    values = np.arange(1.0, n + 1.0)
+    table = make_observations(
+        time=pd.date_range("2020-01-01", periods=n, freq="7D").values, site=["Point B"] * n,
+        variable=["nitrate"] * n, value=values, qc=np.ones(n, np.int8), native_qc=["2"] * n,
+        source="fixture.csv", layer="bottom", layer_code="F", depth=50.0, error_sd=0.1)
+    site = default_site(2, 43.68)
+    new, used = boundary_from_data(table, "Point B", ("surface", "bottom"), site)
+    offshore, before = np.asarray(new.offshore_state), np.asarray(site.offshore_state)
+    k = len(TRACERS) + TRACERS.index("nitrate")
+    assert used == {"nitrate/bottom": float(np.median(values))} and offshore[k] == np.median(values)
+    assert np.array_equal(np.delete(offshore, k), np.delete(before, k))  # the rest: the generic shelf

@@ -46,6 +46,9 @@ class SiteConfig(Frozen):
     layers: tuple[Literal["surface", "bottom"], ...] = ("surface", "bottom")
     bottom_depth_m: PositiveFloat = 30.0
     aliases: tuple[str, ...] = Field(default=(), description="other ids of this station in other sources")
+    boundary_from_data: bool = Field(
+        default=False, description="process model: offshore water of each layer = the median of the site's "
+                                   "observed nutrients and oxygen in that layer (instead of a generic shelf)")
 
 
 class SourceConfig(Frozen):

@@ -152,7 +152,10 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
                                     mode=config.hindcast.forcing_mode)
         forcings.append(f)
         thickness = (10.0, max(s.bottom_depth_m - 10.0, 1.0))[:num_layers] if num_layers == 2 else (10.0,)
-        structs.append(default_site(num_layers, s.latitude, thickness))
+        site = default_site(num_layers, s.latitude, thickness)
+        if s.boundary_from_data:
+            site, report[f"{s.name} boundary"] = boundary_from_data(table, s.name, layout.layers, site)
+        structs.append(site)
         report[s.name] = {"filled_fraction": rep.filled_fraction, "borrowed": rep.borrowed}
     withheld = _withhold(table, layout, config.validation.withhold_fraction, config.validation.seed)
     cycle_obs = build_cycle_observations(table, layout, day0, num_days, withheld=withheld,
@@ -163,6 +166,23 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
         truth = truth_run.states[1:num_days + 1]
     return Prepared(config, table, layout, day0, num_days, stack_sites(forcings), stack_sites(structs),
                     cycle_obs, withheld, truth, report)
+
+
+def boundary_from_data(table: xr.Dataset, site_name: str, layers: tuple[str, ...], site):
+    """The site's offshore water taken from its own data: per layer, the median of the usable observations
+    of each observed tracer (the rest stay the generic shelf's). Returns (Site, {tracer/layer: value})."""
+    from emulators.parameters import TRACERS
+    offshore = np.asarray(site.offshore_state, np.float32).copy()
+    used = {}
+    usable = np.isin(table["qc"].values, flags.USABLE_QC) & np.isfinite(table["value"].values)
+    at_site = usable & (table["site"].values == site_name)
+    for li, layer in enumerate(layers):
+        for ti, tracer in enumerate(TRACERS):
+            sel = at_site & (table["layer"].values == layer) & (table["variable"].values == tracer)
+            if sel.sum() >= 10:
+                offshore[li * len(TRACERS) + ti] = float(np.median(table["value"].values[sel]))
+                used[f"{tracer}/{layer}"] = float(offshore[li * len(TRACERS) + ti])
+    return site._replace(offshore_state=jnp.asarray(offshore)), used
 
 
 def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):
