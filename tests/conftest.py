@@ -1,10 +1,15 @@
 """Shared test helpers: where the real data live, and small canonical tables."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The CLI keeps compiled programs in each store (twin.operational.use_compilation_cache); in this one long
+# process, calling it on many stores, it stays off (subprocesses that need it remove the variable).
+os.environ["TWIN_COMPILATION_CACHE"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

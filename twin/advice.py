@@ -156,7 +156,7 @@ def plan_for_store(store_dir: str | Path, target: str, horizon: int, candidates_
         StoreError: not a store, or no forcing yet.
     """
     from twin.operational import (load_ledger, load_state, load_store_config, store_forcing, store_layout,
-                                  store_model, store_sites, use_compilation_cache)
+                                  store_model, store_sites)
     store = require_store(store_dir)
     manifest = store.manifest()
     config = load_store_config(store)
@@ -164,7 +164,6 @@ def plan_for_store(store_dir: str | Path, target: str, horizon: int, candidates_
     column = resolve_target(layout, target, horizon)
     candidates = resolve_candidates(layout, horizon, candidates_file)
     budget = _check_budget(budget, candidates)
-    use_compilation_cache(store)
     day0 = np.datetime64(manifest["day0"]).astype("datetime64[ns]")
     done = int(manifest["cycles_done"])
     forcing = store_forcing(config, load_ledger(store, manifest), layout, day0, done + int(horizon))
@@ -301,8 +300,7 @@ def verify_in_twin_experiment(store_dir: str | Path, target: str, horizon: int, 
     from twin.forecast import initial_ensemble
     from twin.hindcast import filter_params
     from twin.ingest import ingest
-    from twin.operational import (load_store_config, store_forcing, store_layout, store_model, store_sites,
-                                  use_compilation_cache)
+    from twin.operational import (load_store_config, store_forcing, store_layout, store_model, store_sites)
     from twin.qc import apply_qc
     from assimilation import initial_inflation_state
     started = time.perf_counter()
@@ -321,7 +319,6 @@ def verify_in_twin_experiment(store_dir: str | Path, target: str, horizon: int, 
     last = truth.shape[0] - 1 - horizon        # the last analysis with `horizon` days of truth after it
     cycles = _trial_cycles(int(num_trials), int(spin_up_days), last)
 
-    use_compilation_cache(store)
     table = apply_qc(ingest(config), config.qc)
     num_days = int(cycles[-1]) + horizon
     forcing = store_forcing(config, table, layout, day0, num_days)

@@ -178,7 +178,8 @@ def _cmd_init(args) -> int:
 
 
 def _cmd_cycle(args) -> int:
-    from twin.operational import run_cycle
+    from twin.operational import run_cycle, use_compilation_cache
+    use_compilation_cache(args.store)
     report = run_cycle(args.store, until=args.until, data=tuple(args.data or ()), quiet=args.quiet,
                        lock_timeout_s=args.lock_timeout)
     lines = [f"{report['store']}: {report.get('message', 'cycled')}; {report['files_read']} new file(s), "
@@ -211,14 +212,17 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_forecast(args) -> int:
-    from twin.operational import store_forecast
+    from twin.operational import store_forecast, use_compilation_cache
+    use_compilation_cache(args.store)
     path = store_forecast(args.store, args.days, args.out)
     print(f"forecast {args.days} days: {path}")
     return EXIT_OK
 
 
 def _cmd_scenario(args) -> int:
+    from twin.operational import use_compilation_cache
     from twin.scenario import scenario
+    use_compilation_cache(args.store)
     summary = scenario(args.store, args.scenario, args.out, quiet=args.quiet)
     lines = [f"scenarios from the analysis of {summary['start']}, {summary['days']} days, {summary['members']} "
              f"members, model: {summary['model']}: {summary['out']} ({summary['seconds']:.1f} s)"]
@@ -238,6 +242,8 @@ def _cmd_scenario(args) -> int:
 def _cmd_sampling(args) -> int:
     from twin.advice import (format_store_plan, format_verification, plan_for_store,
                              verify_in_twin_experiment)
+    from twin.operational import use_compilation_cache
+    use_compilation_cache(args.store)
     result = plan_for_store(args.store, args.target, args.horizon, args.candidates, args.budget, args.seed)
     report = {"plan": result.as_json()}
     lines = [format_store_plan(result)]

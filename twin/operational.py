@@ -356,9 +356,16 @@ def store_model(store: Store, manifest, config: TwinConfig, layout, sites):
     return make_forecast(stepper, layout, sites, sd), emulator, stepper
 
 
-def use_compilation_cache(store: Store) -> None:
+def use_compilation_cache(store_dir: str | Path) -> None:
     """Keep compiled XLA programs in the store: a scheduled cycle is a new process each time, and
-    recompiling the window and the forecast would cost more than the cycle itself."""
+    recompiling the window and the forecast would cost more than the cycle itself. Called once, at the
+    start of a ``twin cycle``/``twin forecast`` process (the CLI), not by library calls: switching the
+    cache folder inside a long-lived process is not something JAX supports (``TWIN_COMPILATION_CACHE=0``
+    turns it off; the test suite does, as it calls the CLI in-process on many stores)."""
+    import os
+    if os.environ.get("TWIN_COMPILATION_CACHE") == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    store = Store(store_dir)
     jax.config.update("jax_compilation_cache_dir", str(store.path("jax-cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -373,7 +380,6 @@ def run_cycle(store_dir: str | Path, *, until: str | None = None, data: tuple[st
     """One operational cycle (see the module docstring); returns what it did."""
     store = require_store(store_dir)
     started = time.perf_counter()
-    use_compilation_cache(store)
     with store.lock(lock_timeout_s):
         manifest = store.manifest()
         removed = store.collect_garbage(manifest)
@@ -648,7 +654,6 @@ def store_forecast(store_dir: str | Path, days: int, out: str | Path | None = No
     """Ensemble forecast ``days`` ahead from the store's last analysis (reads, never changes the store)."""
     from twin.engine import free_forecast
     store = require_store(store_dir)
-    use_compilation_cache(store)
     manifest = store.manifest()
     config = load_store_config(store)
     layout = store_layout(config)

@@ -347,11 +347,9 @@ def run_scenarios(store_dir: str | Path, spec: ScenarioFile, *, source: str = "<
     """
     from emulators.forcing import Forcing
     from twin.engine import free_forecast
-    from twin.operational import (load_ledger, load_store_config, store_forcing, store_layout, store_sites,
-                                  use_compilation_cache)
+    from twin.operational import (load_ledger, load_store_config, store_forcing, store_layout, store_sites)
     from twin.store import require_store
     store = require_store(store_dir)
-    use_compilation_cache(store)
     key = jax.random.PRNGKey(spec.seed)
     with store.lock(timeout_s=120):
         manifest = store.manifest()
