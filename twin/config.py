@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, NonNegativeFloat, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from twin.errors import ConfigError
 from twin.units import CANONICAL_UNITS
@@ -184,6 +184,19 @@ class PretrainConfig(Frozen):
     hidden_sizes: tuple[int, ...] = (96, 96)
     max_steps: int = Field(default=3600, ge=10, description="optimizer steps over the whole curriculum")
     seed: int = Field(default=0, ge=0)
+    varied_params: tuple[str, ...] = Field(
+        default=(), description="process parameters drawn in their ranges and given to the emulator as inputs")
+
+    @field_validator("varied_params")
+    @classmethod
+    def _known_params(cls, v):
+        from emulators.parameters import ProcessParams
+        unknown = [p for p in v if p not in ProcessParams._fields]
+        if unknown:
+            raise ValueError(f"unknown process parameter(s) {unknown}; valid: {list(ProcessParams._fields)}")
+        return v
+    river_discharge_m3s: NonNegativeFloat = Field(
+        default=0.0, description="mean river discharge of the training runs (0: no river, as the demo)")
 
 
 class EmulatorConfig(Frozen):

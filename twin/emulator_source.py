@@ -23,7 +23,10 @@ def _latitudes(config: TwinConfig) -> tuple[float, ...]:
 def ensemble_spec(config: TwinConfig):
     from emulators.training import EnsembleSpec
     pre = config.emulator.pretrain
-    return EnsembleSpec(num_members=pre.members, num_years=pre.years, latitudes=_latitudes(config))
+    latitudes = _latitudes(config)
+    rivers = (pre.river_discharge_m3s,) * len(latitudes) if pre.river_discharge_m3s > 0 else None
+    return EnsembleSpec(num_members=pre.members, num_years=pre.years, latitudes=latitudes,
+                        river_discharges=rivers, varied_params=pre.varied_params)
 
 
 def train_config(config: TwinConfig):
