@@ -33,3 +33,12 @@ def small_table():
         qc=np.array([1, 1, 9, 3], np.int8), native_qc=["2", "0", "9", "3"], source="fixture.csv",
         censored=[False, True, False, False], layer="surface", layer_code="S", depth=1.0,
         error_sd=0.3, line=[2, 3, 4, 5])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's compiled programs after each test module: one long process compiling hundreds of
+    programs (a store's cycle, forecast, training ...) otherwise keeps them all mapped."""
+    yield
+    import jax
+    jax.clear_caches()

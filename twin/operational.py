@@ -343,17 +343,38 @@ def store_forcing(config, ledger, layout, day0, num_days):
 
 
 def store_model(store: Store, manifest, config: TwinConfig, layout, sites):
+    """(forecast function, emulator or None, stepper) of the store's model.
+
+    Memoised per store, emulator version and config: the forecast function is a static argument of the
+    compiled cycle and forecast, so a new function object every cycle would compile them anew every
+    cycle (and fill a long-lived process with executables)."""
+    text = store.path("config.yaml").read_text(encoding="utf-8")
+    return _store_model(str(store.root), manifest["files"].get("emulator"), text, config, layout, sites)
+
+
+_MODELS: dict[tuple, tuple] = {}
+
+
+def _store_model(root: str, emulator_name: str | None, config_text: str, config, layout, sites):
     from emulators.parameters import ProcessParams
     from twin.forecast import emulator_stepper, make_forecast, process_stepper
     from twin.hindcast import process_log_error_sd
+    key = (root, emulator_name, config_text)
+    if key in _MODELS:
+        return _MODELS[key]
+    if len(_MODELS) >= 4:
+        _MODELS.pop(next(iter(_MODELS)))
     if config.model.kind == "process":
         stepper = process_stepper(ProcessParams(), sites, config.model.substeps)
-        return make_forecast(stepper, layout, sites, process_log_error_sd(config, layout)), None, None
-    from emulators.checkpoint import load_checkpoint
-    emulator = load_checkpoint(store.path(manifest["files"]["emulator"]))
-    sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
-    stepper = emulator_stepper(emulator)
-    return make_forecast(stepper, layout, sites, sd), emulator, stepper
+        model = make_forecast(stepper, layout, sites, process_log_error_sd(config, layout)), None, None
+    else:
+        from emulators.checkpoint import load_checkpoint
+        emulator = load_checkpoint(Path(root) / emulator_name)
+        sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
+        stepper = emulator_stepper(emulator)
+        model = make_forecast(stepper, layout, sites, sd), emulator, stepper
+    _MODELS[key] = model
+    return model
 
 
 def use_compilation_cache(store_dir: str | Path) -> None:
