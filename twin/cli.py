@@ -258,6 +258,24 @@ def _cmd_sampling(args) -> int:
     return EXIT_OK
 
 
+def _cmd_osse(args) -> int:
+    from twin.config import load_config
+    from twin.experiments import format_study, load_experiment, run_study
+    config = load_config(args.config)
+    if args.data:
+        config = _with_data_path(config, args.data)
+    experiment = load_experiment(args.experiment)
+    out = Path(args.out or f"{config.output.directory}-osse-{Path(args.experiment).stem}")
+    study = run_study(config, experiment, out, workers=args.workers, scheduler=args.scheduler,
+                      quiet=args.quiet,
+                      progress=None if args.quiet else (lambda line: print(f"[osse] {line}", flush=True)))
+    print("\n".join(format_study(study)))
+    print(f"products in {out}: osse.json, osse.csv, skill_vs_data.png, report.html, one folder per run")
+    if args.json:
+        print(json.dumps(study, default=float, separators=(",", ":")))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twin",
@@ -399,6 +417,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_sa.add_argument("--truth", help="the experiment's truth.nc (default: STORE/experiment/truth.nc)")
     p_sa.add_argument("--json", action="store_true", help="end with one JSON line")
     p_sa.set_defaults(func=_cmd_sampling)
+
+    p_os = sub.add_parser(
+        "osse", help="data denial and refit-interval experiments (skill vs data kept, cost of gaps)",
+        description="Rerun the config's hindcast once per run of EXPERIMENT.yaml, with observations denied by "
+                    "rule (all, no_buoy, thin_bottles, no_layer, no_variable, no_site, period_gap, random_gaps) "
+                    "and/or another refit interval (refit_study). Each run goes to OUT/<run>/; the study "
+                    "writes osse.json, osse.csv (run x variable: RMSE and CRPS against the truth in a twin "
+                    "experiment, against the config's withheld observations on real stations), "
+                    "skill_vs_data.png, refit_interval.png and report.html.")
+    p_os.add_argument("config", help="YAML config of the hindcast")
+    p_os.add_argument("experiment", help="YAML experiment file (runs, refit_study)")
+    p_os.add_argument("--out", help="output folder (default: <output.directory>-osse-<experiment name>)")
+    p_os.add_argument("--data", help="folder holding the config's data files (overrides their folder)")
+    p_os.add_argument("--workers", type=int, default=1,
+                      help="runs in parallel (dask LocalCluster of single-threaded processes; default 1: in turn)")
+    p_os.add_argument("--scheduler", help="address of a running dask scheduler (instead of --workers)")
+    p_os.add_argument("--json", action="store_true", help="end with osse.json as one JSON line")
+    p_os.add_argument("--quiet", action="store_true", help="no progress lines")
+    p_os.set_defaults(func=_cmd_osse)
 
     p_em = sub.add_parser("emulator", help="train and evaluate the neural emulator",
                           description="Train and evaluate the neural emulator of the process model.")

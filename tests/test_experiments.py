@@ -1,0 +1,139 @@
+"""Observing-system experiments (`twin osse`): the experiment schema, the denial rules, and a short study on a
+process-model twin experiment (all data against no bottom samples)."""
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from twin import dispositions as disp
+from twin.cli import main
+from twin.config import parse_config
+from twin.errors import ConfigError
+from twin.experiments import (ExperimentFile, _thinned_days, check_runs, gap_days, load_experiment,
+                              refit_run_name)
+
+TINY = {
+    "name": "tiny-osse",
+    "experiment": {"days": 120, "seed": 2, "start": "2016-03-01"},
+    "model": {"kind": "process", "substeps": 4},
+    "filter": {"members": 12, "inflation": 1.05},
+    "hindcast": {"window_days": 120},
+}
+STUDY = {"description": "test", "runs": [{"name": "all-data"},
+                                         {"name": "no-bottom", "rules": [{"kind": "no_layer", "layer": "bottom"}]}]}
+
+
+def _experiment(data):
+    return parse_config(data, "exp.yaml", ExperimentFile)
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"runs": [{"name": "a", "rules": [{"kind": "thin_bottle", "every_days": 14}]}]},
+     r"runs.0.rules.0.kind: unknown rule kind 'thin_bottle' \(did you mean 'thin_bottles'\?\)"),
+    ({"runs": [{"name": "a", "rules": [{"kind": "thin_bottles", "every_day": 14}]}]},
+     r"runs.0.rules.0.every_day: unknown key \(did you mean 'every_days'\?\)"),
+    ({"runs": [{"name": "a", "rulez": []}]}, r"runs.0.rulez: unknown key \(did you mean 'rules'\?\)"),
+    ({"run": [{"name": "a"}]}, r"run: unknown key \(did you mean 'runs'\?\)"),
+    ({"runs": [{"name": "a", "rules": [{"kind": "no_variable", "variable": "nitrat"}]}]},
+     r"did you mean 'nitrate'\?"),
+    ({"runs": [{"name": "a", "rules": [{"kind": "no_layer", "every_days": 14}]}]},
+     r"rule 'no_layer' takes layer, not every_days"),
+    ({"runs": [{"name": "a", "rules": [{"kind": "random_gaps", "length_days": 10}]}]},
+     r"rule 'random_gaps' needs fraction"),
+    ({"runs": [{"name": "a"}, {"name": "a"}]}, r"run names repeat: \['a'\]"),
+    ({"refit_study": {"intervals": [None, 3]}}, r"refit intervals must be null \(never\) or >= 7 days"),
+    ({}, r"the experiment has no run"),
+])
+def test_schema_rejects_mistakes_with_a_hint(data, match):
+    with pytest.raises(ConfigError, match=match):
+        _experiment(data)
+
+
+def test_refit_study_expands_to_named_runs(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({"runs": [{"name": "base"}], "refit_study": {"intervals": [None, 30]}}))
+    runs = load_experiment(path).all_runs()
+    assert [r.name for r in runs] == ["base", refit_run_name(None), refit_run_name(30)] == \
+        ["base", "refit-never", "refit-30d"]
+    assert [r.sets_refit for r in runs] == [False, True, True]
+    assert [r.refit_interval_days for r in runs[1:]] == [None, 30]
+
+
+def test_config_dependent_mistakes_fail_before_any_run():
+    config = parse_config({**TINY, "experiment": {**TINY["experiment"], "buoy": False}})
+    bad = _experiment({"runs": [{"name": "a", "rules": [{"kind": "no_buoy"}]},
+                                {"name": "b", "rules": [{"kind": "no_site", "site": "SYNTH-C"}]}]})
+    with pytest.raises(ConfigError, match=r"(?s)no_buoy, but the config has no buoy.*"
+                                          r"unknown site 'SYNTH-C' \(did you mean 'SYNTH-B'\?\)"):
+        check_runs(config, bad)
+
+
+def test_thinning_keeps_one_sample_per_interval_even_across_a_missed_week():
+    weekly = np.array([0, 7, 14, 28, 35, 42, 49, 56])  # day 21 missed
+    np.testing.assert_array_equal(_thinned_days(weekly, 14), [0, 14, 28, 42, 56])
+    np.testing.assert_array_equal(_thinned_days(weekly, 28), [0, 28, 56])
+    np.testing.assert_array_equal(_thinned_days(weekly, 7), weekly)
+
+
+def test_random_gaps_cover_the_asked_fraction_in_whole_gaps():
+    covered = gap_days(730, 30, 0.25, seed=3)
+    assert 0.25 <= covered.mean() < 0.25 + 30 / 730
+    np.testing.assert_array_equal(covered, gap_days(730, 30, 0.25, seed=3))  # seeded
+    starts = np.flatnonzero(np.diff(covered.astype(int)) == 1)
+    assert starts.size >= 1
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("osse")
+    (root / "c.yaml").write_text(yaml.safe_dump(TINY))
+    (root / "e.yaml").write_text(yaml.safe_dump(STUDY))
+    out = root / "out"
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["osse", str(root / "c.yaml"), str(root / "e.yaml"), "--out", str(out), "--json", "--quiet"])
+    assert code == 0
+    lines = buf.getvalue().strip().splitlines()
+    return out, json.loads(lines[-1]), lines
+
+
+def test_cli_writes_the_table_plot_and_report(study):
+    out, result, lines = study
+    assert {p.name for p in out.iterdir()} >= {"osse.json", "osse.csv", "skill_vs_data.png", "report.html",
+                                               "experiment.yaml", "resolved_config.yaml", "all-data", "no-bottom"}
+    assert json.loads((out / "osse.json").read_text())["runs"][0]["name"] == "all-data"
+    assert result["skill_basis"] == "truth" and [r["name"] for r in result["runs"]] == ["all-data", "no-bottom"]
+    import pandas as pd
+    table = pd.read_csv(out / "osse.csv")
+    assert len(table) == 2 * 18 and set(table["run"]) == {"all-data", "no-bottom"}
+    assert np.isfinite(table["rmse"]).all() and (table["crps"] >= 0).all()
+    assert (out / "skill_vs_data.png").read_bytes()[:4] == b"\x89PNG"
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert any(line.startswith("no-bottom") for line in lines)  # the printed table
+
+
+def test_no_layer_bottom_assimilates_no_bottom_observation(study):
+    out, result, _ = study
+    with xr.open_dataset(out / "no-bottom" / "reanalysis.nc") as ds:
+        codes, layers = ds["obs_disposition"].values, ds["obs_layer"].values.astype(str)
+    assert not ((codes == disp.ASSIMILATED) & (layers == "bottom")).any()
+    assert ((codes == disp.ASSIMILATED) & (layers == "surface")).sum() > 50
+    with xr.open_dataset(out / "all-data" / "reanalysis.nc") as ds:
+        all_codes, all_layers = ds["obs_disposition"].values, ds["obs_layer"].values.astype(str)
+    bottom_assimilated = ((all_codes == disp.ASSIMILATED) & (all_layers == "bottom")).sum()
+    assert bottom_assimilated > 30
+    runs = {r["name"]: r for r in result["runs"]}
+    # the bottom rows the full run assimilated are the ones denied (the others were rejected or below usable QC)
+    assert runs["no-bottom"]["observations"]["rows_denied"] >= bottom_assimilated
+    assert runs["all-data"]["data_kept"] == 1.0 and 0.5 < runs["no-bottom"]["data_kept"] < 1.0
+
+
+def test_more_data_is_no_worse_where_it_was_denied(study):
+    _, result, _ = study
+    runs = {r["name"]: r for r in result["runs"]}
+    for name in ("nitrate@SYNTH-B/bottom", "oxygen@SYNTH-B/bottom"):
+        assert runs["all-data"]["skill"][name]["rmse"] < runs["no-bottom"]["skill"][name]["rmse"], name
