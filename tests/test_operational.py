@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from twin import dispositions as disp
 from twin.config import parse_config
 from twin.hindcast import _bottle_error_sd, run_hindcast
 from twin.operational import init_store, run_cycle, store_status

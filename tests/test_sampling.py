@@ -119,7 +119,6 @@ def test_exact_ties_broken_by_label():
 
 
 def test_log_space_plan_equals_linear_plan_on_logs():
-    rng = np.random.default_rng(9)
     E = np.exp(correlated_ensemble(9) * 0.3)  # positive, lognormal-ish
     candidates = some_candidates(E)
     plan = greedy_plan(E, 0, candidates, budget=3, log=True)
