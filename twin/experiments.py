@@ -40,9 +40,7 @@ import html
 import io
 import json
 import re
-import shutil
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -327,51 +325,19 @@ def apply_denial(prepared, denied: np.ndarray):
 # --- one run ----------------------------------------------------------------------------------------------
 
 def _denied_hindcast(config: TwinConfig, rules, out: Path, quiet: bool):
-    """The hindcast of ``twin.hindcast.run_hindcast`` with the rules' rows withheld after ingest and QC.
+    """``twin.hindcast.hindcast`` with the rules' rows withheld after ingest and QC, without the free-run
+    baselines (they do not depend on the data, so they are the same in every run). Returns (metrics,
+    prepared, outputs, dispositions, base_withheld, denied)."""
+    from twin.hindcast import hindcast
+    masks = {}
 
-    The same steps, in the same order, minus the free-run baselines (they do not depend on the data, so
-    they are the same in every run). Returns (metrics, prepared, outputs, base_withheld, denied).
-    """
-    import jax
+    def deny(prepared):
+        masks["base"] = prepared.withheld
+        masks["denied"] = denial_mask(prepared.table, prepared.layout, rules, prepared.day0, prepared.num_days)
+        return apply_denial(prepared, masks["denied"])
 
-    from twin.cycle_obs import row_dispositions
-    from twin.forecast import make_forecast
-    from twin.hindcast import alert_specs, build_model, prepare, publish, refit_summary, run_windows
-    from twin.products import write_products
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    work.chmod(0o755)
-    try:
-        started = time.perf_counter()
-        prepared = prepare(config, work, quiet)
-        base_withheld = prepared.withheld
-        denied = denial_mask(prepared.table, prepared.layout, rules, prepared.day0, prepared.num_days)
-        prepared = apply_denial(prepared, denied)
-        write_resolved_config(prepared.config, work)
-        alert_specs(prepared)
-        stepper, log_sd, emulator = build_model(prepared.config, prepared, quiet)
-        forecast = make_forecast(stepper, prepared.layout, prepared.sites, log_sd)
-        key = jax.random.PRNGKey(prepared.config.seed)
-        refitter = None
-        if emulator is not None and prepared.config.refit.interval_days is not None:
-            from twin.emulator_source import train_config
-            from twin.refit import Refitter
-            refitter = Refitter(emulator, prepared, stepper, train_config(prepared.config),
-                                jax.random.fold_in(key, 2), quiet)
-        _, outputs, timings, _ = run_windows(prepared, forecast, key, quiet,
-                                             None if emulator is None else emulator.weights, refitter)
-        refits = None
-        if refitter is not None:
-            emulator = refitter.emulator
-            refits = refit_summary(prepared, refitter, stepper, outputs)
-        dispositions = row_dispositions(prepared.cycle_obs, np.asarray(outputs.disposition))
-        metrics = write_products(work, prepared, outputs, dispositions, {}, emulator,
-                                 {"cycles": timings, "total_seconds": time.perf_counter() - started}, refits)
-        publish(work, out)
-        return metrics, prepared, outputs, dispositions, base_withheld, denied
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    run = hindcast(config, out, quiet=quiet, adjust=deny, baselines=False)
+    return run.metrics, run.prepared, run.outputs, run.dispositions, masks["base"], masks["denied"]
 
 
 def run_one(config: TwinConfig, run: RunSpec, out: str | Path, keep_alerts: bool = False,
@@ -657,16 +623,6 @@ def refit_figure(study: dict):
     return fig
 
 
-def _table(rows: list[list], header: list[str]) -> str:
-    def fmt(x):
-        if isinstance(x, float):
-            return "-" if not np.isfinite(x) else f"{x:.4g}"
-        return html.escape(str(x))
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def summary_rows(study: dict) -> list[list]:
     """One row per run: name, rules, refit interval, data kept, super-observations and rows assimilated,
     rows denied, total and refit seconds."""
@@ -682,8 +638,7 @@ SUMMARY_HEADER = ["run", "rules", "refit interval (d)", "data kept", "super-obs 
 
 
 def write_study_report(path: Path, study: dict, figures: dict[str, bytes]) -> Path:
-    import base64
-    from twin.observations import atomic_write
+    from twin.report import html_table, png_html, write_html_page
     variables = _variables(study)
     basis = "the truth (twin experiment)" if study.get("skill_basis") == "truth" else \
         "the config's withheld observations (the same rows in every run)"
@@ -691,21 +646,13 @@ def write_study_report(path: Path, study: dict, figures: dict[str, bytes]) -> Pa
              f"<p>{html.escape(study.get('description', ''))}</p>",
              f"<p>{len(study['runs'])} runs in {study['seconds']:.0f} s. Skill against {basis}. Data kept: "
              "super-observations assimilated relative to the run that assimilated most.</p>",
-             "<h2>Runs</h2>", _table(summary_rows(study), SUMMARY_HEADER)]
+             "<h2>Runs</h2>", html_table(summary_rows(study), SUMMARY_HEADER)]
     for metric in ("rmse", "crps"):
         rows = [[v] + [s["skill"].get(v, {}).get(metric, float("nan")) for s in study["runs"]] for v in variables]
         parts += [f"<h2>{metric.upper()} per variable</h2>",
-                  _table(rows, ["variable"] + [s["name"] for s in study["runs"]])]
-    for name, png in figures.items():
-        data = base64.b64encode(png).decode()
-        parts.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"/></figure>')
-    style = ("body{font-family:sans-serif;max-width:1500px;margin:auto;padding:1em}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}"
-             "img{max-width:100%}figure{margin:0}")
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>twin osse "
-            f"{html.escape(study['config'])}</title><style>{style}</style></head><body>"
-            + "\n".join(parts) + "</body></html>")
-    return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+                  html_table(rows, ["variable"] + [s["name"] for s in study["runs"]])]
+    parts += [png_html(png, name) for name, png in figures.items()]
+    return write_html_page(path, f"twin osse {study['config']}", parts, max_width_px=1500)
 
 
 def format_study(study: dict) -> list[str]:

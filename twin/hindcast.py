@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -311,8 +311,28 @@ def publish(work: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class HindcastRun(NamedTuple):
+    """A published hindcast, with what its products were made from."""
+    metrics: dict
+    prepared: Prepared
+    outputs: WindowOutputs
+    dispositions: np.ndarray
+
+
 def run_hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool = False) -> dict:
     """Run the whole hindcast and publish its products into ``out`` (default: config.output.directory)."""
+    return hindcast(config, out, quiet=quiet).metrics
+
+
+def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool = False,
+             adjust: Callable[[Prepared], Prepared] | None = None, baselines: bool = True) -> HindcastRun:
+    """:func:`run_hindcast`, returning what the products were made from.
+
+    Args:
+        adjust: applied to the prepared data after ingest and QC (``twin osse`` withholds denied rows).
+        baselines: run the free-run and process-model baselines of a twin experiment (the same in every
+            run of a data-denial study, so the study skips them).
+    """
     from twin.products import write_products
     out = Path(out or config.output.directory)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +342,8 @@ def run_hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bo
         started = time.perf_counter()
         write_resolved_config(config, work)
         prepared = prepare(config, work, quiet)
+        if adjust is not None:
+            prepared = adjust(prepared)
         write_resolved_config(prepared.config, work)
         alert_specs(prepared)  # an alert on a site or layer the twin lacks fails now, not after pretraining
         stepper, log_sd, emulator = build_model(prepared.config, prepared, quiet)
@@ -341,28 +363,28 @@ def run_hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bo
         if refitter is not None:
             emulator = refitter.emulator
             refits = refit_summary(prepared, refitter, stepper, outputs)
-        baselines = {}
-        if prepared.truth is not None:
+        runs = {}
+        if baselines and prepared.truth is not None:
             _log("free run and process-model baselines", quiet)
-            baselines["free_run"] = np.asarray(free_forecast(
+            runs["free_run"] = np.asarray(free_forecast(
                 forecast, members0, prepared.forcing, jax.random.fold_in(key, 10**6), prepared.num_days
             ).mean(axis=1))
             if prepared.config.model.kind == "process":
-                baselines["process_model"] = baselines["free_run"]  # the same model: one run serves both
+                runs["process_model"] = runs["free_run"]  # the same model: one run serves both
             else:
                 process = make_forecast(process_stepper(ProcessParams(), prepared.sites,
                                                         prepared.config.model.substeps),
                                         prepared.layout, prepared.sites,
                                         process_log_error_sd(prepared.config, prepared.layout))
-                baselines["process_model"] = np.asarray(free_forecast(
+                runs["process_model"] = np.asarray(free_forecast(
                     process, members0, prepared.forcing, jax.random.fold_in(key, 10**6 + 1), prepared.num_days
                 ).mean(axis=1))
         dispositions = row_dispositions(prepared.cycle_obs, np.asarray(outputs.disposition))
-        metrics = write_products(work, prepared, outputs, dispositions, baselines, emulator,
+        metrics = write_products(work, prepared, outputs, dispositions, runs, emulator,
                                  {"cycles": timings, "total_seconds": time.perf_counter() - started}, refits)
         publish(work, out)
         _log(f"done: {out}", quiet)
-        return metrics
+        return HindcastRun(metrics, prepared, outputs, dispositions)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -18,13 +18,29 @@ _DISPOSITION_STYLE = {disp.ASSIMILATED: ("k", "o", "assimilated"),
                       disp.DUPLICATE: ("grey", ".", "duplicate")}
 
 
-def _figure_html(fig, alt: str) -> str:
+def png_html(png: bytes, alt: str) -> str:
+    """A PNG embedded in the page (the page works offline and when mailed)."""
+    data = base64.b64encode(png).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/></figure>'
+
+
+def figure_html(fig, alt: str) -> str:
+    """A matplotlib figure embedded as PNG (the figure is closed)."""
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/></figure>'
+    return png_html(buf.getvalue(), alt)
+
+
+def write_html_page(path: Path, title: str, parts: list[str], max_width_px: int = 1400) -> Path:
+    """One self-contained HTML page from its parts, written atomically (hindcast, scenario and OSSE reports)."""
+    style = (f"body{{font-family:sans-serif;max-width:{max_width_px}px;margin:auto;padding:1em}}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}"
+             "img{max-width:100%}figure{margin:0}")
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>")
+    return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 def _site_figure(prepared, outputs, dispositions, baselines, site: str) -> str:
@@ -74,7 +90,7 @@ def _site_figure(prepared, outputs, dispositions, baselines, site: str) -> str:
                 labels.append(l)
     fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 7), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return _figure_html(fig, f"time series at {site}")
+    return figure_html(fig, f"time series at {site}")
 
 
 def _diagnostics_figure(prepared, outputs) -> str:
@@ -99,7 +115,7 @@ def _diagnostics_figure(prepared, outputs) -> str:
     axes[2].set_ylabel("per cycle")
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    return _figure_html(fig, "innovation statistics")
+    return figure_html(fig, "innovation statistics")
 
 
 _ALERT_COLUMNS = [("n", "n"), ("base rate", "base_rate"), ("Brier", "brier"), ("reliability", "reliability"),
@@ -123,7 +139,7 @@ def _alert_figures(prepared, outputs, k: int, alert, entry: dict) -> str:
         against = "observations" if label == "observed" else "the truth"
         ax.set_title(f"against {against}: {ax.get_title()}", fontsize=8)
     fig.tight_layout()
-    parts = [_figure_html(fig, f"reliability diagram of {alert.name}")]
+    parts = [figure_html(fig, f"reliability diagram of {alert.name}")]
 
     times = analysis_times(prepared)
     probs = np.asarray(outputs.alert_probability)
@@ -146,7 +162,7 @@ def _alert_figures(prepared, outputs, k: int, alert, entry: dict) -> str:
     ax.set_title(alert.name, fontsize=9)
     ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
     fig.tight_layout()
-    parts.append(_figure_html(fig, f"probability history of {alert.name}"))
+    parts.append(figure_html(fig, f"probability history of {alert.name}"))
     return "\n".join(parts)
 
 
@@ -169,12 +185,13 @@ def _alerts_section(prepared, outputs, metrics: dict) -> list[str]:
                 for label in ("observed", "truth") if label in entry]
         parts += [f"<h3>{html.escape(alert.name)}: P &ge; {alert.probability:g} within {alert.horizon_days} days</h3>",
                   f"<p>Raised on {entry['raised_days']} of {metrics['period']['days']} days.</p>",
-                  _table(rows, ["verified against"] + [h for h, _ in _ALERT_COLUMNS]),
+                  html_table(rows, ["verified against"] + [h for h, _ in _ALERT_COLUMNS]),
                   _alert_figures(prepared, outputs, k, alert, entry)]
     return parts
 
 
-def _table(rows: list[list], header: list[str]) -> str:
+def html_table(rows: list[list], header: list[str]) -> str:
+    """An HTML table; floats to 4 significant digits, non-finite ones as '-'."""
     def fmt(x):
         if isinstance(x, float):
             return "-" if not np.isfinite(x) else f"{x:.4g}"
@@ -198,13 +215,13 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
                          e.get("process_model", {}).get("rmse", float("nan")),
                          e.get("observation_error", float("nan")), e["twin"]["spread_skill"]])
         parts += ["<h2>Skill against the truth (twin experiment)</h2>",
-                  _table(rows, ["variable", "", "RMSE twin", "RMSE free run", "RMSE process model",
+                  html_table(rows, ["variable", "", "RMSE twin", "RMSE free run", "RMSE process model",
                                 "obs. error", "spread / RMSE"])]
     if "validation" in metrics:
         rows = [[k, e["n"], e["twin"]["rmse"], e["persistence"]["rmse"], e["climatology"]["rmse"],
                  e["twin"]["crps"], e["twin"]["coverage_90"]] for k, e in metrics["validation"].items()]
         parts += ["<h2>Withheld observations</h2>",
-                  _table(rows, ["variable", "n", "RMSE twin", "RMSE persistence", "RMSE climatology", "CRPS twin",
+                  html_table(rows, ["variable", "n", "RMSE twin", "RMSE persistence", "RMSE climatology", "CRPS twin",
                                 "90 % coverage"])]
     parts += _alerts_section(prepared, outputs, metrics)
     parts += ["<h2>Time series</h2>"]
@@ -212,17 +229,17 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
         parts.append(_site_figure(prepared, outputs, dispositions, baselines, site))
     parts += ["<h2>Innovation statistics</h2>", _diagnostics_figure(prepared, outputs)]
     parts += ["<h2>Observation ledger</h2>",
-              _table([[k, v] for k, v in metrics["dispositions"].items()], ["disposition", "count"])]
+              html_table([[k, v] for k, v in metrics["dispositions"].items()], ["disposition", "count"])]
     lineage = metrics.get("emulator_lineage", [])
     parts += ["<h2>Emulator lineage and refits</h2>",
-              _table([[e.get("kind"), e.get("time"), e.get("data"), e.get("skill_before"), e.get("skill_after"),
+              html_table([[e.get("kind"), e.get("time"), e.get("data"), e.get("skill_before"), e.get("skill_after"),
                        e.get("kept")] for e in lineage],
                      ["kind", "time", "data", "skill before", "skill after", "kept"]) if lineage
               else "<p>No emulator (process model run).</p>"]
     refit = metrics.get("refit")
     if refit:
         parts += [f"<h3>Refit history (every {refit['interval_days']} days)</h3>",
-                  _table([[r["time"], r["holdout"], r["score_before"], r["score_after"], r["kept"], r["seconds"]]
+                  html_table([[r["time"], r["holdout"], r["score_before"], r["score_after"], r["kept"], r["seconds"]]
                           for r in refit["history"]],
                          ["time", "held out", "forecast score before", "after", "kept", "seconds"])
                   if refit["history"] else "<p>No refit was attempted (too little data before the first one).</p>"]
@@ -230,11 +247,5 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
         if lead:
             before, after = refit[lead]["pretrained"], refit[lead]["refit"]
             parts += [f"<h3>{lead.split('_')[1]} forecast RMSE against the truth: pretrained vs refit emulator</h3>",
-                      _table([[k, before[k], after[k]] for k in before], ["variable", "pretrained", "refit"])]
-    style = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}"
-             "img{max-width:100%}figure{margin:0}")
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>twin hindcast "
-            f"{html.escape(prepared.config.name)}</title><style>{style}</style></head><body>"
-            + "\n".join(parts) + "</body></html>")
-    return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+                      html_table([[k, before[k], after[k]] for k in before], ["variable", "pretrained", "refit"])]
+    return write_html_page(path, f"twin hindcast {prepared.config.name}", parts)

@@ -551,7 +551,7 @@ def _figures(run: ScenarioRun, summary: dict) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from twin.report import _figure_html
+    from twin.report import figure_html
     from twin.state_layout import STATE_UNITS, STATE_VARIABLES
     layout, times = run.layout, run.times
     names = [s.name for s in run.spec.scenarios]
@@ -583,7 +583,7 @@ def _figures(run: ScenarioRun, summary: dict) -> list[tuple[str, str]]:
             handles, labels = axes[0, 0].get_legend_handles_labels()
             fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
             fig.tight_layout(rect=(0, 0, 1, 0.975))
-            figures.append((f"{kind} at {site}", _figure_html(fig, f"{kind} at {site}")))
+            figures.append((f"{kind} at {site}", figure_html(fig, f"{kind} at {site}")))
     fields = sorted({c.name for s in run.spec.scenarios for c in s.changes if c.kind == "forcing"})
     if fields:
         rows = [(f, j) for f in fields for j in range(len(layout.layers) if f in _LAYER_FIELDS else 1)]
@@ -599,7 +599,7 @@ def _figures(run: ScenarioRun, summary: dict) -> list[tuple[str, str]]:
             ax.tick_params(labelsize=7)
         axes[0, 0].legend(fontsize=7, ncol=len(names) + 1)
         fig.tight_layout()
-        figures.append(("forcing changes", _figure_html(fig, "forcing changes")))
+        figures.append(("forcing changes", figure_html(fig, "forcing changes")))
     if run.alerts:
         fig, axes = plt.subplots(len(run.alerts), 1, sharex=True, squeeze=False, figsize=(11, 2.4 * len(run.alerts)))
         for k, (ax, a) in enumerate(zip(axes[:, 0], run.alerts)):
@@ -612,7 +612,7 @@ def _figures(run: ScenarioRun, summary: dict) -> list[tuple[str, str]]:
             ax.set_title(a.name, fontsize=9)
         axes[0, 0].legend(fontsize=7, ncol=len(names) + 1)
         fig.tight_layout()
-        figures.append(("daily alert probabilities", _figure_html(fig, "daily alert probabilities")))
+        figures.append(("daily alert probabilities", figure_html(fig, "daily alert probabilities")))
     if run.outside:
         runs = ["baseline"] + names
         fig, axes = plt.subplots(len(runs), 1, sharex=True, squeeze=False, figsize=(11, 0.25 * len(run.feature_names)
@@ -623,7 +623,7 @@ def _figures(run: ScenarioRun, summary: dict) -> list[tuple[str, str]]:
             ax.set_title(f"{n}: features outside the training range (red)", fontsize=8)
         axes[-1, 0].set_xlabel("day of the horizon")
         fig.tight_layout()
-        figures.append(("limits of use", _figure_html(fig, "limits of use")))
+        figures.append(("limits of use", figure_html(fig, "limits of use")))
     return figures
 
 
@@ -634,8 +634,7 @@ def _fmt_interval(e: dict) -> str:
 def write_report(path: Path, run: ScenarioRun, summary: dict) -> Path:
     """report.html: the changes, a table of differences (scenarios side by side), alerts, limits of use and
     the figures (PNG embedded)."""
-    from twin.observations import atomic_write
-    from twin.report import _table
+    from twin.report import html_table, write_html_page
     names = [s.name for s in run.spec.scenarios]
     parts = [f"<h1>What-if scenarios from {html.escape(run.store)}</h1>",
              f"<p>{run.spec.days} days from the analysis of {summary['start']}; {run.members} members; model: "
@@ -646,14 +645,14 @@ def write_report(path: Path, run: ScenarioRun, summary: dict) -> Path:
         rows = [[c.target, c.layer or "all", c.operation, c.value,
                  "whole horizon" if c.period is None else f"{c.period.start} .. {c.period.end}"] for c in s.changes]
         parts += [f"<h3>{html.escape(s.name)}</h3><p>{html.escape(s.description)}</p>",
-                  _table(rows, ["target", "layer", "operation", "value", "period"])]
+                  html_table(rows, ["target", "layer", "operation", "value", "period"])]
         parts += [f"<p><b>warning:</b> {html.escape(w)}</p>" for w in run.warnings[s.name]]
     layout = run.layout
     for label, key in (("time-mean difference", "time_mean"), ("difference at the end of the horizon", "end")):
         rows = [[name, summary["scenarios"][names[0]]["differences"][name]["units"]]
                 + [_fmt_interval(summary["scenarios"][n]["differences"][name][key]) for n in names]
                 for name in layout.names()]
-        parts += [f"<h2>{label.capitalize()} (mean [5 %, 95 %])</h2>", _table(rows, ["variable", "units"] + names)]
+        parts += [f"<h2>{label.capitalize()} (mean [5 %, 95 %])</h2>", html_table(rows, ["variable", "units"] + names)]
     if run.alerts:
         rows = []
         for k, a in enumerate(run.alerts):
@@ -662,7 +661,7 @@ def write_report(path: Path, run: ScenarioRun, summary: dict) -> Path:
                         + [summary["scenarios"][n]["alerts"][k]["probability"] for n in names])
             rows.append([a.name, "P within the horizon", b["probability_whole_horizon"]]
                         + [summary["scenarios"][n]["alerts"][k]["probability_whole_horizon"] for n in names])
-        parts += ["<h2>Alerts</h2>", _table(rows, ["alert", "window", "baseline"] + names)]
+        parts += ["<h2>Alerts</h2>", html_table(rows, ["alert", "window", "baseline"] + names)]
     parts.append("<h2>Limits of use of the emulator</h2>")
     if not run.outside:
         parts.append("<p>The process model ran: no training range applies.</p>")
@@ -674,16 +673,11 @@ def write_report(path: Path, run: ScenarioRun, summary: dict) -> Path:
             rows += [[n, f, e["fraction_of_days"], e["first"], e["last"]] for f, e in limits.items()]
         parts.append("<p>Days on which a forcing feature lies outside the range the emulator was trained on: "
                      "there its answer is an extrapolation.</p>")
-        parts.append(_table(rows, ["run", "feature", "fraction of days", "first", "last"]) if rows
+        parts.append(html_table(rows, ["run", "feature", "fraction of days", "first", "last"]) if rows
                      else "<p>Every forcing feature stays inside the training range in every run.</p>")
     parts.append("<h2>Figures</h2>")
     parts += [f"<h3>{html.escape(alt)}</h3>{fig}" for alt, fig in _figures(run, summary)]
-    style = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}"
-             "img{max-width:100%}figure{margin:0}")
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>twin scenario</title>"
-            f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>")
-    return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return write_html_page(path, "twin scenario", parts)
 
 
 def _json_default(value):
