@@ -28,6 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Full float32 matrix products on every backend: JAX's GPU default (TF32) keeps 10 mantissa bits, which
+# loses three digits in Kalman analyses and implicit solves. A precision the user set is kept.
+if jax.config.jax_default_matmul_precision is None:
+    jax.config.update("jax_default_matmul_precision", "highest")
+
 __all__ = [
     "TRACERS",
     "NUM_TRACERS",
