@@ -61,8 +61,8 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         sites: ``emulators.parameters.Site`` with a leading site axis (for the chlorophyll diagnostic).
         log_error_sd: (d,) sd of the multiplicative model error per model-state element and day.
     """
-    model_idx = jnp.asarray(layout.model_slices())
-    diag_idx = jnp.asarray(layout.diagnostic_slices())
+    model_idx = np.asarray(layout.model_slices())  # NumPy constants of the traced function
+    diag_idx = np.asarray(layout.diagnostic_slices())
     sd = jnp.asarray(log_error_sd, jnp.float32)
     chl = jax.vmap(jax.vmap(lambda x, f, s: chlorophyll(x, f, chlorophyll_params, s), in_axes=(0, 0, 0)),
                    in_axes=(0, None, None))
@@ -87,7 +87,7 @@ def stack_sites(items):
     first = items[0]
     if isinstance(first, Forcing):
         return jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *items)
-    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs], axis=0), *items)
+    return jax.tree.map(lambda *xs: jax.device_put(np.stack([np.asarray(x) for x in xs], axis=0)), *items)
 
 
 def initial_ensemble(key: jax.Array, layout: StateLayout, num_members: int, site_state: np.ndarray,

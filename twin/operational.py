@@ -168,8 +168,8 @@ def _state_arrays(members, inflation, cycles_done: int) -> dict[str, np.ndarray]
 def load_state(store: Store, manifest):
     from assimilation.types import InflationState
     arrays = store.load_arrays(manifest["files"]["state"])
-    inflation = InflationState(**{k: jnp.asarray(arrays[f"inflation_{k}"]) for k in InflationState._fields})
-    return jnp.asarray(arrays["members"]), inflation
+    inflation = InflationState(**{k: jax.device_put(arrays[f"inflation_{k}"]) for k in InflationState._fields})
+    return jax.device_put(arrays["members"]), inflation
 
 
 def _now() -> str:
@@ -302,7 +302,8 @@ def requalify(ledger: xr.Dataset, config: TwinConfig) -> xr.Dataset:
     context = np.flatnonzero(times >= start)
     sub = ledger.isel(obs=context)
     sub = sub.assign(qc=("obs", sub["qc_read"].values), position=("obs", context))
-    sub = apply_qc(sort_observations(flag_duplicates(sub)), config.qc)
+    sub = sort_observations(flag_duplicates(sub))
+    sub = apply_qc(sub, config.qc, only_series_of=pending[sub["position"].values])
     qc = ledger["qc"].values.copy()
     position = sub["position"].values
     take = pending[position]
@@ -497,10 +498,19 @@ def _mark_late(ledger: xr.Dataset, day0, done: int) -> tuple[xr.Dataset, int]:
     return ledger.assign(disposition=("obs", code)), int(late.sum())
 
 
+@jax.jit
+def _store_keys(seed, target):
+    """(key of the cycles, key of the forecast from the analysis at ``target``), as the hindcast derives
+    them from the config's seed; one compiled program instead of four eager random ops per process."""
+    base = jax.random.PRNGKey(seed)
+    return jax.random.fold_in(base, 1), jax.random.fold_in(base, 10**7 + target)
+
+
 def _advance(store, manifest, config, layout, day0, ledger, history, alerts_history, done, target, quiet):
     """Cycles ``done`` .. ``target - 1``, the forecast and the alerts."""
     from twin.cycle_obs import build_cycle_observations, row_dispositions
     from twin.engine import EngineState, free_forecast, run_window
+    from twin.programs import stored_call
     from twin.hindcast import filter_params
     sites = store_sites(config, layout)
     forecast_days = config.hindcast.forecast_days
@@ -519,16 +529,24 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
         cobs = build_cycle_observations(table, layout, day0, target, min_slots=slots,
                                         representativeness_fraction=config.filter.representativeness_fraction)
     params = filter_params(config)
-    log_mask = jnp.ones(layout.dim, bool)
-    cycle_key = jax.random.fold_in(jax.random.PRNGKey(int(manifest["seed"])), 1)
+    log_mask = np.ones(layout.dim, bool)
+    cycle_key, forecast_key = _store_keys(int(manifest["seed"]), target)
     state = EngineState(members, inflation)
+    # The window and the forecast run as programs exported to the store (twin.programs); what they close
+    # over (model, filter settings) comes from the config and the emulator version.
+    programs = store.path("programs")
+    static_key = f"{manifest['files'].get('emulator')}|{store.path('config.yaml').read_text(encoding='utf-8')}"
+
+    def window(state, obs, forcing, key, log_mask, first_cycle, weights):
+        return run_window(forecast, state, obs, forcing, key, params, log_mask, first_cycle, weights)
     outs = []
     _log(f"cycling {target - done} day(s): {str(day0 + np.timedelta64(done + 1, 'D'))[:10]} .. "
          f"{str(day0 + np.timedelta64(target, 'D'))[:10]}", quiet)
     for i in range(done, target):
-        obs_i = jax.tree.map(lambda a: jnp.asarray(a[i:i + 1]), cobs.obs)
+        obs_i = jax.tree.map(lambda a: a[i:i + 1], cobs.obs)
         forcing_i = jax.tree.map(lambda a: a[i:i + 1], forcing)
-        state, out = run_window(forecast, state, obs_i, forcing_i, cycle_key, params, log_mask, i, weights)
+        state, out = stored_call(programs, "window", window, static_key, state, obs_i, forcing_i, cycle_key,
+                                 log_mask, i, weights)
         outs.append(jax.tree.map(np.asarray, out))
     out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
     # Dispositions and the twin's check of every row that reached the filter.
@@ -554,8 +572,8 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     history = _extend_history(history, out, forcing, done, target)
     # Forecast and alerts from the newest analysis.
     future = jax.tree.map(lambda a: a[target:target + forecast_days], forcing)
-    key = jax.random.fold_in(jax.random.PRNGKey(int(manifest["seed"])), 10**7 + target)
-    ens = np.asarray(free_forecast(forecast, state.members, future, key, forecast_days, weights))
+    ens = np.asarray(stored_call(programs, "forecast", lambda m, f, k, w: free_forecast(forecast, m, f, k,
+                                 forecast_days, w), static_key, state.members, future, forecast_key, weights))
     analysis_time = day0 + np.timedelta64(target, "D")
     product = write_forecast(store, config, layout, ens, analysis_time)
     records = _alerts(config, layout, ens, analysis_time)
@@ -594,7 +612,7 @@ def _alerts(config, layout, ens: np.ndarray, analysis_time) -> list[dict]:
 
 def write_forecast(store: Store, config, layout, ens: np.ndarray, analysis_time) -> Path:
     """The ensemble forecast (L, N, n) as CF NetCDF: mean, sd and 5/50/95 % per variable, site and layer."""
-    from twin.observations import atomic_write
+    from twin.observations import write_netcdf
     from twin.state_layout import STATE_UNITS, STATE_VARIABLES
     lead = np.arange(1, ens.shape[0] + 1)
     times = np.datetime64(analysis_time, "ns") + lead * np.timedelta64(1, "D")
@@ -617,7 +635,7 @@ def write_forecast(store: Store, config, layout, ens: np.ndarray, analysis_time)
                      "analysis_time": str(analysis_time)[:19], "members": ens.shape[1]})
     path = store.path("products") / f"forecast-{str(analysis_time)[:10]}.nc"
     encoding = {k: {"dtype": str} for k in ("site", "layer")}
-    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
+    return write_netcdf(ds, path, encoding)
 
 
 # --- status and forecast -----------------------------------------------------------------------------
@@ -685,7 +703,7 @@ def store_forecast(store_dir: str | Path, days: int, out: str | Path | None = No
     future = jax.tree.map(lambda a: a[done:done + days], forcing)
     forecast, emulator, _ = store_model(store, manifest, config, layout, store_sites(config, layout))
     members, _ = load_state(store, manifest)
-    key = jax.random.fold_in(jax.random.PRNGKey(int(manifest["seed"])), 10**7 + done)
+    key = _store_keys(int(manifest["seed"]), done)[1]
     ens = np.asarray(free_forecast(forecast, members, future, key, days,
                                    None if emulator is None else emulator.weights))
     path = write_forecast(store, config, layout, ens, day0 + np.timedelta64(done, "D"))

@@ -189,9 +189,9 @@ def truth_dataset(truth: Truth) -> xr.Dataset:
 
 
 def write_truth(path: Path, truth: Truth) -> Path:
-    from twin.observations import atomic_write
+    from twin.observations import write_netcdf
     ds = truth_dataset(truth)
-    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
+    return write_netcdf(ds, path)
 
 
 def write_daily_experiment(directory: str | Path, spec: ExperimentSpec) -> tuple[Truth, list[tuple[str, list[Path]]]]:

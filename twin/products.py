@@ -11,7 +11,7 @@ from twin import dispositions as disp
 from twin import flags
 from twin.cycle_obs import cycle_of
 from twin.engine import QUANTILES
-from twin.observations import atomic_write
+from twin.observations import atomic_write, write_netcdf
 from twin.skill import climatology_forecast, gaussian_crps, persistence_forecast, rmse, truth_scores
 from twin.state_layout import OBSERVABLE, STATE_UNITS, STATE_VARIABLES
 from twin.units import CF_STANDARD_NAMES
@@ -245,7 +245,7 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
     ds = reanalysis_dataset(prepared, outputs, dispositions)
     encoding = {k: ({"dtype": str} if v.dtype == object else {"zlib": True, "complevel": 4})
                 for k, v in ds.variables.items() if v.dtype == object or v.dtype.kind in "fiu"}
-    atomic_write(work / "reanalysis.nc", lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
+    write_netcdf(ds, work / "reanalysis.nc", encoding)
     counts = {disp.DISPOSITION_NAMES[int(c)]: int(k) for c, k in zip(*np.unique(dispositions, return_counts=True))}
     diag = outputs.diagnostics
     metrics = {

@@ -140,11 +140,14 @@ def run_series_tests(variable: str, values: np.ndarray, times: np.ndarray, confi
     return result
 
 
-def apply_qc(table: xr.Dataset, config: QcConfig | None = None, progress: bool = False) -> xr.Dataset:
+def apply_qc(table: xr.Dataset, config: QcConfig | None = None, progress: bool = False,
+             only_series_of: np.ndarray | None = None) -> xr.Dataset:
     """Run the QARTOD tests on every series and aggregate worst-wins into ``qc``.
 
     Returns the table with ``qc`` updated, ``qc_native`` (the flag from the native scale alone) and one
     ``qc_<test>`` variable per test. A series is one (source, site, layer_code, depth, variable).
+    ``only_series_of`` (bool per row): run the series tests only on the series holding one of these rows
+    (an operational cycle requalifying new rows; other rows' series results are then not evaluated).
     """
     config = config or QcConfig()
     n = table.sizes[OBS_DIM]
@@ -167,6 +170,8 @@ def apply_qc(table: xr.Dataset, config: QcConfig | None = None, progress: bool =
     usable_idx = np.flatnonzero(usable)
     for key, local in iterator:
         idx = usable_idx[local]
+        if only_series_of is not None and not only_series_of[idx].any():
+            continue
         order = np.argsort(times_all[idx], kind="stable")
         idx = idx[order]
         res = run_series_tests(key[-1], values_all[idx], times_all[idx], config)

@@ -694,6 +694,7 @@ def scenario(store_dir: str | Path, scenario_path: str | Path, out: str | Path |
     import yaml
 
     from twin.hindcast import publish
+    from twin.observations import write_netcdf
     started = time.perf_counter()
     spec = load_scenario_file(scenario_path)
     out = Path(out) if out is not None else Path(store_dir).resolve().parent / f"scenario-{Path(scenario_path).stem}"
@@ -706,7 +707,7 @@ def scenario(store_dir: str | Path, scenario_path: str | Path, out: str | Path |
         ds = scenario_dataset(run)
         encoding = {k: {"dtype": str} for k in ("site", "layer", "scenario", "alert", "feature",
                                                 "scenario_description") if k in ds.variables}
-        ds.to_netcdf(work / "scenario.nc", engine="netcdf4", encoding=encoding)
+        write_netcdf(ds, work / "scenario.nc", encoding)
         (work / "scenario.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
                                             encoding="utf-8")
         write_report(work / "report.html", run, summary)

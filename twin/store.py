@@ -12,6 +12,7 @@ Layout (DESIGN section 7)::
     STORE/products/              forecasts (CF NetCDF) and plots, named by analysis time
     STORE/experiment/            a twin experiment's synthetic files (stores made from one)
     STORE/jax-cache/             compiled XLA programs reused by the next cycle's process
+    STORE/programs/              exported cycle and forecast programs (twin.programs: no tracing per process)
     STORE/.lock                  held by the cycle that is running
 
 A cycle never rewrites a file the manifest names: it writes new ``<seq>`` files (each atomically: temporary
@@ -117,7 +118,7 @@ class Store:
 
     def referenced(self, manifest: dict[str, Any]) -> set[str]:
         """Top-level names the manifest keeps alive."""
-        names = {MANIFEST, "config.yaml", "products", ".lock", "experiment", "jax-cache"}
+        names = {MANIFEST, "config.yaml", "products", ".lock", "experiment", "jax-cache", "programs"}
         for value in manifest.get("files", {}).values():
             names.add(Path(value).parts[0])
         return names
