@@ -256,7 +256,7 @@ def load_checkpoint(directory: str | os.PathLike) -> Emulator:
                 f"checkpoint {directory}: {key} is {array.dtype}{list(array.shape)}, the network expects "
                 f"{leaf.dtype}{list(leaf.shape)}"
             )
-        leaves.append(jnp.asarray(array))
+        leaves.append(jax.device_put(array))  # device_put: no eager conversion program per shape
     weights = jax.tree_util.tree_unflatten(treedef, leaves)
 
     groups = {}
@@ -264,7 +264,7 @@ def load_checkpoint(directory: str | os.PathLike) -> Emulator:
         missing = [f for f in cls._fields if f"{group}/{f}" not in arrays]
         if missing:
             raise ValueError(f"checkpoint {directory}: missing {group} fields {missing}")
-        groups[group] = cls(**{f: jnp.asarray(arrays[f"{group}/{f}"]) for f in cls._fields})
+        groups[group] = cls(**{f: jax.device_put(arrays[f"{group}/{f}"]) for f in cls._fields})
     return Emulator(
         config=config,
         graphdef=graphdef,

@@ -343,7 +343,8 @@ def make_forcing(
     for name, arr in fields.items():
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"forcing field {name!r} has non-finite values; fill gaps first (fill_series)")
-    return Forcing(**{k: jnp.asarray(v) for k, v in fields.items()})
+    # device_put, not jnp.asarray: no eager conversion program per field shape (a cycle process pays each)
+    return Forcing(**{k: v if isinstance(v, jax.Array) else jax.device_put(np.asarray(v)) for k, v in fields.items()})
 
 
 def _ar1(key: jax.Array, n: int, sd: float, correlation_days: float) -> np.ndarray:

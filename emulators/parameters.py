@@ -290,13 +290,19 @@ def default_site(
         raise ValueError(f"layer_thickness must be positive, got {layer_thickness}")
     offshore = (_OFFSHORE_SURFACE + _OFFSHORE_BOTTOM)[: num_layers * NUM_TRACERS]
     return Site(
-        latitude=jnp.float32(latitude),
-        layer_thickness=jnp.asarray(layer_thickness, jnp.float32),
-        offshore_exchange_rate=jnp.float32(0.02),
-        offshore_state=jnp.asarray(offshore, jnp.float32),
-        river_volume=jnp.float32(5.0e9),
-        air_sea_exchange=jnp.float32(1.0),
+        latitude=_f32(latitude),
+        layer_thickness=_f32(layer_thickness),
+        offshore_exchange_rate=_f32(0.02),
+        offshore_state=_f32(offshore),
+        river_volume=_f32(5.0e9),
+        air_sea_exchange=_f32(1.0),
     )
+
+
+def _f32(value) -> jax.Array:
+    # device_put, not jnp.asarray: an eager conversion compiles a small program per new shape, which
+    # a scheduled cycle process pays for every field (tens of milliseconds each).
+    return jax.device_put(np.asarray(value, np.float32))
 
 
 def closed_site(num_layers: int = 2, latitude: float = 43.24) -> Site:

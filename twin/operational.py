@@ -186,11 +186,22 @@ def _empty_ledger() -> xr.Dataset:
     return table.assign({k: ("obs", np.zeros(n, dt if dt is not str else object)) for k, dt in LEDGER_EXTRA.items()})
 
 
+_CATEGORIES = "__categories"
+
+
 def _save_ledger(store: Store, ledger: xr.Dataset, seq: int) -> str:
-    """The ledger as NumPy arrays (fixed-width text): NetCDF's variable-length strings cost seconds per
-    cycle on a large ledger. ``twin status`` and the hindcast products give it as CF NetCDF."""
-    arrays = {k: (np.array([str(x) for x in v.values]) if v.dtype == object else v.values)
-              for k, v in ledger.data_vars.items()}
+    """The ledger as NumPy arrays: NetCDF's variable-length strings cost seconds per cycle on a large
+    ledger. Text columns are stored as int32 codes into their distinct values (a file digest or source
+    path repeats on every row of its file: 400 bytes a row as fixed-width text). ``twin status`` and the
+    hindcast products give the ledger as CF NetCDF."""
+    arrays = {}
+    for k, v in ledger.data_vars.items():
+        if v.dtype == object:
+            codes, categories = pd.factorize(np.asarray([str(x) for x in v.values], dtype=object))
+            arrays[k] = codes.astype(np.int32)
+            arrays[k + _CATEGORIES] = np.asarray(categories, dtype=str)
+        else:
+            arrays[k] = v.values
     arrays["time"] = ledger["time"].values
     return store.save_arrays(f"ledger-{seq}.npz", arrays)
 
@@ -198,7 +209,14 @@ def _save_ledger(store: Store, ledger: xr.Dataset, seq: int) -> str:
 def load_ledger(store: Store, manifest) -> xr.Dataset:
     arrays = store.load_arrays(manifest["files"]["ledger"])
     time_ = arrays.pop("time")
-    columns = {k: ("obs", v.astype(object) if v.dtype.kind == "U" else v) for k, v in arrays.items()}
+    columns = {}
+    for k, v in arrays.items():
+        if k.endswith(_CATEGORIES):
+            continue
+        if k + _CATEGORIES in arrays:
+            categories = arrays[k + _CATEGORIES].astype(object)
+            v = categories[v] if categories.size else np.empty(v.shape, object)
+        columns[k] = ("obs", v)
     return xr.Dataset(columns, coords={"time": ("obs", time_)})
 
 
@@ -346,21 +364,31 @@ def store_forcing(config, ledger, layout, day0, num_days):
 def store_model(store: Store, manifest, config: TwinConfig, layout, sites):
     """(forecast function, emulator or None, stepper) of the store's model.
 
-    Memoised per store, emulator version and config: the forecast function is a static argument of the
-    compiled cycle and forecast, so a new function object every cycle would compile them anew every
+    Memoised by ``model_key`` (config and emulator content): the forecast function is a static argument
+    of the compiled cycle and forecast, so a new function object every cycle would compile them anew every
     cycle (and fill a long-lived process with executables)."""
+    return _store_model(str(store.root), manifest["files"].get("emulator"), model_key(store, manifest), config,
+                        layout, sites)
+
+
+def model_key(store: Store, manifest) -> str:
+    """What the store's forecast model is made of: its config and its emulator's weights (by content, so
+    stores with the same config and emulator share compiled programs)."""
+    import json
     text = store.path("config.yaml").read_text(encoding="utf-8")
-    return _store_model(str(store.root), manifest["files"].get("emulator"), text, config, layout, sites)
+    emulator = manifest["files"].get("emulator")
+    digest = None if emulator is None else json.loads(
+        (store.path(emulator) / "metadata.json").read_text(encoding="utf-8"))["arrays_sha256"]
+    return f"{digest}|{text}"
 
 
 _MODELS: dict[tuple, tuple] = {}
 
 
-def _store_model(root: str, emulator_name: str | None, config_text: str, config, layout, sites):
+def _store_model(root: str, emulator_name: str | None, key: str, config, layout, sites):
     from emulators.parameters import ProcessParams
     from twin.forecast import emulator_stepper, make_forecast, process_stepper
     from twin.hindcast import process_log_error_sd
-    key = (root, emulator_name, config_text)
     if key in _MODELS:
         return _MODELS[key]
     if len(_MODELS) >= 4:
@@ -535,7 +563,7 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     # The window and the forecast run as programs exported to the store (twin.programs); what they close
     # over (model, filter settings) comes from the config and the emulator version.
     programs = store.path("programs")
-    static_key = f"{manifest['files'].get('emulator')}|{store.path('config.yaml').read_text(encoding='utf-8')}"
+    static_key = model_key(store, manifest)
 
     def window(state, obs, forcing, key, log_mask, first_cycle, weights):
         return run_window(forecast, state, obs, forcing, key, params, log_mask, first_cycle, weights)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 _PACKAGES = ("assimilation", "emulators", "twin")
-_LOADED: dict[Path, Callable] = {}  # programs deserialised in this process, compiled once each
+_LOADED: dict[str, Callable] = {}  # by file name (the hash of all it depends on): compiled once a process
 
 
 @lru_cache(maxsize=1)
@@ -61,14 +61,14 @@ def stored_call(directory: Path, name: str, fn: Callable, static_key: str, *args
     ident = hashlib.sha256(repr((name, static_key, code_digest(), jax.default_backend(), str(in_tree),
                                  signature)).encode()).hexdigest()[:24]
     path = Path(directory) / f"{name}-{ident}.jaxprog"
-    program = _LOADED.get(path)
+    program = _LOADED.get(path.name)
     if program is None:
         program = _load(path) if path.is_file() else None
         if program is None:
             program = _export(path, fn, in_tree, leaves)
         if len(_LOADED) >= 16:
             _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[path] = program
+        _LOADED[path.name] = program
     return program(*leaves)
 
 
