@@ -137,3 +137,23 @@ def test_more_data_is_no_worse_where_it_was_denied(study):
     runs = {r["name"]: r for r in result["runs"]}
     for name in ("nitrate@SYNTH-B/bottom", "oxygen@SYNTH-B/bottom"):
         assert runs["all-data"]["skill"][name]["rmse"] < runs["no-bottom"]["skill"][name]["rmse"], name
+
+
+def test_dask_workers_give_the_same_study_as_runs_in_turn(study, tmp_path):
+    """``--workers 2``: the runs go to a dask.distributed LocalCluster of two processes and come back with
+    the same skill, bit for bit, as the runs made one after the other in this process."""
+    _, in_turn, _ = study
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(STUDY))
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["osse", str(tmp_path / "c.yaml"), str(tmp_path / "e.yaml"), "--out", str(tmp_path / "out"),
+                     "--json", "--quiet", "--workers", "2"])
+    assert code == 0
+    parallel = json.loads(buf.getvalue().strip().splitlines()[-1])
+    assert [r["name"] for r in parallel["runs"]] == ["all-data", "no-bottom"]
+    for a, b in zip(in_turn["runs"], parallel["runs"]):
+        assert a["skill"] == b["skill"], a["name"]
+        assert a["observations"] == b["observations"], a["name"]
