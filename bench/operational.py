@@ -3,11 +3,12 @@
 Writes a twin experiment delivered day by day (``twin.osse.write_daily_experiment``), creates a store with the
 demo emulator, then calls ``twin cycle STORE --data DAY`` in a fresh process for each day and times it
 (process start, imports, ingestion, QC, the day's analysis, a 7-day forecast, alerts, atomic writes). The
-first call compiles and fills the store's compilation cache; the goal is under 5 s per call after it on 2 CPU
-cores. Baseline in the same run: the same cycle called in-process (no process start, warm), to show what the
-process start costs. Last line JSON.
+first call exports the window and forecast programs into the store (``twin.programs``) and fills its
+compilation cache; the goal is under 5 s per call after it on 2 CPU cores. Baseline in the same run: the same
+cycles called in one warm process, to show what a process start costs; both stores must end with the same
+ensemble. Last line JSON.
 
-Usage: python bench/operational.py [--days 20] [--members 32]
+Usage: python bench/operational.py [--days 20] [--members 32]     (--days 100: the issue's operational run)
 """
 from __future__ import annotations
 
