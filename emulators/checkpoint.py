@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

@@ -361,14 +361,14 @@ def store_forcing(config, ledger, layout, day0, num_days):
                          "(twin cycle STORE --data ...)") from None
 
 
-def store_model(store: Store, manifest, config: TwinConfig, layout, sites):
+def store_model(store: Store, manifest, config: TwinConfig, layout, sites, key: str | None = None):
     """(forecast function, emulator or None, stepper) of the store's model.
 
     Memoised by ``model_key`` (config and emulator content): the forecast function is a static argument
     of the compiled cycle and forecast, so a new function object every cycle would compile them anew every
-    cycle (and fill a long-lived process with executables)."""
-    return _store_model(str(store.root), manifest["files"].get("emulator"), model_key(store, manifest), config,
-                        layout, sites)
+    cycle (and fill a long-lived process with executables). ``key``: ``model_key`` when the caller has it."""
+    return _store_model(str(store.root), manifest["files"].get("emulator"), key or model_key(store, manifest),
+                        config, layout, sites)
 
 
 def model_key(store: Store, manifest) -> str:
@@ -382,7 +382,7 @@ def model_key(store: Store, manifest) -> str:
     return f"{digest}|{text}"
 
 
-_MODELS: dict[tuple, tuple] = {}
+_MODELS: dict[str, tuple] = {}
 
 
 def _store_model(root: str, emulator_name: str | None, key: str, config, layout, sites):
@@ -538,12 +538,15 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     """Cycles ``done`` .. ``target - 1``, the forecast and the alerts."""
     from twin.cycle_obs import build_cycle_observations, row_dispositions
     from twin.engine import EngineState, free_forecast, run_window
-    from twin.programs import stored_call
     from twin.hindcast import filter_params
+    from twin.programs import stored_call
     sites = store_sites(config, layout)
     forecast_days = config.hindcast.forecast_days
     forcing = store_forcing(config, ledger, layout, day0, target + forecast_days)
-    forecast, emulator, _ = store_model(store, manifest, config, layout, sites)
+    # The window and the forecast run as programs exported to the store (twin.programs); what they close
+    # over (model, filter settings) is made of the config and the emulator's weights: ``model_key``.
+    static_key = model_key(store, manifest)
+    forecast, emulator, _ = store_model(store, manifest, config, layout, sites, key=static_key)
     weights = None if emulator is None else emulator.weights
     members, inflation = load_state(store, manifest)
     pending = np.flatnonzero(ledger["disposition"].values == disp.NOT_YET_CYCLED)
@@ -560,10 +563,7 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     log_mask = np.ones(layout.dim, bool)
     cycle_key, forecast_key = _store_keys(int(manifest["seed"]), target)
     state = EngineState(members, inflation)
-    # The window and the forecast run as programs exported to the store (twin.programs); what they close
-    # over (model, filter settings) comes from the config and the emulator version.
     programs = store.path("programs")
-    static_key = model_key(store, manifest)
 
     def window(state, obs, forcing, key, log_mask, first_cycle, weights):
         return run_window(forecast, state, obs, forcing, key, params, log_mask, first_cycle, weights)

@@ -8,7 +8,8 @@ deserialise it instead. The program is the one ``jax.jit`` would build (the same
 are those of a direct call, bit for bit (tested).
 
 What the function closes over (the forecast model, the filter settings) is named by ``static_key``: the
-caller passes the store's config text and emulator version, which is what those statics are made of. The
+caller passes the store's config text and its emulator's weight digest, which is what those statics are made
+of. The
 source of the twin's packages and the JAX version are part of every program's name, so a changed code base
 never runs an old program.
 """
@@ -79,8 +80,7 @@ def _load(path: Path) -> Callable | None:
         exported = jax.export.deserialize(payload)
     except Exception:  # a file from another JAX build or damaged: export again rather than fail the cycle
         return None
-    call = jax.jit(exported.call)
-    return lambda *leaves: jax.tree_util.tree_unflatten(out_tree, call(*leaves))
+    return _program(exported, out_tree)
 
 
 def _export(path: Path, fn: Callable, in_tree, leaves: list) -> Callable:
@@ -98,5 +98,10 @@ def _export(path: Path, fn: Callable, in_tree, leaves: list) -> Callable:
     out_tree = out_tree_box[-1]
     payload = pickle.dumps((exported.serialize(), out_tree))
     atomic_write(path, lambda tmp: tmp.write_bytes(payload))
+    return _program(exported, out_tree)
+
+
+def _program(exported, out_tree) -> Callable:
+    """The exported program as a function of the flat argument leaves, returning the output pytree."""
     call = jax.jit(exported.call)
-    return lambda *flat_leaves: jax.tree_util.tree_unflatten(out_tree, call(*flat_leaves))
+    return lambda *leaves: jax.tree_util.tree_unflatten(out_tree, call(*leaves))
