@@ -44,6 +44,8 @@ __all__ = [
     "mixing_index_from_temperature",
     "make_forcing",
     "synthetic_forcing",
+    "RIVER_WATER",
+    "river_discharge_climatology",
     "apply_change",
     "apply_changes",
     "day_of_year_of",
@@ -357,6 +359,19 @@ def _ar1(key: jax.Array, n: int, sd: float, correlation_days: float) -> np.ndarr
     return scipy.signal.lfilter([1.0], [1.0, -phi], innovations)
 
 
+# Nutrients of a nitrate-rich river, mmol m-3 in river water: the river of the synthetic forcing and the
+# default of a site's river in a config (twin.config.RiverConfig).
+RIVER_WATER = {"nitrate": 150.0, "ammonium": 5.0, "phosphate": 1.5, "silicate": 120.0}
+
+
+def river_discharge_climatology(day_of_year: np.ndarray, mean_discharge: float, amplitude: float = 0.6,
+                                peak_day_of_year: float = 60.0) -> np.ndarray:
+    """Seasonal river discharge, m3 s-1: ``mean_discharge`` times a cosine of relative ``amplitude`` peaking on
+    ``peak_day_of_year`` (late-winter floods of a Mediterranean river by default)."""
+    phase = 2.0 * np.pi * (np.asarray(day_of_year, np.float64) - peak_day_of_year) / DAYS_PER_YEAR
+    return mean_discharge * (1.0 + amplitude * np.cos(phase))
+
+
 def synthetic_forcing(
     num_days: int,
     latitude: float = 43.24,
@@ -399,7 +414,7 @@ def synthetic_forcing(
     stratification = max_stratification * season**1.5
     wind = 6.0 + 2.0 * np.cos(2.0 * np.pi * (doy_mid - 15.0) / DAYS_PER_YEAR)
     par = np.asarray(clear_sky_par(latitude, doy_mid), np.float64)
-    discharge = mean_river_discharge * (1.0 + 0.6 * np.cos(2.0 * np.pi * (doy_mid - 60.0) / DAYS_PER_YEAR))
+    discharge = river_discharge_climatology(doy_mid, mean_river_discharge)
     if key is not None:
         k_temp, k_wind, k_cloud, k_river = jax.random.split(key, 4)
         surface = surface + _ar1(k_temp, num_days, 0.4, 5.0)
@@ -420,10 +435,7 @@ def synthetic_forcing(
         wind_speed=wind,
         mixing_index=np.asarray(mixing_index_from_temperature(np.stack([surface, bottom], axis=1))),
         river_discharge=discharge,
-        river_nitrate=150.0 if mean_river_discharge > 0 else 0.0,
-        river_ammonium=5.0 if mean_river_discharge > 0 else 0.0,
-        river_phosphate=1.5 if mean_river_discharge > 0 else 0.0,
-        river_silicate=120.0 if mean_river_discharge > 0 else 0.0,
+        **{f"river_{name}": value if mean_river_discharge > 0 else 0.0 for name, value in RIVER_WATER.items()},
     )
 
 

@@ -42,8 +42,8 @@ from emulators.network import (
     Emulator,
     ModelError,
     NetworkConfig,
-    log_step,
     build_network,
+    log_step,
 )
 from emulators.normalisation import (
     DEFAULT_LOG_FLOOR,
@@ -693,6 +693,8 @@ class EnsembleSpec:
         temperature_shift_sd: degC, sd of a per-member shift of the seasonal temperature cycle.
         cloudiness_range: per-member mean cloudiness drawn in this range.
         stratification_range: per-member maximum surface-bottom temperature difference, degC.
+        river_water_range: with a river, each member scales each nutrient of the river water by a factor drawn
+            (log-uniform) in this range, so that the emulator learns the response to river-water scenarios.
         substeps: process-model sub-steps per day.
     """
 
@@ -706,6 +708,7 @@ class EnsembleSpec:
     temperature_shift_sd: float = 1.0
     cloudiness_range: tuple[float, float] = (0.1, 0.4)
     stratification_range: tuple[float, float] = (3.0, 8.0)
+    river_water_range: tuple[float, float] = (0.4, 1.6)
     substeps: int = DEFAULT_SUBSTEPS
 
     def __post_init__(self):
@@ -738,7 +741,7 @@ def _member_forcing(key, spec: EnsembleSpec, site_index: int, num_days: int, per
         jax.random.uniform(k_strat, minval=spec.stratification_range[0], maxval=spec.stratification_range[1])
     )
     river = spec.river_discharges[site_index] if spec.river_discharges else 0.0
-    return synthetic_forcing(
+    forcing = synthetic_forcing(
         num_days,
         latitude=spec.latitudes[site_index],
         key=k_weather,
@@ -747,6 +750,13 @@ def _member_forcing(key, spec: EnsembleSpec, site_index: int, num_days: int, per
         cloudiness=cloud if perturb else 0.25,
         mean_river_discharge=river,
     )
+    if river > 0 and perturb:
+        # Folded, not split, so that the other draws stay those of runs without a river.
+        low, high = np.log(spec.river_water_range)
+        factors = np.exp(np.asarray(jax.random.uniform(jax.random.fold_in(key, 1), (4,), minval=low, maxval=high)))
+        names = ("river_nitrate", "river_ammonium", "river_phosphate", "river_silicate")
+        forcing = forcing._replace(**{n: getattr(forcing, n) * np.float32(f) for n, f in zip(names, factors)})
+    return forcing
 
 
 def run_process_ensemble(

@@ -223,6 +223,27 @@ def test_forcing_inputs_follow_the_feature_names_for_a_series_and_a_step():
     np.testing.assert_array_equal(one_step, series[3])
 
 
+def test_river_members_vary_the_river_water_and_keep_the_other_draws():
+    from emulators.forcing import RIVER_WATER
+    from emulators.training import _member_forcing
+    key = jax.random.key(3)
+    plain = _member_forcing(key, EnsembleSpec(), 0, 60, True)
+    spec = EnsembleSpec(river_discharges=(20.0,))
+    river = _member_forcing(key, spec, 0, 60, True)
+    np.testing.assert_array_equal(river.temperature, plain.temperature)
+    np.testing.assert_array_equal(river.par, plain.par)
+    assert not np.any(plain.river_discharge) and np.all(np.asarray(river.river_discharge) > 0)
+    factors = []
+    for name, water in RIVER_WATER.items():
+        series = np.asarray(getattr(river, f"river_{name}"))
+        assert np.all(series == series[0])  # one factor per member and nutrient
+        factors.append(series[0] / water)
+    low, high = spec.river_water_range
+    assert all(low <= f <= high for f in factors) and len(set(np.round(factors, 6))) == 4
+    other = _member_forcing(jax.random.key(4), spec, 0, 60, True)
+    assert float(other.river_nitrate[0]) != float(river.river_nitrate[0])
+
+
 @pytest.mark.slow
 def test_training_on_the_process_model_reaches_stated_skill():
     """A small, fast training on process-model ensembles (the demo trains longer on more members).

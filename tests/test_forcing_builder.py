@@ -41,3 +41,21 @@ def test_missing_layer_borrows_and_no_data_is_a_clear_error():
     assert report.borrowed == {"temperature/bottom": "surface", "salinity/bottom": "surface"}
     with pytest.raises(ValueError, match="site 'Sola': not enough usable temperature observations"):
         build_site_forcing(table, "Sola", 42.5, ("surface",), day0, 100)
+
+
+def test_site_river_gives_its_climatology_and_water_and_no_river_gives_zeros():
+    from emulators.forcing import RIVER_WATER
+    from twin.config import RiverConfig
+    day0, table = _weekly_temperature(years=1)
+    river = RiverConfig(mean_discharge_m3s=20.0, nitrate=90.0)
+    forcing, _ = build_site_forcing(table, "Point B", 43.68, ("surface", "bottom"), day0, 365, river=river)
+    discharge = np.asarray(forcing.river_discharge)
+    # cosine of amplitude 0.6 around 20 m3 s-1, maximum on day 60 (zero-based, step mid-day)
+    assert abs(discharge.mean() - 20.0) < 0.05 and abs(discharge.max() - 32.0) < 0.01
+    assert abs(int(np.argmax(discharge)) - 60) <= 1
+    np.testing.assert_array_equal(np.asarray(forcing.river_nitrate), 90.0)
+    np.testing.assert_array_equal(np.asarray(forcing.river_silicate), RIVER_WATER["silicate"])
+    # the config's defaults are the synthetic forcing's river water
+    assert {k: getattr(RiverConfig(mean_discharge_m3s=1.0), k) for k in RIVER_WATER} == RIVER_WATER
+    bare, _ = build_site_forcing(table, "Point B", 43.68, ("surface", "bottom"), day0, 365)
+    assert not np.any(np.asarray(bare.river_discharge)) and not np.any(np.asarray(bare.river_nitrate))

@@ -88,8 +88,9 @@ def test_warming_gives_signed_differences_inside_their_intervals(published):
     # Warmer water holds less oxygen: surface oxygen falls in every member.
     assert warm["differences"]["oxygen@SYNTH-B/surface"]["time_mean"]["q95"] < 0
     assert sum(e["time_mean"]["mean"] != 0 for e in warm["differences"].values()) == 18
-    # The demo has no river: scaling its nitrate is reported as doing nothing.
-    assert any("river_nitrate" in w and "no effect" in w for w in warm["warnings"])
+    # The demo site has a river: scaling its nitrate acts (no "no effect" warning, unlike the zero shift).
+    assert not any("river_nitrate" in w for w in warm["warnings"])
+    assert any("no effect, the field is unchanged" in w for w in summary["scenarios"]["zero"]["warnings"])
     with xr.open_dataset(published / "scenario.nc") as ds:
         d = ds.sel(scenario="warm")
         assert {k: ds.sizes[k] for k in ("scenario", "time", "site", "layer")} == {
@@ -103,6 +104,19 @@ def test_warming_gives_signed_differences_inside_their_intervals(published):
         assert np.allclose(wave[lead, 0, 0], 4.0) and not wave[:, 0, 1].any()
         assert str(ds["time"].values[0])[:10] == "2016-02-21" and lead.tolist() == [5, 6, 7, 8]
         assert not ds["oxygen_difference_mean"].sel(scenario="wave").values[:5].any()
+
+
+def test_less_river_nitrate_lowers_surface_nitrate_in_every_member(store):
+    river = {"seed": 3, "days": DAYS, "scenarios": [{"name": "river", "changes": [
+        {"target": "forcing.river_nitrate", "operation": "scale", "value": 0.7}]}]}
+    run = run_scenarios(store, parse_config(river, model=ScenarioFile))
+    assert not run.warnings["river"]
+    # 0.7 x 150 mmol m-3 lies inside the river water the emulator was trained on
+    assert not run.outside["river"][:, run.feature_names.index("river_nitrate")].any()
+    differences = summarise(run)["scenarios"]["river"]["differences"]
+    surface = differences["nitrate@SYNTH-B/surface"]
+    # the river feeds the surface layer: every member has less nitrate there by the end
+    assert surface["end"]["q95"] < 0 and surface["end"]["mean"] < -0.02, surface
 
 
 def test_report_has_every_figure_and_the_products_exist(published):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, NonNegativeFloat, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError, field_validator, model_validator
 
 from twin.errors import ConfigError
 from twin.units import CANONICAL_UNITS
@@ -38,6 +38,19 @@ def _check_variables(names, where: str):
     return names
 
 
+class RiverConfig(Frozen):
+    """A river entering the surface layer of a site: a seasonal discharge climatology and the nutrients of its
+    water (defaults: the nitrate-rich river of the emulator's training runs, ``emulators.forcing.RIVER_WATER``).
+    Scenarios scale or shift these series (``forcing.river_nitrate``, ``forcing.river_discharge``)."""
+    mean_discharge_m3s: PositiveFloat
+    seasonal_amplitude: float = Field(default=0.6, ge=0, lt=1, description="relative, of the annual cosine")
+    peak_day_of_year: float = Field(default=60.0, ge=0, lt=366, description="day of the discharge maximum")
+    nitrate: NonNegativeFloat = Field(default=150.0, description="mmol m-3 in river water")
+    ammonium: NonNegativeFloat = Field(default=5.0, description="mmol m-3 in river water")
+    phosphate: NonNegativeFloat = Field(default=1.5, description="mmol m-3 in river water")
+    silicate: NonNegativeFloat = Field(default=120.0, description="mmol m-3 in river water")
+
+
 class SiteConfig(Frozen):
     """A station of the twin."""
     name: str = Field(min_length=1, description="station id as written in the data, e.g. 'Point B'")
@@ -49,6 +62,7 @@ class SiteConfig(Frozen):
     boundary_from_data: bool = Field(
         default=False, description="process model: offshore water of each layer = the median of the site's "
                                    "observed nutrients and oxygen in that layer (instead of a generic shelf)")
+    river: RiverConfig | None = Field(default=None, description="a river into the surface layer (none: no river)")
 
 
 class SourceConfig(Frozen):
@@ -165,6 +179,9 @@ class TwinExperimentConfig(Frozen):
     oxygen_drift_per_year: float = -12.0
     fluorescence_slope: PositiveFloat = 1.0
     parameter_spread: float = Field(default=0.25, ge=0, le=1)
+    river_discharge_m3s: NonNegativeFloat = Field(
+        default=0.0, description="mean discharge of the site's river (0: none); the truth's discharge varies "
+                                 "around the seasonal climatology the twin is given")
 
 
 class ModelConfig(Frozen):

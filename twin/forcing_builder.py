@@ -3,7 +3,8 @@
 Temperature and salinity per layer: daily means of the usable observations, interpolated across short gaps
 and filled from a harmonic climatology fitted on the same series across long ones
 (``emulators.forcing.fill_series``). PAR: clear-sky irradiance from latitude and date, scaled by a
-cloudiness factor. A layer without its own series borrows the other layer's (reported). This is the only
+cloudiness factor. River: the seasonal discharge climatology and river-water nutrients of the site's
+``river`` config, if any. A layer without its own series borrows the other layer's (reported). This is the only
 place where observations become forcing; the result is plain arrays (``emulators.forcing.Forcing``).
 """
 from __future__ import annotations
@@ -13,8 +14,17 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from emulators.forcing import (Forcing, clear_sky_par, daily_means, day_of_year_of, evaluate_climatology,
-                               fill_series, fit_harmonic_climatology, make_forcing)
+from emulators.forcing import (
+    Forcing,
+    clear_sky_par,
+    daily_means,
+    day_of_year_of,
+    evaluate_climatology,
+    fill_series,
+    fit_harmonic_climatology,
+    make_forcing,
+    river_discharge_climatology,
+)
 from twin import flags
 
 FORCING_VARIABLES = ("temperature", "salinity")
@@ -130,7 +140,7 @@ def _causal_series(raw, usable, variable, layers, day0, num_days, max_gap_days, 
 def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tuple[str, ...],
                        day0: np.datetime64, num_days: int, *, cloudiness: float = 0.25,
                        max_gap_days: float = 20.0, wind_speed: float = 5.0,
-                       mode: str = "interpolate") -> tuple[Forcing, ForcingReport]:
+                       mode: str = "interpolate", river=None) -> tuple[Forcing, ForcingReport]:
     """Forcing of one site on ``num_days`` daily steps from ``day0``.
 
     Args:
@@ -138,6 +148,7 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
         layers: the model layers, surface first ("surface", "bottom").
         cloudiness: mean fractional reduction of clear-sky PAR.
         mode: "interpolate" or "causal" (see :func:`observed_daily_series`).
+        river: the site's ``twin.config.RiverConfig``, or None (no river).
     """
     temperature, filled_t, borrowed_t = observed_daily_series(
         table, site, "temperature", layers, day0, num_days, max_gap_days, mode=mode)
@@ -146,6 +157,12 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
     times = np.datetime64(day0, "ns") + np.arange(num_days) * np.timedelta64(1, "D")
     doy = day_of_year_of(times)
     par = np.asarray(clear_sky_par(latitude, doy + 0.5)) * (1.0 - cloudiness)
+    rivers = {}
+    if river is not None:
+        rivers = dict(river_discharge=river_discharge_climatology(doy + 0.5, river.mean_discharge_m3s,
+                                                                  river.seasonal_amplitude, river.peak_day_of_year),
+                      river_nitrate=river.nitrate, river_ammonium=river.ammonium,
+                      river_phosphate=river.phosphate, river_silicate=river.silicate)
     forcing = make_forcing(temperature=temperature, salinity=salinity, day_of_year=doy, par=par,
-                           wind_speed=wind_speed)
+                           wind_speed=wind_speed, **rivers)
     return forcing, ForcingReport({**filled_t, **filled_s}, {**borrowed_t, **borrowed_s})

@@ -26,7 +26,7 @@ from assimilation import FilterParams, initial_inflation_state
 from emulators.parameters import ProcessParams, default_site
 from emulators.process_model import initial_state
 from twin import flags
-from twin.config import SiteConfig, SourceConfig, TwinConfig, write_resolved_config
+from twin.config import RiverConfig, SiteConfig, SourceConfig, TwinConfig, write_resolved_config
 from twin.cycle_obs import build_cycle_observations, row_dispositions
 from twin.engine import AlertSpec, EngineState, WindowOutputs, free_forecast, run_window
 from twin.forcing_builder import build_site_forcing
@@ -67,7 +67,8 @@ def experiment_sources(config: TwinConfig, directory: Path, quiet: bool = True):
                           missed_fraction=exp.missed_fraction, buoy=exp.buoy,
                           buoy_gap_fraction=exp.buoy_gap_fraction,
                           oxygen_drift_per_year=exp.oxygen_drift_per_year,
-                          fluorescence_slope=exp.fluorescence_slope, parameter_spread=exp.parameter_spread)
+                          fluorescence_slope=exp.fluorescence_slope, parameter_spread=exp.parameter_spread,
+                          river_discharge_m3s=exp.river_discharge_m3s)
     _log(f"twin experiment: truth and observations for {exp.days} days -> {directory}", quiet)
     truth, paths = write_experiment(directory, spec)
     from twin.osse import BOTTLE_ERROR, BUOY_ERROR
@@ -80,8 +81,10 @@ def experiment_sources(config: TwinConfig, directory: Path, quiet: bool = True):
                    "chlorophyll": BUOY_ERROR["fluorescence"] * exp.fluorescence_slope}
         sources.append(SourceConfig(path=str(paths["coasthf"]), format="coasthf", error_sd=buoy_sd,
                                     fluorescence_calibration={exp.platform: (exp.fluorescence_slope, 0.0)}))
+    # The twin is given the river's seasonal climatology; the truth's discharge varies around it.
+    river = RiverConfig(mean_discharge_m3s=exp.river_discharge_m3s) if exp.river_discharge_m3s > 0 else None
     sites = config.sites or (SiteConfig(name=exp.site, latitude=exp.latitude, longitude=exp.longitude,
-                                        aliases=(exp.platform,), bottom_depth_m=60.0),)
+                                        aliases=(exp.platform,), bottom_depth_m=60.0, river=river),)
     return config.model_copy(update={"sources": tuple(sources) + config.sources, "sites": sites}), truth
 
 
@@ -149,7 +152,7 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
     for s in config.sites:
         f, rep = build_site_forcing(table, s.name, s.latitude, layout.layers, day0, num_days,
                                     max_gap_days=config.hindcast.forcing_max_gap_days,
-                                    mode=config.hindcast.forcing_mode)
+                                    mode=config.hindcast.forcing_mode, river=s.river)
         forcings.append(f)
         thickness = (10.0, max(s.bottom_depth_m - 10.0, 1.0))[:num_layers] if num_layers == 2 else (10.0,)
         site = default_site(num_layers, s.latitude, thickness)

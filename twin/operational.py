@@ -350,7 +350,8 @@ def store_forcing(config, ledger, layout, day0, num_days):
     usable = ledger.isel(obs=np.flatnonzero(np.isin(ledger["qc"].values, flags.USABLE_QC)))
     try:
         per_site = [build_site_forcing(usable, s.name, s.latitude, layout.layers, day0, num_days,
-                                       max_gap_days=config.hindcast.forcing_max_gap_days, mode="causal")[0]
+                                       max_gap_days=config.hindcast.forcing_max_gap_days, mode="causal",
+                                       river=s.river)[0]
                     for s in config.sites]
         # NumPy, not device arrays: the series grow by a day each cycle, and stacking or slicing device
         # arrays of a new shape would compile new programs in every cycle's process.

@@ -57,6 +57,7 @@ class ExperimentSpec(NamedTuple):
     oxygen_drift_per_year: float = -12.0   # mmol m-3 per year, sensor fouling
     fluorescence_slope: float = 1.0        # chlorophyll = slope * fluorescence (mg m-3 per FFU)
     parameter_spread: float = 0.25         # relative perturbation of the truth's parameters
+    river_discharge_m3s: float = 0.0       # mean discharge of the site's river, m3 s-1 (0: none)
 
 
 class Truth(NamedTuple):
@@ -87,7 +88,7 @@ def make_truth(spec: ExperimentSpec, spin_up_days: int = 365) -> Truth:
     doy0 = float(start.day_of_year - 1)
     total = spin_up_days + spec.num_days
     forcing = synthetic_forcing(total, latitude=spec.latitude, start_day_of_year=doy0 - spin_up_days % 365.25,
-                                key=k_forcing)
+                                key=k_forcing, mean_river_discharge=spec.river_discharge_m3s)
     site = default_site(2, spec.latitude)
     trajectory = np.asarray(run(initial_state(2), forcing, params, site))
     forcing_run = jax.tree.map(lambda a: a[spin_up_days:], forcing)

@@ -239,9 +239,9 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
     refit = metrics.get("refit")
     if refit:
         parts += [f"<h3>Refit history (every {refit['interval_days']} days)</h3>",
-                  html_table([[r["time"], r["holdout"], r["score_before"], r["score_after"], r["kept"], r["seconds"]]
-                          for r in refit["history"]],
-                         ["time", "held out", "forecast score before", "after", "kept", "seconds"])
+                  html_table([[r["time"], r["holdout"], r["score_before"], r["score_after"], r["kept"],
+                               r.get("why", ""), r["seconds"]] for r in refit["history"]],
+                         ["time", "held out", "forecast score before", "after", "kept", "why", "seconds"])
                   if refit["history"] else "<p>No refit was attempted (too little data before the first one).</p>"]
         lead = next((k for k in refit if k.startswith("forecast_")), None)
         if lead:
