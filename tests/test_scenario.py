@@ -13,6 +13,7 @@ import yaml
 
 from twin.config import parse_config, read_yaml
 from twin.errors import ConfigError
+from twin.store import StoreError
 from twin.operational import init_store, run_cycle
 from twin.scenario import ScenarioFile, load_scenario_file, run_scenarios, summarise
 
@@ -107,7 +108,7 @@ def test_warming_gives_signed_differences_inside_their_intervals(published):
 
 
 def test_less_river_nitrate_lowers_surface_nitrate_in_every_member(store):
-    river = {"seed": 3, "days": DAYS, "scenarios": [{"name": "river", "changes": [
+    river = {"seed": 3, "days": DAYS, "process_check": True, "scenarios": [{"name": "river", "changes": [
         {"target": "forcing.river_nitrate", "operation": "scale", "value": 0.7}]}]}
     run = run_scenarios(store, parse_config(river, model=ScenarioFile))
     assert not run.warnings["river"]
@@ -117,6 +118,14 @@ def test_less_river_nitrate_lowers_surface_nitrate_in_every_member(store):
     surface = differences["nitrate@SYNTH-B/surface"]
     # the river feeds the surface layer: every member has less nitrate there by the end
     assert surface["end"]["q95"] < 0 and surface["end"]["mean"] < -0.02, surface
+    # process_check: the process model from the same members answers the same what-if (here in the same
+    # direction); its baseline differs from the emulator's but starts from the same members
+    assert set(run.process) == {"baseline", "river"} and run.process["river"].shape == run.baseline.shape
+    np.testing.assert_array_equal(run.process["baseline"][0] > 0, True)
+    assert surface["process_model_time_mean"] < 0
+    expected = (run.process["river"] - run.process["baseline"]).mean(axis=(0, 1))
+    i = run.layout.index("nitrate", "SYNTH-B", "surface")
+    assert surface["process_model_time_mean"] == pytest.approx(float(expected[i]))
 
 
 def test_report_has_every_figure_and_the_products_exist(published):
@@ -142,6 +151,26 @@ def test_start_from_a_day_of_the_store_history(store):
     too_late = parse_config({**SPEC, "start": "2016-03-10"}, model=ScenarioFile)
     with pytest.raises(ConfigError, match="start: 2016-03-10 is not an analysis of the store"):
         run_scenarios(store, too_late)
+
+
+@pytest.mark.slow
+def test_a_store_started_from_a_hindcast_gives_clear_errors_until_it_has_cycled(tmp_path):
+    """Such a store holds the hindcast's last ensemble but neither its analysis history nor its
+    observations (the forcing comes from the store's own ledger)."""
+    from twin.hindcast import run_hindcast
+    data = read_yaml(REPO / "configs" / "demo.yaml")
+    data["experiment"]["days"] = 40
+    data["emulator"]["checkpoint"] = str(REPO / "configs" / "emulators" / "demo")
+    data["filter"]["members"] = 8
+    data.pop("alerts")
+    config = parse_config(data)
+    run_hindcast(config, tmp_path / "hindcast", quiet=True)
+    init_store(tmp_path / "store", config, from_hindcast=tmp_path / "hindcast", quiet=True)
+    short = {"seed": 1, "days": 5, "scenarios": SPEC["scenarios"][1:2]}
+    with pytest.raises(ConfigError, match="start: the store keeps no analysis for 2016-01-20"):
+        run_scenarios(tmp_path / "store", parse_config({**short, "start": "2016-01-20"}, model=ScenarioFile))
+    with pytest.raises(StoreError, match="cannot build the forcing yet.*twin cycle STORE --data"):
+        run_scenarios(tmp_path / "store", parse_config(short, model=ScenarioFile))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -176,4 +205,5 @@ def test_changes_the_model_cannot_take_are_refused(store):
 
 def test_the_shipped_scenario_file_is_valid():
     spec = load_scenario_file(REPO / "configs" / "scenarios" / "warming-and-river.yaml")
-    assert spec.days == 90 and [s.name for s in spec.scenarios] == ["warming-and-river", "july-heat-wave"]
+    assert spec.days == 90 and spec.process_check
+    assert [s.name for s in spec.scenarios] == ["warming-and-river", "river-only", "july-heat-wave"]

@@ -232,7 +232,9 @@ def _cmd_scenario(args) -> int:
         lines.append(f"  {name}: time-mean difference, mean [5 %, 95 %]")
         for variable, d in entry["differences"].items():
             e = d["time_mean"]
-            lines.append(f"    {variable:32s} {e['mean']:+10.4g} [{e['q05']:+.4g}, {e['q95']:+.4g}] {d['units']}")
+            check = f"  (process model {d['process_model_time_mean']:+.4g})" if "process_model_time_mean" in d else ""
+            lines.append(f"    {variable:32s} {e['mean']:+10.4g} [{e['q05']:+.4g}, {e['q95']:+.4g}] {d['units']}"
+                         f"{check}")
         lines += [f"    warning: {w}" for w in entry["warnings"]]
         if entry["newly_outside_training_range"]:
             lines.append(f"    outside the emulator's training range (extrapolation): "

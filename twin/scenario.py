@@ -150,6 +150,10 @@ class ScenarioFile(Frozen):
     start: date | None = Field(default=None, description="analysis to start from (default: the last)")
     model: Literal["store", "process"] = Field(
         default="store", description="store: the store's model; process: the process model for every run")
+    process_check: bool = Field(
+        default=False, description="with an emulator store, also run the baseline and every scenario with the "
+                                   "process model (same members, forcing and draws) and report its differences "
+                                   "beside the emulator's: how faithfully the emulator answers this what-if")
     scenarios: tuple[Scenario, ...]
 
     @model_validator(mode="after")
@@ -265,6 +269,7 @@ class ScenarioRun:
     alerts: tuple
     store: str
     members: int
+    process: dict[str, np.ndarray] | None = None  # process_check: "baseline" and each scenario -> (days, N, n)
 
 
 def _start_members(store, manifest, history, spec: ScenarioFile, day0, key, where: str):
@@ -284,6 +289,12 @@ def _start_members(store, manifest, history, spec: ScenarioFile, day0, key, wher
     members, _ = load_state(store, manifest)
     if k == done:
         return k, np.asarray(members)
+    if "analysis_mean" not in history or not 0 <= k - 1 < len(history["analysis_mean"]):
+        kept = len(history.get("analysis_mean", ()))
+        raise ConfigError(where, [f"start: the store keeps no analysis for {spec.start} (it holds the analyses "
+                                  f"of its own cycles, {kept} of them, and the ensemble of {str(last)}; a store "
+                                  "started --from-hindcast has no history before its start): omit start or pick "
+                                  "a day the store cycled"])
     mean, sd = history["analysis_mean"][k - 1], history["analysis_sd"][k - 1]
     rel = np.log1p((sd / np.maximum(mean, 1e-6)) ** 2) ** 0.5
     noise = np.asarray(jax.random.normal(jax.random.fold_in(key, 0), members.shape))
@@ -303,18 +314,25 @@ def _conditioned_stepper(emulator):
     return stepper
 
 
-def _model(store, manifest, config, layout, sites, spec: ScenarioFile, where: str):
-    """(forecast, emulator or None, model_params of the baseline, takes_params, description)."""
+def _process_forecast(config, layout, sites):
+    """The process model's forecast (parameters as its model_params), with the hindcast's model error."""
     from emulators.parameters import default_params
     from twin.forecast import make_forecast, process_stepper
     from twin.hindcast import process_log_error_sd
+    stepper = process_stepper(default_params(), sites, config.model.substeps)
+    return make_forecast(stepper, layout, sites, process_log_error_sd(config, layout))
+
+
+def _model(store, manifest, config, layout, sites, spec: ScenarioFile, where: str):
+    """(forecast, emulator or None, model_params of the baseline, takes_params, description)."""
+    from emulators.parameters import default_params
+    from twin.forecast import make_forecast
     from twin.operational import store_model
     wanted = sorted({c.name for s in spec.scenarios for c in s.changes if c.kind == "param"})
     if spec.model == "process" or config.model.kind == "process":
-        stepper = process_stepper(default_params(), sites, config.model.substeps)
-        forecast = make_forecast(stepper, layout, sites, process_log_error_sd(config, layout))
         why = "scenario file" if spec.model == "process" else "store"
-        return forecast, None, default_params(), True, f"process model (model: process, from the {why})"
+        return (_process_forecast(config, layout, sites), None, default_params(), True,
+                f"process model (model: process, from the {why})")
     forecast, emulator, _ = store_model(store, manifest, config, layout, sites)
     label = f"emulator {manifest['files']['emulator']} of the store"
     if not wanted:
@@ -368,8 +386,8 @@ def run_scenarios(store_dir: str | Path, spec: ScenarioFile, *, source: str = "<
     base_forcing = Forcing(**{f: np.asarray(v)[k:k + spec.days] for f, v in forcing_all._asdict().items()})
     noise_key = jax.random.fold_in(key, 1)  # one key for every run: the same model-error draws
 
-    def run(forcing, params):
-        return np.asarray(free_forecast(forecast, jax.numpy.asarray(members), forcing, noise_key, spec.days,
+    def run(forcing, params, model=forecast):
+        return np.asarray(free_forecast(model, jax.numpy.asarray(members), forcing, noise_key, spec.days,
                                         params))
 
     _log(f"{len(spec.scenarios)} scenario(s) and the baseline, {spec.days} days from {str(start)}, "
@@ -390,14 +408,21 @@ def run_scenarios(store_dir: str | Path, spec: ScenarioFile, *, source: str = "<
         params_of[scenario.name] = params if takes_params else None
         ensembles[scenario.name] = run(forcing, params)
     names: tuple[str, ...] = ()
+    process = None
     if emulator is not None:
         names = tuple(emulator.config.forcing_names)
         for run_name, forcing in forcings.items():
             outside[run_name] = _outside_training(emulator, forcing, params_of[run_name])
+        if spec.process_check:
+            from emulators.parameters import default_params
+            _log("the same runs with the process model (process_check)", quiet)
+            model = _process_forecast(config, layout, sites)
+            process = {name: run(forcing, params_of[name] if params_of[name] is not None else default_params(),
+                                 model) for name, forcing in forcings.items()}
     return ScenarioRun(spec=spec, start=start, times=times, layout=layout, baseline=baseline,
                        scenarios=ensembles, forcing=forcings, outside=outside, feature_names=names,
                        warnings=warnings, model=label, alerts=tuple(config.alerts), store=str(store.root),
-                       members=int(members.shape[0]))
+                       members=int(members.shape[0]), process=process)
 
 
 # --- summaries ---------------------------------------------------------------------------------------
@@ -465,6 +490,10 @@ def summarise(run: ScenarioRun) -> dict[str, Any]:
         differences = {names[i]: {"units": units[i], "time_mean": _interval(time_mean[:, i]),
                                   "end": _interval(end[:, i])} for i in range(layout.dim)}
         limits = _limits(run, scenario.name)
+        if run.process is not None:
+            process_mean = (run.process[scenario.name] - run.process["baseline"]).mean(axis=(0, 1))
+            differences = {name: {**d, "process_model_time_mean": float(process_mean[i])}
+                           for i, (name, d) in enumerate(differences.items())}
         out["scenarios"][scenario.name] = {
             "description": scenario.description,
             "changes": [c.model_dump(mode="json") for c in scenario.changes],
@@ -653,6 +682,15 @@ def write_report(path: Path, run: ScenarioRun, summary: dict) -> Path:
                 + [_fmt_interval(summary["scenarios"][n]["differences"][name][key]) for n in names]
                 for name in layout.names()]
         parts += [f"<h2>{label.capitalize()} (mean [5 %, 95 %])</h2>", html_table(rows, ["variable", "units"] + names)]
+    if run.process is not None:
+        rows = [[name, summary["scenarios"][names[0]]["differences"][name]["units"]]
+                + [f"{d['time_mean']['mean']:+.4g} / {d['process_model_time_mean']:+.4g}"
+                   for d in (summary["scenarios"][n]["differences"][name] for n in names)]
+                for name in layout.names()]
+        parts += ["<h2>Emulator against the process model (process_check)</h2>",
+                  "<p>Time-mean difference, ensemble mean, emulator / process model, from the same members "
+                  "with the same forcing and draws: where they disagree, the emulator's answer to this "
+                  "what-if is not the process model's.</p>", html_table(rows, ["variable", "units"] + names)]
     if run.alerts:
         rows = []
         for k, a in enumerate(run.alerts):
