@@ -13,9 +13,9 @@ import yaml
 
 from twin.config import parse_config, read_yaml
 from twin.errors import ConfigError
-from twin.store import StoreError
 from twin.operational import init_store, run_cycle
 from twin.scenario import ScenarioFile, load_scenario_file, run_scenarios, summarise
+from twin.store import StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 DAYS = 15

@@ -44,7 +44,7 @@ def _cmd_data_summary(args) -> int:
 
 
 def _cmd_qc(args) -> int:
-    from twin.config import QcConfig, load_config, write_resolved_config, TwinConfig
+    from twin.config import QcConfig, TwinConfig, load_config, write_resolved_config
     from twin.ingest import ingest
     from twin.observations import to_netcdf
     from twin.qc import apply_qc, plot_qc
@@ -143,6 +143,7 @@ def _cmd_emulator_train(args) -> int:
 
 def _cmd_emulator_evaluate(args) -> int:
     import jax
+
     from emulators.checkpoint import load_checkpoint
     from emulators.training import evaluate
     from twin.config import load_config
@@ -244,8 +245,7 @@ def _cmd_scenario(args) -> int:
 
 
 def _cmd_sampling(args) -> int:
-    from twin.advice import (format_store_plan, format_verification, plan_for_store,
-                             verify_in_twin_experiment)
+    from twin.advice import format_store_plan, format_verification, plan_for_store, verify_in_twin_experiment
     from twin.operational import use_compilation_cache
     use_compilation_cache(args.store)
     result = plan_for_store(args.store, args.target, args.horizon, args.candidates, args.budget, args.seed)

@@ -365,7 +365,7 @@ def run_scenarios(store_dir: str | Path, spec: ScenarioFile, *, source: str = "<
     """
     from emulators.forcing import Forcing
     from twin.engine import free_forecast
-    from twin.operational import (load_ledger, load_store_config, store_forcing, store_layout, store_sites)
+    from twin.operational import load_ledger, load_store_config, store_forcing, store_layout, store_sites
     from twin.store import require_store
     store = require_store(store_dir)
     key = jax.random.PRNGKey(spec.seed)
