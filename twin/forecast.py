@@ -78,6 +78,15 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
     return forecast
 
 
+def site_struct(site_config, num_layers: int) -> Site:
+    """The process model's description of a configured station: a 10 m surface layer over the rest of the
+    water column (the SOMLIT sampling depths), the generic shelf boundary (see ``twin.hindcast`` for the
+    station's own)."""
+    from emulators.parameters import default_site
+    thickness = (10.0, max(site_config.bottom_depth_m - 10.0, 1.0)) if num_layers == 2 else (10.0,)
+    return default_site(num_layers, site_config.latitude, thickness)
+
+
 def stack_sites(items):
     """Stack per-site pytrees (Forcing with a time axis, or Site) along a site axis.
 

@@ -23,14 +23,14 @@ import numpy as np
 import xarray as xr
 
 from assimilation import FilterParams, initial_inflation_state
-from emulators.parameters import ProcessParams, default_site
+from emulators.parameters import ProcessParams
 from emulators.process_model import initial_state
 from twin import flags
 from twin.config import RiverConfig, SiteConfig, SourceConfig, TwinConfig, write_resolved_config
 from twin.cycle_obs import build_cycle_observations, row_dispositions
 from twin.engine import AlertSpec, EngineState, WindowOutputs, free_forecast, run_window
 from twin.forcing_builder import build_site_forcing
-from twin.forecast import initial_ensemble, make_forecast, process_stepper, stack_sites
+from twin.forecast import initial_ensemble, make_forecast, process_stepper, site_struct, stack_sites
 from twin.ingest import ingest
 from twin.qc import apply_qc
 from twin.state_layout import StateLayout
@@ -154,8 +154,7 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
                                     max_gap_days=config.hindcast.forcing_max_gap_days,
                                     mode=config.hindcast.forcing_mode, river=s.river)
         forcings.append(f)
-        thickness = (10.0, max(s.bottom_depth_m - 10.0, 1.0))[:num_layers] if num_layers == 2 else (10.0,)
-        site = default_site(num_layers, s.latitude, thickness)
+        site = site_struct(s, num_layers)
         if s.boundary_from_data:
             site, report[f"{s.name} boundary"] = boundary_from_data(table, s.name, layout.layers, site)
         structs.append(site)

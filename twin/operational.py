@@ -74,13 +74,8 @@ def store_layout(config: TwinConfig):
 
 
 def store_sites(config: TwinConfig, layout):
-    from emulators.parameters import default_site
-    from twin.forecast import stack_sites
-    structs = []
-    for s in config.sites:
-        thickness = (10.0, max(s.bottom_depth_m - 10.0, 1.0)) if layout.num_layers == 2 else (10.0,)
-        structs.append(default_site(layout.num_layers, s.latitude, thickness))
-    return stack_sites(structs)
+    from twin.forecast import site_struct, stack_sites
+    return stack_sites([site_struct(s, layout.num_layers) for s in config.sites])
 
 
 # --- init --------------------------------------------------------------------------------------------
