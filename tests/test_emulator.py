@@ -264,3 +264,15 @@ def test_training_on_the_process_model_reaches_stated_skill():
     # network) reaches below 0.05 for every variable.
     assert max(skill.values()) < 0.6, skill
     assert np.median(list(skill.values())) < 0.3, skill
+
+
+@pytest.mark.parametrize("budget", [360, 3600, 8000])
+def test_pretrain_step_budget_scales_every_curriculum_stage(budget):
+    from twin.config import parse_config
+    from twin.emulator_source import train_config
+    config = train_config(parse_config({"emulator": {"pretrain": {"max_steps": budget}}}))
+    default = TrainConfig()
+    assert abs(config.total_steps - budget) <= len(default.rollout_schedule)  # rounding per stage
+    assert [h for h, _ in config.rollout_schedule] == [h for h, _ in default.rollout_schedule]
+    ratios = [n / m for (_, n), (_, m) in zip(config.rollout_schedule, default.rollout_schedule)]
+    np.testing.assert_allclose(ratios, budget / default.total_steps, rtol=0.02)

@@ -35,7 +35,7 @@ def train_config(config: TwinConfig):
     pre = config.emulator.pretrain
     base = TrainConfig(hidden_sizes=pre.hidden_sizes, seed=pre.seed)
     total = base.total_steps
-    if pre.max_steps < total:  # scale every curriculum stage down to the budget
+    if pre.max_steps != total:  # scale every curriculum stage to the budget, down or up
         scale = pre.max_steps / total
         schedule = tuple((h, max(1, int(round(n * scale)))) for h, n in base.rollout_schedule)
         base = dataclasses.replace(base, rollout_schedule=schedule,
