@@ -186,3 +186,32 @@ def test_observation_space_etkf_transform_equals_the_ensemble_space_one(num_obs)
         W, dofs = _etkf_transform_obs_space(jnp.asarray(Y), jnp.asarray(dy))
     np.testing.assert_allclose(np.asarray(W), w[None, :] + T, **TIGHT)
     np.testing.assert_allclose(float(dofs), np.sum((eigval - n1) / eigval), **TIGHT)
+
+
+@pytest.mark.parametrize(("num_members", "num_obs"), [(4, 7), (12, 5), (40, 60), (50, 30)])
+def test_stochastic_enkf_update_equals_the_direct_formula(num_members, num_obs):
+    """Given perturbations, the EnKF update is x_i + A^T G^-1 Y s_i (G = Y Y^T + N1 I, s_i the standardized
+    perturbed innovation): the Cholesky solves in ensemble space (N <= m) and observation space (N > m), in
+    one solve or in blocks of right-hand sides (the two larger cases), must give it to round-off, with an
+    unused slot, and trace(HK) with it."""
+    from assimilation.analysis import enkf_update
+    rng = np.random.default_rng(num_members + num_obs)
+    members = rng.normal(size=(num_members, 3 * num_obs))
+    predicted = members[:, ::3]
+    value = rng.normal(size=num_obs)
+    scale = rng.uniform(0.5, 2.0, size=num_obs)
+    scale[1] = 0.0  # an unused slot
+    eps = rng.normal(size=(num_members, num_obs))
+    n1 = num_members - 1
+    used = scale > 0
+    Y = (predicted - predicted.mean(axis=0)) * scale
+    dy = (value - predicted.mean(axis=0)) * scale
+    D = dy - Y + (eps - eps.mean(axis=0)) * used
+    G = Y @ Y.T + n1 * np.eye(num_members)
+    expected = members + (D @ Y.T @ np.linalg.inv(G)) @ (members - members.mean(axis=0))
+    expected_dofs = np.trace(Y.T @ np.linalg.solve(G, Y))
+    with enable_x64():
+        actual, dofs = jax.jit(enkf_update)(jnp.asarray(members), jnp.asarray(predicted), jnp.asarray(value),
+                                            jnp.asarray(scale), perturbations=jnp.asarray(eps))
+    np.testing.assert_allclose(np.asarray(actual), expected, **TIGHT)
+    np.testing.assert_allclose(float(dofs), expected_dofs, **TIGHT)

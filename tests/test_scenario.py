@@ -192,15 +192,27 @@ def test_bad_scenario_files_name_the_field(tmp_path, change, message):
 
 
 def test_changes_the_model_cannot_take_are_refused(store):
+    # the demo emulator takes four parameters as inputs; the nitrification rate is not one of them
     param = parse_config({"days": 5, "scenarios": [{"name": "p", "changes": [
-        {"target": "param.max_growth_rate", "operation": "scale", "value": 1.2}]}]}, model=ScenarioFile)
-    with pytest.raises(ConfigError, match="not conditioned on this parameter.*model: process"):
+        {"target": "param.nitrification_rate", "operation": "scale", "value": 1.2}]}]}, model=ScenarioFile)
+    with pytest.raises(ConfigError, match="param.nitrification_rate: the store's emulator is not conditioned on "
+                                          "this parameter.*model: process"):
         run_scenarios(store, param)
     outside = parse_config({"days": 5, "scenarios": [{"name": "p", "changes": [
         {"target": "forcing.par", "operation": "scale", "value": 0.5,
          "period": {"start": "2017-07-01", "end": "2017-07-10"}}]}]}, model=ScenarioFile)
     with pytest.raises(ConfigError, match="lies outside the horizon"):
         run_scenarios(store, outside)
+
+
+def test_a_parameter_the_emulator_takes_changes_the_plankton(store):
+    faster = {"seed": 3, "days": DAYS, "scenarios": [{"name": "grazing", "changes": [
+        {"target": "param.max_grazing_rate", "operation": "scale", "value": 1.5}]}]}
+    run = run_scenarios(store, parse_config(faster, model=ScenarioFile))
+    assert "conditioned on parameters" in run.model
+    differences = summarise(run)["scenarios"]["grazing"]["differences"]
+    # more grazing: less phytoplankton at the surface in every member by the end
+    assert differences["phytoplankton@SYNTH-B/surface"]["end"]["q95"] < 0, differences
 
 
 def test_the_shipped_scenario_file_is_valid():
