@@ -40,26 +40,61 @@ Lorenz-96 set-up); Whitaker and Hamill 2002 (serial EnSRF) and 2012 (RTPS); Ande
 inflation); Gaspari and Cohn 1999 (taper).
 """
 from assimilation import dispositions
-from assimilation.analysis import (ANALYSIS_KERNELS, AnalysisResult, ObsOperator, analysis,
-                                   degrees_of_freedom_for_signal, enkf_update, ensrf_update, etkf_update, get_analysis_kernel, letkf_update,
-                                   predict_observations)
-from assimilation.cycling import CycleResult, ForecastFn, cycle_scan, make_observations, run_cycles, \
-    stack_observations
-from assimilation.dispositions import (ASSIMILATED, BAD_QC, DISPOSITION_NAMES, INVALID_FOR_TRANSFORM, MISSING,
-                                       NUM_DISPOSITIONS, OUTSIDE_DOMAIN, REJECTED_OUTLIER)
-from assimilation.inflation import (adaptive_inflation_update, damp_inflation, inflate, random_rotation,
-                                   relax_to_prior_spread)
+from assimilation.analysis import (
+                                   ANALYSIS_KERNELS,
+                                   AnalysisResult,
+                                   ObsOperator,
+                                   analysis,
+                                   degrees_of_freedom_for_signal,
+                                   enkf_update,
+                                   ensrf_update,
+                                   etkf_update,
+                                   get_analysis_kernel,
+                                   letkf_update,
+                                   predict_observations,
+)
+from assimilation.cycling import CycleResult, ForecastFn, cycle_scan, make_observations, run_cycles, stack_observations
+from assimilation.dispositions import (
+                                   ASSIMILATED,
+                                   BAD_QC,
+                                   DISPOSITION_NAMES,
+                                   INVALID_FOR_TRANSFORM,
+                                   MISSING,
+                                   NUM_DISPOSITIONS,
+                                   OUTSIDE_DOMAIN,
+                                   REJECTED_OUTLIER,
+)
+from assimilation.inflation import (
+                                   adaptive_inflation_update,
+                                   damp_inflation,
+                                   inflate,
+                                   random_rotation,
+                                   relax_to_prior_spread,
+)
 from assimilation.localization import gaspari_cohn, half_width, localization_1d, localization_from_distances
 from assimilation.skill import Skill, assess_skill
 from assimilation.transforms import from_transformed, lognormal_obs, to_transformed
-from assimilation.types import (ANALYSIS_METHODS, RADIUS_CONVENTIONS, AnalysisMethod, Diagnostics, Ensemble,
-                                FilterParams, INFLATION_POSITIONS, InflationPosition, InflationState, Localization, Observations, RadiusConvention,
-                                initial_inflation_state)
+from assimilation.types import (
+                                   ANALYSIS_METHODS,
+                                   INFLATION_POSITIONS,
+                                   RADIUS_CONVENTIONS,
+                                   AnalysisMethod,
+                                   Diagnostics,
+                                   Ensemble,
+                                   FilterParams,
+                                   InflationPosition,
+                                   InflationState,
+                                   Localization,
+                                   Observations,
+                                   RadiusConvention,
+                                   initial_inflation_state,
+)
 
 __all__ = [
     "ANALYSIS_KERNELS", "ANALYSIS_METHODS", "ASSIMILATED", "AnalysisMethod", "AnalysisResult", "BAD_QC",
     "CycleResult", "DISPOSITION_NAMES", "Diagnostics", "Ensemble", "FilterParams", "ForecastFn",
-    "INFLATION_POSITIONS", "INVALID_FOR_TRANSFORM", "InflationPosition", "InflationState", "Localization", "MISSING", "NUM_DISPOSITIONS", "OUTSIDE_DOMAIN",
+    "INFLATION_POSITIONS", "INVALID_FOR_TRANSFORM", "InflationPosition", "InflationState", "Localization",
+    "MISSING", "NUM_DISPOSITIONS", "OUTSIDE_DOMAIN",
     "ObsOperator", "Observations", "RADIUS_CONVENTIONS", "REJECTED_OUTLIER", "RadiusConvention", "Skill",
     "adaptive_inflation_update", "analysis", "assess_skill", "cycle_scan", "damp_inflation",
     "degrees_of_freedom_for_signal", "dispositions",
