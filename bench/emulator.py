@@ -9,7 +9,7 @@ cost, so without ``--checkpoint`` an untrained network of the demo architecture 
 Prints member-years per second of both and their ratio; the last line is JSON.
 
 Usage: python bench/emulator.py [--members 64] [--sites 2] [--years 2] [--repeat 3] [--checkpoint DIR]
-                                [--hidden 96,96]
+                                [--hidden 128,128]
 """
 
 from __future__ import annotations
@@ -45,11 +45,14 @@ from emulators.training import (  # noqa: E402
 
 
 def untrained_emulator(num_sites: int, hidden_sizes: tuple[int, ...] | None = None) -> Emulator:
-    """The demo architecture with initial weights and a placeholder normalisation (speed does not depend on them)."""
-    train_config = TrainConfig() if hidden_sizes is None else TrainConfig(hidden_sizes=hidden_sizes)
+    """The demo architecture (``configs/demo.yaml``: hidden sizes and parameter inputs) with initial weights and a
+    placeholder normalisation (speed does not depend on them); ``hidden_sizes`` overrides the demo's."""
+    from twin.config import load_config
+    pretrain = load_config(REPO / "configs" / "demo.yaml").emulator.pretrain
+    train_config = TrainConfig(hidden_sizes=hidden_sizes or pretrain.hidden_sizes)
     config = NetworkConfig(
         state_names=tuple(process_model.state_names(2)),
-        forcing_names=forcing_feature_names(2),
+        forcing_names=forcing_feature_names(2, pretrain.varied_params),
         num_sites=num_sites,
         site_features=train_config.site_features,
         hidden_sizes=train_config.hidden_sizes,
@@ -81,7 +84,7 @@ def main() -> None:
     parser.add_argument("--years", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--checkpoint", default=None, help="time a trained emulator from this checkpoint")
-    parser.add_argument("--hidden", default=None, help="hidden sizes of the untrained network, e.g. 96,96")
+    parser.add_argument("--hidden", default=None, help="hidden sizes of the untrained network (default: the demo's), e.g. 96,96")
     args = parser.parse_args()
 
     num_days = 365 * args.years
