@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--years", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--checkpoint", default=None, help="time a trained emulator from this checkpoint")
-    parser.add_argument("--hidden", default=None, 
+    parser.add_argument("--hidden", default=None,
                         help="hidden sizes of the untrained network (default: the demo's), e.g. 96,96")
     args = parser.parse_args()
 
