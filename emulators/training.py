@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from emulators import process_model
 from emulators.checkpoint import make_lineage_entry
-from emulators.forcing import FORCING_FIELDS, Forcing, synthetic_forcing
+from emulators.forcing import FORCING_FIELDS, RIVER_WATER, Forcing, synthetic_forcing
 from emulators.network import (
     Activation,
     Emulator,
@@ -753,8 +753,9 @@ def _member_forcing(key, spec: EnsembleSpec, site_index: int, num_days: int, per
     if river > 0 and perturb:
         # Folded, not split, so that the other draws stay those of runs without a river.
         low, high = np.log(spec.river_water_range)
-        factors = np.exp(np.asarray(jax.random.uniform(jax.random.fold_in(key, 1), (4,), minval=low, maxval=high)))
-        names = ("river_nitrate", "river_ammonium", "river_phosphate", "river_silicate")
+        factors = np.exp(np.asarray(jax.random.uniform(jax.random.fold_in(key, 1), (len(RIVER_WATER),),
+                                                       minval=low, maxval=high)))
+        names = [f"river_{nutrient}" for nutrient in RIVER_WATER]
         forcing = forcing._replace(**{n: getattr(forcing, n) * np.float32(f) for n, f in zip(names, factors)})
     return forcing
 

@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from emulators.forcing import (
+    RIVER_WATER,
     Forcing,
     clear_sky_par,
     daily_means,
@@ -159,10 +160,9 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
     par = np.asarray(clear_sky_par(latitude, doy + 0.5)) * (1.0 - cloudiness)
     rivers = {}
     if river is not None:
-        rivers = dict(river_discharge=river_discharge_climatology(doy + 0.5, river.mean_discharge_m3s,
-                                                                  river.seasonal_amplitude, river.peak_day_of_year),
-                      river_nitrate=river.nitrate, river_ammonium=river.ammonium,
-                      river_phosphate=river.phosphate, river_silicate=river.silicate)
+        rivers = {f"river_{nutrient}": getattr(river, nutrient) for nutrient in RIVER_WATER}
+        rivers["river_discharge"] = river_discharge_climatology(doy + 0.5, river.mean_discharge_m3s,
+                                                                river.seasonal_amplitude, river.peak_day_of_year)
     forcing = make_forcing(temperature=temperature, salinity=salinity, day_of_year=doy, par=par,
                            wind_speed=wind_speed, **rivers)
     return forcing, ForcingReport({**filled_t, **filled_s}, {**borrowed_t, **borrowed_s})
