@@ -21,6 +21,16 @@ def test_out_of_range_value_names_field_and_value():
         parse_config({"sites": [{"name": "x", "latitude": 95, "longitude": 0}]})
 
 
+def test_bad_river_names_its_field():
+    site = {"name": "x", "latitude": 43, "longitude": 7}
+    with pytest.raises(ConfigError, match=r"sites\.0\.river\.mean_discharge_m3s: .*greater than 0.*\(got -5\)"):
+        parse_config({"sites": [{**site, "river": {"mean_discharge_m3s": -5}}]})
+    with pytest.raises(ConfigError, match=r"sites\.0\.river\.nitrat: unknown key \(did you mean 'nitrate'\?\)"):
+        parse_config({"sites": [{**site, "river": {"mean_discharge_m3s": 5, "nitrat": 100}}]})
+    with pytest.raises(ConfigError, match=r"sites\.0\.river\.seasonal_amplitude: .*less than 1"):
+        parse_config({"sites": [{**site, "river": {"mean_discharge_m3s": 5, "seasonal_amplitude": 1.2}}]})
+
+
 def test_wrong_type_and_unknown_variable():
     with pytest.raises(ConfigError) as info:
         parse_config({"seed": "abc", "qc": {"gross_range": {"nitrat": {"fail_span": [0, 1]}}}})
