@@ -74,6 +74,51 @@ def alert_window_probability(lead_members: jax.Array, alerts: tuple[AlertSpec, .
     return jnp.stack(out) if out else jnp.zeros((0,), lead_members.dtype)
 
 
+def sort_members(members: jax.Array) -> jax.Array:
+    """``members`` (N, ...) sorted along the member axis by a bitonic network (N padded to a power of two
+    with +inf): min/max on reshaped halves, which XLA fuses. On CPU, XLA's comparator sort of a (64, 36)
+    ensemble took 230 us, a third of a hindcast cycle; the network takes 23 us. NaN does not order: a
+    column holding one comes out scrambled (``ensemble_quantiles`` makes it NaN)."""
+    num = members.shape[0]
+    size = 1 << max(num - 1, 1).bit_length()
+    rest = members.shape[1:]
+    a = members
+    if size > num:
+        a = jnp.concatenate([a, jnp.full((size - num,) + rest, jnp.inf, a.dtype)])
+    block = 2
+    while block <= size:
+        # Merge sorted runs of block/2 into runs of block: compare each element with its mirror in the
+        # other half (so no up/down directions are needed), then half-cleaners of distance block/4 .. 1.
+        b = a.reshape((size // block, 2, block // 2) + rest)
+        lo, hi = b[:, 0], jnp.flip(b[:, 1], axis=1)
+        a = jnp.concatenate([jnp.minimum(lo, hi), jnp.flip(jnp.maximum(lo, hi), axis=1)], axis=1)
+        a = a.reshape((size,) + rest)
+        d = block // 4
+        while d >= 1:
+            b = a.reshape((size // (2 * d), 2, d) + rest)
+            a = jnp.stack([jnp.minimum(b[:, 0], b[:, 1]), jnp.maximum(b[:, 0], b[:, 1])], axis=1)
+            a = a.reshape((size,) + rest)
+            d //= 2
+        block *= 2
+    return a[:num]
+
+
+def ensemble_quantiles(members: jax.Array, quantiles=QUANTILES) -> jax.Array:
+    """``jnp.quantile(members, quantiles, axis=0)`` (linear interpolation between order statistics, NaN
+    where a member is NaN), through :func:`sort_members`: (len(quantiles), ...)."""
+    num = members.shape[0]
+    ordered = sort_members(members)
+    rows = []
+    for q in quantiles:
+        pos = q * (num - 1)
+        lo = int(pos // 1)
+        hi = min(lo + 1, num - 1)
+        frac = pos - lo
+        rows.append(ordered[lo] * (1.0 - frac) + ordered[hi] * frac if frac else ordered[lo])
+    out = jnp.stack(rows)
+    return jnp.where(jnp.isnan(members).any(axis=0), jnp.nan, out)
+
+
 class EngineState(NamedTuple):
     """What carries from one window to the next."""
     members: jax.Array            # (N, n)
@@ -122,7 +167,6 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
                 raise ValueError(f"forcing_ahead covers {min(short)} days; the alerts need {horizon}")
         lead = jnp.arange(num_cycles)[:, None] + jnp.arange(1, horizon + 1)[None, :]
         lead_forcing = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0)[lead], forcing, forcing_ahead)
-    q = jnp.asarray(QUANTILES)
     perturbations = None  # the stochastic EnKF's, drawn per cycle from the cycle's key
     if params.method == "enkf":
         shape = (state.members.shape[0], observations.value.shape[-1])
@@ -141,10 +185,18 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
         lead_members = jax.lax.scan(day, post, (lead_forcing_t, lead_keys))[1]  # (H, N, n)
         return alert_window_probability(lead_members, alerts)
 
+    split_keys = jax.vmap(jax.random.split)(keys)                     # (T, 2): forecast, analysis
+    model_noise = None  # every cycle's model errors, drawn in one batched call when the forecast can
+    if hasattr(forecast, "with_noise"):
+        model_noise = jax.vmap(lambda k: forecast.draw_noise(state.members, k))(split_keys[:, 0])
+
     def cycle(carry: EngineState, inputs):
-        obs_t, forcing_t, key_t, eps_t, lead_forcing_t = inputs
-        key_f, key_a = jax.random.split(key_t)
-        prior = forecast(carry.members, forcing_t, key_f, model_params)
+        obs_t, forcing_t, key_t, keys_t, noise_t, eps_t, lead_forcing_t = inputs
+        key_f, key_a = keys_t
+        if noise_t is None:
+            prior = forecast(carry.members, forcing_t, key_f, model_params)
+        else:
+            prior = forecast.with_noise(carry.members, forcing_t, noise_t, model_params)
         result = analysis(Ensemble(prior), obs_t, key_a, params, carry.inflation, None, log_mask,
                           obs_perturbations=eps_t)
         post = result.ensemble.members
@@ -152,14 +204,15 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
         out = WindowOutputs(
             forecast_mean=prior.mean(0), forecast_sd=prior.std(0, ddof=1),
             analysis_mean=post.mean(0), analysis_sd=post.std(0, ddof=1),
-            analysis_quantiles=jnp.quantile(post, q, axis=0),
+            analysis_quantiles=ensemble_quantiles(post),
             obs_forecast=prior[:, idx].mean(0), obs_forecast_sd=prior[:, idx].std(0, ddof=1),
             obs_analysis=post[:, idx].mean(0),
             diagnostics=result.diagnostics, disposition=result.disposition,
             alert_probability=alert_probability(post, lead_forcing_t, key_t))
         return EngineState(post, result.inflation_state), out
 
-    return jax.lax.scan(cycle, state, (observations, forcing, keys, perturbations, lead_forcing))
+    return jax.lax.scan(cycle, state, (observations, forcing, keys, split_keys, model_noise, perturbations,
+                                       lead_forcing))
 
 
 @functools.partial(jax.jit, static_argnames=("forecast", "num_days"))
