@@ -1,8 +1,12 @@
+from pathlib import Path
+
 import pytest
 
 from twin.cli import main
 from twin.config import TwinConfig, config_hash, load_config, parse_config
 from twin.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_unknown_key_gets_path_and_hint():
@@ -74,3 +78,25 @@ def test_config_check_cli(tmp_path, capsys):
     bad.write_text("nmae: demo\n")
     assert main(["config", "check", str(bad)]) == 2
     assert "did you mean 'name'" in capsys.readouterr().err
+
+
+def test_perfect_model_twin_needs_an_experiment_and_the_process_model():
+    with pytest.raises(ConfigError, match="process_params 'truth'"):
+        parse_config({"model": {"kind": "process", "process_params": "truth"},
+                      "sites": [{"name": "x", "latitude": 43, "longitude": 7}]})
+    with pytest.raises(ConfigError, match="process_params 'truth'"):
+        parse_config({"model": {"process_params": "truth"}, "experiment": {"site": "S"}})
+    config = load_config(CONFIGS / "demo-perfect-model.yaml")
+    assert (config.model.kind, config.model.process_params) == ("process", "truth")
+
+
+def test_perfect_model_twin_runs_with_the_truth_parameters():
+    from types import SimpleNamespace
+
+    from emulators.parameters import ProcessParams
+    from twin.hindcast import model_process_params
+    truth = ProcessParams()._replace(max_growth_rate=1.7)
+    config = load_config(CONFIGS / "demo-perfect-model.yaml")
+    assert model_process_params(config, SimpleNamespace(truth_params=truth)).max_growth_rate == 1.7
+    default = load_config(CONFIGS / "demo.yaml")
+    assert model_process_params(default, SimpleNamespace(truth_params=truth)) == ProcessParams()

@@ -192,6 +192,10 @@ class ModelConfig(Frozen):
     emulator_error_scale: PositiveFloat = Field(
         default=1.0, description="scales the emulator's own model-error estimate")
     substeps: int = Field(default=12, ge=1, le=200)
+    process_params: Literal["default", "truth"] = Field(
+        default="default",
+        description="parameters of the process model: its defaults, or (a twin experiment with kind 'process' "
+                    "only) the truth's own, a perfect-model twin: the bound on what the observations can give")
 
 
 class PretrainConfig(Frozen):
@@ -322,6 +326,13 @@ class TwinConfig(Frozen):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate site names {dup}")
+        return self
+
+    @model_validator(mode="after")
+    def _truth_params_need_an_experiment(self):
+        if self.model.process_params == "truth" and (self.experiment is None or self.model.kind != "process"):
+            raise ValueError("model.process_params 'truth' (a perfect-model twin) needs model.kind 'process' and an "
+                             "'experiment' section: only a twin experiment knows its truth's parameters")
         return self
 
 

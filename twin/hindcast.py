@@ -50,6 +50,7 @@ class Prepared:
     withheld: np.ndarray        # (n_rows,) bool
     truth: np.ndarray | None    # (T, n) daily truth at analysis times (twin experiment only)
     forcing_report: dict
+    truth_params: Any = None    # the truth's ProcessParams (twin experiment only)
 
 
 def _log(message: str, quiet: bool) -> None:
@@ -167,7 +168,7 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
         # truth.states[k] is the state at day0 + k days; analysis of cycle i is at day0 + i + 1.
         truth = truth_run.states[1:num_days + 1]
     return Prepared(config, table, layout, day0, num_days, stack_sites(forcings), stack_sites(structs),
-                    cycle_obs, withheld, truth, report)
+                    cycle_obs, withheld, truth, report, None if truth_run is None else truth_run.params)
 
 
 def boundary_from_data(table: xr.Dataset, site_name: str, layers: tuple[str, ...], site):
@@ -187,11 +188,20 @@ def boundary_from_data(table: xr.Dataset, site_name: str, layers: tuple[str, ...
     return site._replace(offshore_state=jnp.asarray(offshore)), used
 
 
+def model_process_params(config: TwinConfig, prepared: Prepared) -> ProcessParams:
+    """The process model's parameters: the defaults, or a perfect-model twin's truth parameters."""
+    if config.model.process_params == "truth":
+        if prepared.truth_params is None:
+            raise ValueError("model.process_params 'truth' needs a twin experiment (its truth's parameters)")
+        return prepared.truth_params
+    return ProcessParams()
+
+
 def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):
     """(stepper, log_error_sd (d,), emulator or None) for the configured model."""
     from twin.forecast import emulator_stepper
     if config.model.kind == "process":
-        stepper = process_stepper(ProcessParams(), prepared.sites, config.model.substeps)
+        stepper = process_stepper(model_process_params(config, prepared), prepared.sites, config.model.substeps)
         return stepper, process_log_error_sd(config, prepared.layout), None
     from twin.emulator_source import obtain_emulator
     emulator = obtain_emulator(config, prepared, quiet)
@@ -349,7 +359,8 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
         write_resolved_config(prepared.config, work)
         alert_specs(prepared)  # an alert on a site or layer the twin lacks fails now, not after pretraining
         stepper, log_sd, emulator = build_model(prepared.config, prepared, quiet)
-        forecast = make_forecast(stepper, prepared.layout, prepared.sites, log_sd)
+        forecast = make_forecast(stepper, prepared.layout, prepared.sites, log_sd,
+                                 model_process_params(prepared.config, prepared))
         key = jax.random.PRNGKey(prepared.config.seed)
         _log(f"cycling {prepared.num_days} days with {prepared.config.filter.method.upper()}, "
              f"N = {prepared.config.filter.members}, model: {prepared.config.model.kind}", quiet)
@@ -371,7 +382,7 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
             runs["free_run"] = np.asarray(free_forecast(
                 forecast, members0, prepared.forcing, jax.random.fold_in(key, 10**6), prepared.num_days
             ).mean(axis=1))
-            if prepared.config.model.kind == "process":
+            if prepared.config.model.kind == "process" and prepared.config.model.process_params == "default":
                 runs["process_model"] = runs["free_run"]  # the same model: one run serves both
             else:
                 process = make_forecast(process_stepper(ProcessParams(), prepared.sites,

@@ -91,6 +91,9 @@ def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str 
     store = Store(store_dir)
     if store.exists():
         raise StoreError(f"{store.root}: a store already exists here (remove it or choose another folder)")
+    if config.model.process_params == "truth":
+        raise StoreError("model.process_params 'truth' (a perfect-model twin) is a hindcast experiment; an "
+                         "operational store runs the process model with its default parameters")
     store.root.mkdir(parents=True, exist_ok=True)
     with store.lock(timeout_s=5):
         if config.experiment is not None:
