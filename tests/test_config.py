@@ -80,12 +80,12 @@ def test_config_check_cli(tmp_path, capsys):
     assert "did you mean 'name'" in capsys.readouterr().err
 
 
-def test_perfect_model_twin_needs_an_experiment_and_the_process_model():
+def test_truth_parameters_need_a_twin_experiment():
     with pytest.raises(ConfigError, match="process_params 'truth'"):
         parse_config({"model": {"kind": "process", "process_params": "truth"},
                       "sites": [{"name": "x", "latitude": 43, "longitude": 7}]})
-    with pytest.raises(ConfigError, match="process_params 'truth'"):
-        parse_config({"model": {"process_params": "truth"}, "experiment": {"site": "S"}})
+    # with the emulator: the truth's values of the parameters it takes as inputs
+    assert parse_config({"model": {"process_params": "truth"}, "experiment": {"site": "S"}}).model.kind == "emulator"
     config = load_config(CONFIGS / "demo-perfect-model.yaml")
     assert (config.model.kind, config.model.process_params) == ("process", "truth")
 

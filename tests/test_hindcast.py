@@ -164,8 +164,10 @@ def test_emulator_hindcast_with_the_committed_demo_checkpoint(tmp_path):
 
 
 def test_boundary_from_data_takes_the_station_medians():
-    from emulators.parameters import TRACERS, default_site
-    from twin.hindcast import boundary_from_data
+    from emulators.parameters import TRACERS
+    from twin.config import SiteConfig, TwinConfig
+    from twin.forecast import site_struct
+    from twin.hindcast import resolve_boundaries
     from twin.observations import make_observations
     n = 12
     values = np.arange(1.0, n + 1.0)
@@ -173,9 +175,48 @@ def test_boundary_from_data_takes_the_station_medians():
         time=pd.date_range("2020-01-01", periods=n, freq="7D").values, site=["Point B"] * n,
         variable=["nitrate"] * n, value=values, qc=np.ones(n, np.int8), native_qc=["2"] * n,
         source="fixture.csv", layer="bottom", layer_code="F", depth=50.0, error_sd=0.1)
-    site = default_site(2, 43.68)
-    new, used = boundary_from_data(table, "Point B", ("surface", "bottom"), site)
-    offshore, before = np.asarray(new.offshore_state), np.asarray(site.offshore_state)
-    k = len(TRACERS) + TRACERS.index("nitrate")
-    assert used == {"nitrate/bottom": float(np.median(values))} and offshore[k] == np.median(values)
-    assert np.array_equal(np.delete(offshore, k), np.delete(before, k))  # the rest: the generic shelf
+    site = SiteConfig(name="Point B", latitude=43.68, longitude=7.32, bottom_depth_m=60, boundary_from_data=True,
+                      offshore_water={"oxygen/bottom": 230.0})
+    config, report = resolve_boundaries(TwinConfig(sites=(site,)), table, ("surface", "bottom"))
+    assert report == {"Point B boundary": {"nitrate/bottom": float(np.median(values))}}
+    # the data fill what the config does not give; what it gives stays
+    assert config.sites[0].offshore_water == {"nitrate/bottom": float(np.median(values)), "oxygen/bottom": 230.0}
+    offshore = np.asarray(site_struct(config.sites[0], 2).offshore_state)
+    before = np.asarray(site_struct(site.model_copy(update={"offshore_water": {}}), 2).offshore_state)
+    k_no3, k_o2 = (len(TRACERS) + TRACERS.index(t) for t in ("nitrate", "oxygen"))
+    assert offshore[k_no3] == np.median(values) and offshore[k_o2] == 230.0
+    assert np.array_equal(np.delete(offshore, [k_no3, k_o2]), np.delete(before, [k_no3, k_o2]))  # generic shelf
+    # fewer than 10 usable values: the generic shelf
+    few, report = resolve_boundaries(TwinConfig(sites=(site,)), table.isel(obs=slice(0, 9)), ("surface", "bottom"))
+    assert few.sites[0].offshore_water == {"oxygen/bottom": 230.0} and report["Point B boundary"] == {}
+
+
+def test_offshore_water_keys_are_checked():
+    from twin.config import OFFSHORE_TRACERS, parse_config
+    from twin.errors import ConfigError
+    from emulators.parameters import TRACERS
+    assert OFFSHORE_TRACERS == TRACERS
+    with pytest.raises(ConfigError, match=r"sites\.0\.offshore_water.*'nitrat/bottom'"):
+        parse_config({"sites": [{"name": "x", "latitude": 43, "longitude": 7,
+                                 "offshore_water": {"nitrat/bottom": 2.0}}]})
+
+
+def test_emulator_can_take_the_truths_parameters():
+    """``model.process_params: truth`` with the emulator: the truth's values of its parameter inputs."""
+    import jax.numpy as jnp
+
+    from emulators.checkpoint import load_checkpoint
+    from emulators.forcing import synthetic_forcing
+    from emulators.parameters import ProcessParams
+    from emulators.process_model import initial_state
+    from twin.forecast import emulator_stepper, stack_sites
+    from pathlib import Path
+    emulator = load_checkpoint(Path(__file__).resolve().parents[1] / "configs" / "emulators" / "demo")
+    assert "param/max_grazing_rate" in emulator.config.forcing_names
+    forcing = stack_sites([synthetic_forcing(3, latitude=43.68)])
+    day = type(forcing)(*(a[1] for a in forcing))
+    x = jnp.asarray(initial_state(2))[None, None]
+    plain = np.asarray(emulator_stepper(emulator)(x, day))
+    assert np.array_equal(plain, np.asarray(emulator_stepper(emulator, ProcessParams())(x, day)))
+    grazed = np.asarray(emulator_stepper(emulator, ProcessParams()._replace(max_grazing_rate=1.5))(x, day))
+    assert not np.allclose(plain, grazed)

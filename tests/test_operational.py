@@ -277,3 +277,29 @@ def test_forecast_products_and_alerts_each_cycle(operated):
     assert len(products) == CALLS
     with xr.open_dataset(products[-1]) as ds:
         assert ds.sizes["time"] == 5 and np.all(ds["chlorophyll_q05"].values <= ds["chlorophyll_q95"].values)
+
+
+def test_store_takes_its_boundary_from_the_data_at_init(daily, tmp_path):
+    """``boundary_from_data`` in a store: the medians of the data there at init, written into the store's
+    config, the same as a hindcast takes from the same data; the store's process model uses them."""
+    from emulators.parameters import TRACERS
+    from twin.hindcast import data_offshore_water
+    from twin.ingest import ingest
+    from twin.operational import load_store_config, store_layout, store_sites
+    from twin.qc import apply_qc
+    root, days = daily
+    incoming = tmp_path / "incoming"
+    for _, paths in days:
+        shutil.copytree(paths[0].parent, incoming / paths[0].parent.name)
+    raw = _config(incoming)
+    raw["sites"][0]["boundary_from_data"] = True
+    raw["model"] = {"kind": "process"}
+    config = parse_config(raw)
+    init_store(tmp_path / "store", config, quiet=True)
+    stored = load_store_config(Store(tmp_path / "store"))
+    water = stored.sites[0].offshore_water
+    expected = data_offshore_water(apply_qc(ingest(config), config.qc), "SYNTH-B", ("surface", "bottom"))
+    assert {"nitrate/surface", "nitrate/bottom", "oxygen/bottom"} <= set(water)
+    assert water == pytest.approx(expected)
+    offshore = np.asarray(store_sites(stored, store_layout(stored)).offshore_state)[0]
+    assert offshore[len(TRACERS) + TRACERS.index("nitrate")] == pytest.approx(water["nitrate/bottom"])

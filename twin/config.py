@@ -38,6 +38,12 @@ def _check_variables(names, where: str):
     return names
 
 
+# The process model's tracers (emulators.parameters.TRACERS, repeated: a config check must not import JAX; a
+# test keeps the two equal).
+OFFSHORE_TRACERS = ("nitrate", "ammonium", "phosphate", "silicate", "phytoplankton", "zooplankton", "detritus",
+                    "oxygen")
+
+
 class RiverConfig(Frozen):
     """A river entering the surface layer of a site: a seasonal discharge climatology and the nutrients of its
     water (defaults: the nitrate-rich river of the emulator's training runs, ``emulators.forcing.RIVER_WATER``).
@@ -63,6 +69,20 @@ class SiteConfig(Frozen):
         default=False, description="process model: offshore water of each layer = the median of the site's "
                                    "observed nutrients and oxygen in that layer (instead of a generic shelf)")
     river: RiverConfig | None = Field(default=None, description="a river into the surface layer (none: no river)")
+    offshore_water: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description="process model: offshore water per 'tracer/layer', mmol m-3 (e.g. nitrate/bottom: 2.1); given "
+                    "values win over boundary_from_data, which fills the rest (a run's resolved config lists them)")
+
+    @field_validator("offshore_water")
+    @classmethod
+    def _offshore_keys(cls, v):
+        bad = [k for k in v if k.count("/") != 1 or k.split("/")[0] not in OFFSHORE_TRACERS
+               or k.split("/")[1] not in ("surface", "bottom")]
+        if bad:
+            raise ValueError(f"keys {bad} are not 'tracer/layer' with tracer one of {list(OFFSHORE_TRACERS)} and layer "
+                             f"surface or bottom")
+        return v
 
 
 class SourceConfig(Frozen):
@@ -194,8 +214,9 @@ class ModelConfig(Frozen):
     substeps: int = Field(default=12, ge=1, le=200)
     process_params: Literal["default", "truth"] = Field(
         default="default",
-        description="parameters of the process model: its defaults, or (a twin experiment with kind 'process' "
-                    "only) the truth's own, a perfect-model twin: the bound on what the observations can give")
+        description="parameters of the model: the defaults, or (a twin experiment only) the truth's own: with "
+                    "kind 'process', a perfect-model twin, the bound on what the observations can give; with the "
+                    "emulator, the truth's values of the parameters it takes as inputs (pretrain.varied_params)")
 
 
 class PretrainConfig(Frozen):
@@ -330,9 +351,9 @@ class TwinConfig(Frozen):
 
     @model_validator(mode="after")
     def _truth_params_need_an_experiment(self):
-        if self.model.process_params == "truth" and (self.experiment is None or self.model.kind != "process"):
-            raise ValueError("model.process_params 'truth' (a perfect-model twin) needs model.kind 'process' and an "
-                             "'experiment' section: only a twin experiment knows its truth's parameters")
+        if self.model.process_params == "truth" and self.experiment is None:
+            raise ValueError("model.process_params 'truth' needs an 'experiment' section: only a twin experiment "
+                             "knows its truth's parameters")
         return self
 
 

@@ -35,15 +35,16 @@ def process_stepper(params: ProcessParams, sites: Site, substeps: int = 12) -> S
                                                            params if model_params is None else model_params)
 
 
-def emulator_stepper(emulator) -> Stepper:
+def emulator_stepper(emulator, params: ProcessParams | None = None) -> Stepper:
     """The neural emulator (``emulators.network.predict_step``) for every member and site; ``model_params``
-    (network weights, e.g. a refit's), when given, replace the emulator's."""
+    (network weights, e.g. a refit's), when given, replace the emulator's. An emulator conditioned on
+    parameters gets ``params``' values of them (default: the process model's defaults)."""
     from emulators.network import predict_step
     from emulators.training import forcing_inputs
     names = emulator.config.forcing_names
 
     def stepper(x, forcing_t, model_params=None):
-        features = forcing_inputs(names, forcing_t)  # (S, F)
+        features = forcing_inputs(names, forcing_t, params)  # (S, F)
         doy = forcing_t.day_of_year                   # (S,)
         weights = emulator.weights if model_params is None else model_params
         return predict_step(emulator.graphdef, weights, emulator.normalisation, x,
@@ -91,11 +92,20 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
 
 def site_struct(site_config, num_layers: int) -> Site:
     """The process model's description of a configured station: a 10 m surface layer over the rest of the
-    water column (the SOMLIT sampling depths), the generic shelf boundary (see ``twin.hindcast`` for the
-    station's own)."""
-    from emulators.parameters import default_site
+    water column (the SOMLIT sampling depths), and the generic shelf's offshore water except where the site
+    gives its own (``offshore_water``, which ``twin.hindcast.resolve_boundaries`` fills from the data)."""
+    from emulators.parameters import LAYERS, TRACERS, default_site
     thickness = (10.0, max(site_config.bottom_depth_m - 10.0, 1.0)) if num_layers == 2 else (10.0,)
-    return default_site(num_layers, site_config.latitude, thickness)
+    site = default_site(num_layers, site_config.latitude, thickness)
+    if not site_config.offshore_water:
+        return site
+    offshore = np.asarray(site.offshore_state, np.float32).copy()
+    for key, value in site_config.offshore_water.items():
+        tracer, layer = key.split("/")
+        li = LAYERS.index(layer)
+        if li < num_layers:
+            offshore[li * len(TRACERS) + TRACERS.index(tracer)] = value
+    return site._replace(offshore_state=jnp.asarray(offshore))
 
 
 def stack_sites(items):

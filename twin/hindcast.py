@@ -149,18 +149,17 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
     day0, num_days = _period(config, table)
     _log(f"{table.sizes['obs']} observations; {num_days} days from {str(day0)[:10]}; "
          f"{len(layout.sites)} site(s), {num_layers} layer(s), state of {layout.dim}", quiet)
-    forcings, structs, report = [], [], {}
+    withheld = _withhold(table, layout, config.validation.withhold_fraction, config.validation.seed)
+    # The withheld rows validate the twin: they do not set its boundary either.
+    config, report = resolve_boundaries(config, table.isel(obs=np.flatnonzero(~withheld)), layout.layers)
+    forcings, structs = [], []
     for s in config.sites:
         f, rep = build_site_forcing(table, s.name, s.latitude, layout.layers, day0, num_days,
                                     max_gap_days=config.hindcast.forcing_max_gap_days,
                                     mode=config.hindcast.forcing_mode, river=s.river)
         forcings.append(f)
-        site = site_struct(s, num_layers)
-        if s.boundary_from_data:
-            site, report[f"{s.name} boundary"] = boundary_from_data(table, s.name, layout.layers, site)
-        structs.append(site)
+        structs.append(site_struct(s, num_layers))
         report[s.name] = {"filled_fraction": rep.filled_fraction, "borrowed": rep.borrowed}
-    withheld = _withhold(table, layout, config.validation.withhold_fraction, config.validation.seed)
     cycle_obs = build_cycle_observations(table, layout, day0, num_days, withheld=withheld,
                                          representativeness_fraction=config.filter.representativeness_fraction)
     truth = None
@@ -171,21 +170,33 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
                     cycle_obs, withheld, truth, report, None if truth_run is None else truth_run.params)
 
 
-def boundary_from_data(table: xr.Dataset, site_name: str, layers: tuple[str, ...], site):
-    """The site's offshore water taken from its own data: per layer, the median of the usable observations
-    of each observed tracer (the rest stay the generic shelf's). Returns (Site, {tracer/layer: value})."""
+def data_offshore_water(table: xr.Dataset, site_name: str, layers: tuple[str, ...]) -> dict[str, float]:
+    """A site's offshore water taken from its own data: per layer, the median of the usable observations of
+    each observed tracer with at least 10 of them, as ``{"tracer/layer": value}``."""
     from emulators.parameters import TRACERS
-    offshore = np.asarray(site.offshore_state, np.float32).copy()
     used = {}
     usable = np.isin(table["qc"].values, flags.USABLE_QC) & np.isfinite(table["value"].values)
     at_site = usable & (table["site"].values == site_name)
-    for li, layer in enumerate(layers):
-        for ti, tracer in enumerate(TRACERS):
+    for layer in layers:
+        for tracer in TRACERS:
             sel = at_site & (table["layer"].values == layer) & (table["variable"].values == tracer)
             if sel.sum() >= 10:
-                offshore[li * len(TRACERS) + ti] = float(np.median(table["value"].values[sel]))
-                used[f"{tracer}/{layer}"] = float(offshore[li * len(TRACERS) + ti])
-    return site._replace(offshore_state=jnp.asarray(offshore)), used
+                used[f"{tracer}/{layer}"] = float(np.median(table["value"].values[sel]))
+    return used
+
+
+def resolve_boundaries(config: TwinConfig, table: xr.Dataset, layers: tuple[str, ...]):
+    """The config with each ``boundary_from_data`` site's ``offshore_water`` filled from ``table`` (values the
+    config gives are kept), so the resolved config, and a store made from it, carry the boundary itself.
+    Returns (config, {"<site> boundary": the values taken from the data})."""
+    sites, report = [], {}
+    for s in config.sites:
+        if s.boundary_from_data:
+            found = {k: v for k, v in data_offshore_water(table, s.name, layers).items() if k not in s.offshore_water}
+            report[f"{s.name} boundary"] = found
+            s = s.model_copy(update={"offshore_water": {**found, **s.offshore_water}})
+        sites.append(s)
+    return config.model_copy(update={"sites": tuple(sites)}), report
 
 
 def model_process_params(config: TwinConfig, prepared: Prepared) -> ProcessParams:
@@ -206,7 +217,8 @@ def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):
     from twin.emulator_source import obtain_emulator
     emulator = obtain_emulator(config, prepared, quiet)
     sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
-    return emulator_stepper(emulator), sd, emulator
+    truth = config.model.process_params == "truth"
+    return emulator_stepper(emulator, model_process_params(config, prepared) if truth else None), sd, emulator
 
 
 def process_log_error_sd(config: TwinConfig, layout: StateLayout) -> np.ndarray:
@@ -359,8 +371,10 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
         write_resolved_config(prepared.config, work)
         alert_specs(prepared)  # an alert on a site or layer the twin lacks fails now, not after pretraining
         stepper, log_sd, emulator = build_model(prepared.config, prepared, quiet)
-        forecast = make_forecast(stepper, prepared.layout, prepared.sites, log_sd,
-                                 model_process_params(prepared.config, prepared))
+        # The chlorophyll diagnostic: the process model's parameters (a perfect-model twin's are the truth's).
+        chl_params = model_process_params(prepared.config, prepared) if prepared.config.model.kind == "process" \
+            else ProcessParams()
+        forecast = make_forecast(stepper, prepared.layout, prepared.sites, log_sd, chl_params)
         key = jax.random.PRNGKey(prepared.config.seed)
         _log(f"cycling {prepared.num_days} days with {prepared.config.filter.method.upper()}, "
              f"N = {prepared.config.filter.members}, model: {prepared.config.model.kind}", quiet)

@@ -103,6 +103,7 @@ def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str 
             raise StoreError("the config names no sites: add a 'sites' list (name, latitude, longitude)")
         config = _operational_config(config)
         layout = store_layout(config)
+        config = _resolve_store_boundaries(config, layout, quiet)
         day0 = _day0(config)
         emulator = obtain_emulator(config, None, quiet) if config.model.kind == "emulator" else None
         if emulator is not None:
@@ -131,6 +132,28 @@ def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str 
     _log(f"store {store.root}: {len(layout.sites)} site(s), {layout.dim} state elements, day 0 {str(day0)[:10]}, "
          f"{cycles_done} cycles done", quiet)
     return manifest
+
+
+def _resolve_store_boundaries(config: TwinConfig, layout, quiet: bool) -> TwinConfig:
+    """Each ``boundary_from_data`` site's offshore water from the data its sources hold now, written into the
+    store's config (``offshore_water``): the boundary stays fixed while the store cycles, so its compiled
+    cycle is reused (re-initialise the store to take a new one). Without data, the generic shelf's."""
+    if not any(s.boundary_from_data for s in config.sites):
+        return config
+    from twin.hindcast import resolve_boundaries
+    from twin.observations import flag_duplicates, sort_observations
+    from twin.qc import apply_qc
+    table, _, errors = read_new_rows(config, {"registry": {}}, _empty_ledger(), (), 0)
+    for err in errors:
+        _log(f"boundary from data: {err['file']}: {err['error']}", quiet)
+    if table is None:
+        _log("boundary from data: no observations yet; the generic shelf's offshore water", quiet)
+        return config
+    table = apply_qc(sort_observations(flag_duplicates(table)), config.qc)
+    config, report = resolve_boundaries(config, table, layout.layers)
+    for site, values in report.items():
+        _log(f"{site} from data: " + (", ".join(f"{k} {v:.3g}" for k, v in values.items()) or "none"), quiet)
+    return config
 
 
 def _ensemble_from_hindcast(directory: Path, layout, config: TwinConfig, key):
