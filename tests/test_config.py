@@ -100,3 +100,14 @@ def test_perfect_model_twin_runs_with_the_truth_parameters():
     assert model_process_params(config, SimpleNamespace(truth_params=truth)).max_growth_rate == 1.7
     default = load_config(CONFIGS / "demo.yaml")
     assert model_process_params(default, SimpleNamespace(truth_params=truth)) == ProcessParams()
+
+
+def test_missing_emulator_checkpoint_is_a_clear_error_before_any_work(tmp_path, capsys):
+    config = tmp_path / "twin.yaml"
+    config.write_text("name: x\nsites:\n  - {name: A, latitude: 43, longitude: 7}\nsources:\n  - path: none.csv\n"
+                      "emulator:\n  checkpoint: emulators/missing\n")
+    assert main(["hindcast", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "emulator.checkpoint: no metadata.json or arrays.npz" in err and str(tmp_path / "emulators") in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]

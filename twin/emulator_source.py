@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -59,12 +60,28 @@ def pretrain(config: TwinConfig, progress: bool = True):
     return emulator, history
 
 
+def require_checkpoint(config: TwinConfig) -> None:
+    """A clear error now if the emulator checkpoint the config names is not there (not after the data are
+    read, nor as a traceback from the loader)."""
+    from emulators.checkpoint import ARRAYS_FILE, METADATA_FILE
+    from twin.errors import InputError
+    path = config.emulator.checkpoint
+    if config.model.kind != "emulator" or not path:
+        return
+    missing = [name for name in (METADATA_FILE, ARRAYS_FILE) if not (Path(path) / name).is_file()]
+    if missing:
+        raise InputError(path, f"emulator.checkpoint: no {' or '.join(missing)} in this folder; give the folder "
+                               f"of a checkpoint (relative paths are read from the config's folder), or leave "
+                               f"emulator.checkpoint out to pretrain one")
+
+
 def obtain_emulator(config: TwinConfig, prepared=None, quiet: bool = False):
     """The checkpoint the config names, or a freshly pretrained emulator."""
     from emulators.checkpoint import load_checkpoint
     if config.emulator.checkpoint:
         if not quiet:
             print(f"[twin] emulator checkpoint {config.emulator.checkpoint}", file=sys.stderr)
+        require_checkpoint(config)
         return load_checkpoint(config.emulator.checkpoint)
     if not quiet:
         print("[twin] no emulator checkpoint: pretraining one on the process model", file=sys.stderr)

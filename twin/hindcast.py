@@ -365,6 +365,8 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
     try:
         started = time.perf_counter()
         write_resolved_config(config, work)
+        from twin.emulator_source import require_checkpoint
+        require_checkpoint(config)
         prepared = prepare(config, work, quiet)
         if adjust is not None:
             prepared = adjust(prepared)
