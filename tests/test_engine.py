@@ -7,21 +7,21 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from assimilation import FilterParams, Observations, initial_inflation_state
 from emulators.forcing import synthetic_forcing
-from emulators.parameters import ProcessParams, default_site
+from emulators.parameters import default_site
 from emulators.process_model import initial_state
 from twin.engine import QUANTILES, EngineState, ensemble_quantiles, run_window, sort_members
-from twin.forecast import initial_ensemble, make_forecast, process_stepper, stack_sites
+from twin.forecast import initial_ensemble, make_forecast, stack_sites
 from twin.state_layout import StateLayout
 
 
-@pytest.mark.parametrize("num_members", [1, 2, 7, 24, 32, 40, 64, 100])
+@pytest.mark.parametrize("num_members", [1, 7, 40, 64, 100])
 def test_sorting_network_sorts_any_ensemble_size(num_members):
     x = jax.random.normal(jax.random.PRNGKey(num_members), (num_members, 5, 3))
     x = x.at[0].set(x[-1])  # ties
     assert_array_equal(np.asarray(sort_members(x)), np.sort(np.asarray(x), axis=0))
 
 
-@pytest.mark.parametrize("num_members", [7, 32, 64, 100])
+@pytest.mark.parametrize("num_members", [7, 64, 100])
 def test_ensemble_quantiles_equal_jnp_quantile(num_members):
     x = jax.random.lognormal(jax.random.PRNGKey(1), shape=(num_members, 36))
     # Same order statistics, same linear interpolation: the weights are rounded to float32 at different
@@ -43,8 +43,11 @@ def test_window_with_predrawn_model_errors_equals_cycle_by_cycle_draws():
     layout = StateLayout(("A",), 2)
     site = default_site(2, 43.0)
     sites = stack_sites([site])
-    forecast = make_forecast(process_stepper(ProcessParams(), sites, substeps=4), layout, sites,
-                             np.full(layout.model_dim, 0.1, np.float32))
+
+    def relax(x, forcing_t, model_params=None):  # a cheap stepper: the test is about the engine's draws
+        return 0.95 * x + 0.05 * x.mean(axis=0)
+
+    forecast = make_forecast(relax, layout, sites, np.full(layout.model_dim, 0.1, np.float32))
     assert hasattr(forecast, "with_noise")
 
     def plain(members, forcing_t, key, model_params=None):  # the same function, without the hook
