@@ -192,9 +192,9 @@ def test_boundary_from_data_takes_the_station_medians():
 
 
 def test_offshore_water_keys_are_checked():
+    from emulators.parameters import TRACERS
     from twin.config import OFFSHORE_TRACERS, parse_config
     from twin.errors import ConfigError
-    from emulators.parameters import TRACERS
     assert OFFSHORE_TRACERS == TRACERS
     with pytest.raises(ConfigError, match=r"sites\.0\.offshore_water.*'nitrat/bottom'"):
         parse_config({"sites": [{"name": "x", "latitude": 43, "longitude": 7,
@@ -203,6 +203,8 @@ def test_offshore_water_keys_are_checked():
 
 def test_emulator_can_take_the_truths_parameters():
     """``model.process_params: truth`` with the emulator: the truth's values of its parameter inputs."""
+    from pathlib import Path
+
     import jax.numpy as jnp
 
     from emulators.checkpoint import load_checkpoint
@@ -210,7 +212,6 @@ def test_emulator_can_take_the_truths_parameters():
     from emulators.parameters import ProcessParams
     from emulators.process_model import initial_state
     from twin.forecast import emulator_stepper, stack_sites
-    from pathlib import Path
     emulator = load_checkpoint(Path(__file__).resolve().parents[1] / "configs" / "emulators" / "demo")
     assert "param/max_grazing_rate" in emulator.config.forcing_names
     forcing = stack_sites([synthetic_forcing(3, latitude=43.68)])

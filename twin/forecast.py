@@ -16,7 +16,8 @@ import numpy as np
 
 from emulators.forcing import Forcing
 from emulators.parameters import ProcessParams, Site
-from emulators.process_model import chlorophyll, step as process_step
+from emulators.process_model import chlorophyll
+from emulators.process_model import step as process_step
 from twin.state_layout import StateLayout
 
 ModelKind = Literal["emulator", "process"]
