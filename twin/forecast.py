@@ -69,10 +69,8 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
     chl = jax.vmap(jax.vmap(lambda x, f, s: chlorophyll(x, f, chlorophyll_params, s), in_axes=(0, 0, 0)),
                    in_axes=(0, None, None))
 
-    noise_shape = lambda members: (members.shape[0],) + model_idx.shape  # noqa: E731
-
     def draw_noise(members, key):
-        return jax.random.normal(key, noise_shape(members), members.dtype)
+        return jax.random.normal(key, (members.shape[0],) + model_idx.shape, members.dtype)
 
     def forecast_with_noise(members, forcing_t, noise, model_params=None):
         x = members[:, model_idx]

@@ -151,7 +151,7 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
          f"{len(layout.sites)} site(s), {num_layers} layer(s), state of {layout.dim}", quiet)
     withheld = _withhold(table, layout, config.validation.withhold_fraction, config.validation.seed)
     # The withheld rows validate the twin: they do not set its boundary either.
-    config, report = resolve_boundaries(config, table.isel(obs=np.flatnonzero(~withheld)), layout.layers)
+    config, report = resolve_boundaries(config, table, layout.layers, exclude=withheld)
     forcings, structs = [], []
     for s in config.sites:
         f, rep = build_site_forcing(table, s.name, s.latitude, layout.layers, day0, num_days,
@@ -170,12 +170,16 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
                     cycle_obs, withheld, truth, report, None if truth_run is None else truth_run.params)
 
 
-def data_offshore_water(table: xr.Dataset, site_name: str, layers: tuple[str, ...]) -> dict[str, float]:
+def data_offshore_water(table: xr.Dataset, site_name: str, layers: tuple[str, ...],
+                        exclude: np.ndarray | None = None) -> dict[str, float]:
     """A site's offshore water taken from its own data: per layer, the median of the usable observations of
-    each observed tracer with at least 10 of them, as ``{"tracer/layer": value}``."""
+    each observed tracer with at least 10 of them (rows marked in ``exclude`` left out), as
+    ``{"tracer/layer": value}``."""
     from emulators.parameters import TRACERS
     used = {}
     usable = np.isin(table["qc"].values, flags.USABLE_QC) & np.isfinite(table["value"].values)
+    if exclude is not None:
+        usable &= ~exclude
     at_site = usable & (table["site"].values == site_name)
     for layer in layers:
         for tracer in TRACERS:
@@ -185,14 +189,16 @@ def data_offshore_water(table: xr.Dataset, site_name: str, layers: tuple[str, ..
     return used
 
 
-def resolve_boundaries(config: TwinConfig, table: xr.Dataset, layers: tuple[str, ...]):
+def resolve_boundaries(config: TwinConfig, table: xr.Dataset, layers: tuple[str, ...],
+                       exclude: np.ndarray | None = None):
     """The config with each ``boundary_from_data`` site's ``offshore_water`` filled from ``table`` (values the
     config gives are kept), so the resolved config, and a store made from it, carry the boundary itself.
     Returns (config, {"<site> boundary": the values taken from the data})."""
     sites, report = [], {}
     for s in config.sites:
         if s.boundary_from_data:
-            found = {k: v for k, v in data_offshore_water(table, s.name, layers).items() if k not in s.offshore_water}
+            found = {k: v for k, v in data_offshore_water(table, s.name, layers, exclude).items()
+                     if k not in s.offshore_water}
             report[f"{s.name} boundary"] = found
             s = s.model_copy(update={"offshore_water": {**found, **s.offshore_water}})
         sites.append(s)
