@@ -180,6 +180,7 @@ def save_checkpoint(directory: str | os.PathLike, emulator: Emulator, *, overwri
         "network_config": emulator.config.to_dict(),
         "config_hash": str(emulator.config_hash),
         "lineage": _to_jsonable(list(emulator.lineage), "lineage"),
+        "parameter_values": {str(k): float(v) for k, v in emulator.parameter_values.items()},
         "saved": datetime.datetime.now(datetime.UTC).isoformat(),
     }
 
@@ -273,4 +274,5 @@ def load_checkpoint(directory: str | os.PathLike) -> Emulator:
         model_error=groups["model_error"],
         config_hash=metadata["config_hash"],
         lineage=tuple(metadata["lineage"]),
+        parameter_values=dict(metadata.get("parameter_values", {})),  # absent before calibrated refits
     )

@@ -348,6 +348,8 @@ class Emulator:
         config_hash: hash of the configuration that trained it.
         lineage: what it was trained on, in order: dicts with ``kind`` ("pretrain" or "refit"), ``time``
             (ISO 8601 UTC), ``data``, ``skill_before``, ``skill_after``, ``kept``.
+        parameter_values: values of its ``param/`` inputs calibrated to a site's analyses by a refit
+            (name -> value); the process model's defaults for those not given.
     """
 
     config: NetworkConfig
@@ -358,6 +360,7 @@ class Emulator:
     model_error: ModelError
     config_hash: str = ""
     lineage: tuple[dict[str, Any], ...] = ()
+    parameter_values: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def module(self) -> EmulatorNet:
         """The network as a module (a copy: changing it does not change the emulator)."""

@@ -493,6 +493,77 @@ def train(
     return emulator, history
 
 
+def calibrate_parameter_inputs(
+    emulator: Emulator,
+    data: TrajectoryData,
+    sample_weights: np.ndarray | None,
+    initial: np.ndarray,
+    reference: np.ndarray,
+    *,
+    steps: int = 300,
+    learning_rate: float = 0.03,
+    horizons: Sequence[int] = (1, 4),
+    prior_weight: float = 0.01,
+) -> tuple[np.ndarray, float, float]:
+    """Values of the emulator's ``param/`` inputs that best fit ``data``, its weights fixed (a refit with four
+    degrees of freedom instead of thousands: it cannot overfit a few months of analyses).
+
+    Minimises the rollout loss of :func:`train` over evenly spaced windows of each horizon in ``horizons``,
+    plus ``prior_weight * sum(log(values / reference) ** 2)``, with Adam in log space; values stay within the
+    emulator's training ranges (outside them the network was never taught).
+
+    Args:
+        data: trajectories (their ``param/`` forcing columns are replaced by the values tried).
+        sample_weights: as in :func:`train`.
+        initial, reference: (P,) starting values and prior centre, in the order of the ``param/`` features.
+
+    Returns:
+        (values (P,), loss at ``initial``, loss at the values).
+    """
+    columns = np.asarray([i for i, n in enumerate(emulator.config.forcing_names) if n.startswith(PARAM_PREFIX)])
+    if columns.size == 0:
+        raise ValueError("the emulator takes no parameter inputs (no param/ forcing features) to calibrate")
+    if np.shape(initial) != (columns.size,) or np.shape(reference) != (columns.size,):
+        raise ValueError(f"initial and reference must have shape ({columns.size},), got "
+                         f"{np.shape(initial)} and {np.shape(reference)}")
+    max_horizon = max(horizons)
+    if max_horizon > data.num_steps:
+        raise ValueError(f"calibration horizon {max_horizon} exceeds the trajectories' {data.num_steps} steps")
+    arrays = _device_arrays(data, float(emulator.normalisation.log_floor), sample_weights)
+    everything = np.arange(data.num_traj)
+    windows = [_validation_windows(arrays, everything, h) for h in horizons]
+    reference_log = jnp.log(jnp.asarray(reference, jnp.float32))
+    low = jnp.log(jnp.asarray(emulator.ranges.forcing_min)[columns])
+    high = jnp.log(jnp.asarray(emulator.ranges.forcing_max)[columns])
+
+    def loss(log_values):
+        values = jnp.exp(log_values)
+        total = prior_weight * jnp.sum((log_values - reference_log) ** 2)
+        for log_states, forcing, *rest in windows:
+            forcing = forcing.at[..., columns].set(values)
+            total = total + _batch_loss(emulator.graphdef, emulator.weights, emulator.normalisation,
+                                        (log_states, forcing, *rest))
+        return total
+
+    tx = optax.adam(learning_rate)
+
+    @jax.jit
+    def fit(log_values):
+        def body(carry, _):
+            log_values, opt_state = carry
+            grads = jax.grad(loss)(log_values)
+            updates, opt_state = tx.update(grads, opt_state, log_values)
+            return (jnp.clip(optax.apply_updates(log_values, updates), low, high), opt_state), None
+        (fitted, _), _ = jax.lax.scan(body, (log_values, tx.init(log_values)), None, length=steps)
+        return fitted, loss(log_values), loss(fitted)
+
+    start = jnp.clip(jnp.log(jnp.asarray(initial, jnp.float32)), low, high)
+    fitted, before, after = fit(start)
+    if not bool(after <= before):  # Adam may wander on a flat loss: never return worse than the start
+        fitted, after = start, before
+    return np.exp(np.asarray(fitted, np.float64)), float(before), float(after)
+
+
 # --- model error and evaluation ------------------------------------------------------------------------
 
 

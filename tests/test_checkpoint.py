@@ -45,6 +45,7 @@ def emulator() -> Emulator:
             make_lineage_entry("pretrain", "toy data", skill_before={"val_loss": 1.0}, skill_after={"val_loss": 0.1}),
             make_lineage_entry("refit", "analyses 2024", skill_before=np.float32(0.2), skill_after=0.3, kept=False),
         ),
+        parameter_values={"max_growth_rate": 1.25},
     )
 
 
@@ -71,6 +72,7 @@ def test_round_trip_is_bit_identical(tmp_path, emulator):
     assert loaded.config_hash == emulator.config_hash
     assert [e["kind"] for e in loaded.lineage] == ["pretrain", "refit"]
     assert loaded.lineage[1]["kept"] is False and loaded.lineage[1]["skill_before"] == pytest.approx(0.2)
+    assert loaded.parameter_values == {"max_growth_rate": 1.25}
 
     expected_step = emulator.step(state0, forcing[0], day_of_year[0], site)
     actual_step = loaded.step(state0, forcing[0], day_of_year[0], site)

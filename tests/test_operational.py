@@ -303,3 +303,20 @@ def test_store_takes_its_boundary_from_the_data_at_init(daily, tmp_path):
     assert water == pytest.approx(expected)
     offshore = np.asarray(store_sites(stored, store_layout(stored)).offshore_state)[0]
     assert offshore[len(TRACERS) + TRACERS.index("nitrate")] == pytest.approx(water["nitrate/bottom"])
+
+
+def test_the_compiled_model_key_changes_with_the_emulators_calibrated_parameters(tmp_path):
+    """A refit may change only the emulator's parameter inputs (same weights): the stored programs, which hold
+    them as constants, must then not be reused."""
+    from types import SimpleNamespace
+
+    from emulators.checkpoint import load_checkpoint, save_checkpoint
+    from twin.operational import model_key
+    (tmp_path / "config.yaml").write_text("name: x\n", encoding="utf-8")
+    emulator = load_checkpoint(CHECKPOINT)
+    save_checkpoint(tmp_path / "emulator-0", emulator)
+    save_checkpoint(tmp_path / "emulator-1", emulator.replace(parameter_values={"max_growth_rate": 1.3}))
+    store = SimpleNamespace(path=lambda name: tmp_path / name)
+    keys = [model_key(store, {"files": {"emulator": name}}) for name in ("emulator-0", "emulator-1")]
+    assert keys[0] != keys[1]
+    assert model_key(store, {"files": {"emulator": "emulator-0"}}) == keys[0]  # deterministic

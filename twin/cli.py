@@ -92,6 +92,14 @@ def _summary_lines(metrics: dict) -> list[str]:
         lines.append(f"withheld {name:<34} n={e['n']:<5} rmse {e['twin']['rmse']:.4g} "
                      f"(persistence {e['persistence']['rmse']:.4g}, climatology {e['climatology']['rmse']:.4g}), "
                      f"90% coverage {e['twin']['coverage_90']:.2f}")
+    refit = metrics.get("refit")
+    if refit:
+        lines.append(f"refits kept: {refit['kept']} of {len(refit['history'])} (every {refit['interval_days']} days)")
+        overall = refit.get("refit_over_pretrained")
+        if overall:
+            lines.append(f"7-day forecast RMSE against the truth, refit over pretrained emulator: mean ratio "
+                         f"{overall['mean_rmse_ratio']:.3f}, better for {overall['variables_better']} of "
+                         f"{overall['variables']} variables")
     return lines
 
 

@@ -263,6 +263,10 @@ class RefitConfig(Frozen):
     steps: int = Field(default=400, ge=1)
     holdout_days: int = Field(default=30, ge=1)
     learning_rate: PositiveFloat = 1e-3
+    fit: tuple[Literal["parameters", "weights"], ...] = Field(
+        default=("parameters", "weights"), min_length=1,
+        description="what a refit fits to the analyses: the emulator's parameter inputs (a few values, "
+                    "calibrated first) and/or its network weights (fine-tuned)")
 
 
 class ValidationConfig(Frozen):

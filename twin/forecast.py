@@ -8,7 +8,7 @@ them), mean-preserving; the diagnostic chlorophyll is then recomputed from the n
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,19 +36,52 @@ def process_stepper(params: ProcessParams, sites: Site, substeps: int = 12) -> S
                                                            params if model_params is None else model_params)
 
 
+class EmulatorModelParams(NamedTuple):
+    """What a refit changes, passed to the compiled cycle as data (a change does not recompile it): the
+    network's weights and the values of its parameter inputs, ``(P,)`` in the order of its ``param/`` forcing
+    features (:func:`parameter_input_names`)."""
+    weights: Any
+    parameters: jax.Array
+
+
+def parameter_input_names(emulator) -> tuple[str, ...]:
+    """The process parameters the emulator takes as inputs (its ``param/`` forcing features), in order."""
+    from emulators.training import PARAM_PREFIX
+    return tuple(n[len(PARAM_PREFIX):] for n in emulator.config.forcing_names if n.startswith(PARAM_PREFIX))
+
+
+def emulator_model_params(emulator, params: ProcessParams | None = None) -> EmulatorModelParams:
+    """The emulator's weights and parameter-input values: ``params``' when given (a perfect-model twin),
+    else the values a refit calibrated (``emulator.parameter_values``), else the process model's defaults."""
+    names = parameter_input_names(emulator)
+    if params is None:
+        defaults = ProcessParams()
+        values = [emulator.parameter_values.get(n, getattr(defaults, n)) for n in names]
+    else:
+        values = [getattr(params, n) for n in names]
+    return EmulatorModelParams(emulator.weights, jnp.asarray(values, jnp.float32).reshape(len(names)))
+
+
 def emulator_stepper(emulator, params: ProcessParams | None = None) -> Stepper:
-    """The neural emulator (``emulators.network.predict_step``) for every member and site; ``model_params``
-    (network weights, e.g. a refit's), when given, replace the emulator's. An emulator conditioned on
-    parameters gets ``params``' values of them (default: the process model's defaults)."""
+    """The neural emulator (``emulators.network.predict_step``) for every member and site.
+
+    ``model_params``: None (the emulator's own, see :func:`emulator_model_params` for its parameter inputs),
+    network weights (a refit's; parameter inputs as for None) or :class:`EmulatorModelParams` (both).
+    """
     from emulators.network import predict_step
-    from emulators.training import forcing_inputs
+    from emulators.training import PARAM_PREFIX, forcing_inputs
     names = emulator.config.forcing_names
+    columns = np.asarray([i for i, n in enumerate(names) if n.startswith(PARAM_PREFIX)], np.int32)
+    own = emulator_model_params(emulator, params)
 
     def stepper(x, forcing_t, model_params=None):
-        features = forcing_inputs(names, forcing_t, params)  # (S, F)
+        if not isinstance(model_params, EmulatorModelParams):
+            model_params = own._replace(weights=own.weights if model_params is None else model_params)
+        features = forcing_inputs(names, forcing_t)  # (S, F); the parameter columns are set next
+        if columns.size:
+            features = features.at[:, columns].set(model_params.parameters)
         doy = forcing_t.day_of_year                   # (S,)
-        weights = emulator.weights if model_params is None else model_params
-        return predict_step(emulator.graphdef, weights, emulator.normalisation, x,
+        return predict_step(emulator.graphdef, model_params.weights, emulator.normalisation, x,
                             features[None], doy[None], 0)
     return stepper
 

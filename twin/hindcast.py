@@ -287,8 +287,11 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
     log_mask = jnp.ones(layout.dim, bool)
     obs_all = prepared.cycle_obs.obs
     T = prepared.num_days
-    cuts = set(range(0, T, config.hindcast.window_days)) | set(refitter.boundaries(T) if refitter else [])
-    bounds = sorted(cuts) + [T]
+    # Windows end where a refit is due and are at most window_days long, counted from the last refit: with
+    # a refit every K < window_days days all windows but the last have K days (one compiled program).
+    refits = sorted(set(refitter.boundaries(T) if refitter else []) - {0})
+    bounds = sorted({c for a, b in zip([0] + refits, refits + [T])
+                     for c in range(a, b, config.hindcast.window_days)}) + [T]
     cycle_key = jax.random.fold_in(key, 1)
     alerts = alert_specs(prepared) or None
     horizon = max((a.horizon_days for a in alerts or ()), default=0)
@@ -321,10 +324,14 @@ def refit_summary(prepared: Prepared, refitter, stepper, outputs) -> dict:
     if prepared.truth is not None:
         names = prepared.layout.names()
         mean = np.asarray(outputs.analysis_mean)
-        pretrained = refitter.initial_weights
-        summary[f"forecast_{LEAD_DAYS}day_rmse"] = {
-            label: forecast_rmse_vs_truth(refitter.deterministic, mean, prepared.truth, prepared.forcing, w, names)
-            for label, w in (("pretrained", pretrained), ("refit", refitter.emulator.weights))}
+        rmse = {label: forecast_rmse_vs_truth(refitter.deterministic, mean, prepared.truth, prepared.forcing, w,
+                                              names)
+                for label, w in (("pretrained", refitter.initial), ("refit", refitter.model_params))}
+        summary[f"forecast_{LEAD_DAYS}day_rmse"] = rmse
+        ratio = np.asarray([rmse["refit"][k] / max(rmse["pretrained"][k], 1e-30) for k in names])
+        summary["refit_over_pretrained"] = {  # one figure for "does the refit forecast better?"
+            "mean_rmse_ratio": float(ratio.mean()), "variables_better": int((ratio < 1.0).sum()),
+            "variables": len(names)}
     return summary
 
 
@@ -386,14 +393,18 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
         key = jax.random.PRNGKey(prepared.config.seed)
         _log(f"cycling {prepared.num_days} days with {prepared.config.filter.method.upper()}, "
              f"N = {prepared.config.filter.members}, model: {prepared.config.model.kind}", quiet)
-        refitter = None
+        refitter, model_params = None, None
+        if emulator is not None:
+            from twin.forecast import emulator_model_params
+            truth = prepared.config.model.process_params == "truth"
+            model_params = emulator_model_params(emulator, model_process_params(prepared.config, prepared)
+                                                 if truth else None)
         if emulator is not None and prepared.config.refit.interval_days is not None:
             from twin.emulator_source import train_config
             from twin.refit import Refitter
             refitter = Refitter(emulator, prepared, stepper, train_config(prepared.config),
-                                jax.random.fold_in(key, 2), quiet)
-        _, outputs, timings, members0 = run_windows(prepared, forecast, key, quiet,
-                                                    None if emulator is None else emulator.weights, refitter)
+                                jax.random.fold_in(key, 2), quiet, initial=model_params)
+        _, outputs, timings, members0 = run_windows(prepared, forecast, key, quiet, model_params, refitter)
         refits = None
         if refitter is not None:
             emulator = refitter.emulator

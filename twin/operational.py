@@ -394,13 +394,16 @@ def store_model(store: Store, manifest, config: TwinConfig, layout, sites, key: 
 
 
 def model_key(store: Store, manifest) -> str:
-    """What the store's forecast model is made of: its config and its emulator's weights (by content, so
-    stores with the same config and emulator share compiled programs)."""
+    """What the store's forecast model is made of: its config, its emulator's weights (by content, so
+    stores with the same config and emulator share compiled programs) and the emulator's calibrated
+    parameter inputs (a refit may change only those; the compiled programs hold them as constants)."""
     import json
     text = store.path("config.yaml").read_text(encoding="utf-8")
     emulator = manifest["files"].get("emulator")
-    digest = None if emulator is None else json.loads(
-        (store.path(emulator) / "metadata.json").read_text(encoding="utf-8"))["arrays_sha256"]
+    digest = None
+    if emulator is not None:
+        metadata = json.loads((store.path(emulator) / "metadata.json").read_text(encoding="utf-8"))
+        digest = f"{metadata['arrays_sha256']}|{json.dumps(metadata.get('parameter_values', {}), sort_keys=True)}"
     return f"{digest}|{text}"
 
 

@@ -201,6 +201,11 @@ def html_table(rows: list[list], header: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+
+def _parameter_text(values: dict) -> str:
+    """``name=value`` pairs of an emulator's calibrated parameter inputs ("defaults" when none)."""
+    return ", ".join(f"{k}={v:.4g}" for k, v in values.items()) or "defaults"
+
 def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, baselines: dict) -> Path:
     parts = [f"<h1>Coastal twin hindcast: {html.escape(prepared.config.name)}</h1>",
              f"<p>{metrics['period']['days']} days from {metrics['period']['start']}; "
@@ -240,12 +245,20 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
     if refit:
         parts += [f"<h3>Refit history (every {refit['interval_days']} days)</h3>",
                   html_table([[r["time"], r["holdout"], r["score_before"], r["score_after"], r["kept"],
+                               r.get("fitted", ""), _parameter_text(r.get("parameter_values", {})),
                                r.get("why", ""), r["seconds"]] for r in refit["history"]],
-                         ["time", "held out", "forecast score before", "after", "kept", "why", "seconds"])
+                         ["time", "held out", "forecast score before", "after", "kept", "fitted",
+                          "parameter inputs from then on", "why", "seconds"])
                   if refit["history"] else "<p>No refit was attempted (too little data before the first one).</p>"]
         lead = next((k for k in refit if k.startswith("forecast_")), None)
         if lead:
             before, after = refit[lead]["pretrained"], refit[lead]["refit"]
-            parts += [f"<h3>{lead.split('_')[1]} forecast RMSE against the truth: pretrained vs refit emulator</h3>",
+            overall = refit.get("refit_over_pretrained")
+            parts += [f"<h3>{lead.split('_')[1]} forecast RMSE against the truth: pretrained vs refit emulator</h3>"]
+            if overall:
+                parts += [f"<p>Refit over pretrained RMSE, mean over variables: {overall['mean_rmse_ratio']:.3f}; "
+                          f"the refit forecasts {overall['variables_better']} of {overall['variables']} "
+                          f"variables better.</p>"]
+            parts += [
                       html_table([[k, before[k], after[k]] for k in before], ["variable", "pretrained", "refit"])]
     return write_html_page(path, f"twin hindcast {prepared.config.name}", parts)
