@@ -188,6 +188,29 @@ def test_observation_space_etkf_transform_equals_the_ensemble_space_one(num_obs)
     np.testing.assert_allclose(float(dofs), np.sum((eigval - n1) / eigval), **TIGHT)
 
 
+@pytest.mark.parametrize("num_active", [0, 1, 4, 8, 9, 20])
+def test_etkf_transform_through_the_active_slots_equals_the_full_one(num_active):
+    """28 slots, 40 members: up to 8 slots in use, the transform comes from those alone (lax.cond); above,
+    from all 28. Both must equal the ensemble-space transform, whichever slots are in use."""
+    from assimilation.analysis import _etkf_transform_active_slots
+    rng = np.random.default_rng(num_active)
+    num_members, num_obs = 40, 28
+    active = np.zeros(num_obs, bool)
+    active[rng.choice(num_obs, num_active, replace=False)] = True
+    Y = rng.normal(size=(num_members, num_obs)) * active
+    Y -= Y.mean(axis=0)
+    dy = rng.normal(size=num_obs) * active
+    n1 = num_members - 1
+    G = Y @ Y.T + n1 * np.eye(num_members)
+    eigval, V = np.linalg.eigh(G)
+    T = (V * np.sqrt(n1 / eigval)) @ V.T
+    w = np.linalg.solve(G, Y @ dy)
+    with enable_x64():
+        W, dofs = jax.jit(_etkf_transform_active_slots)(jnp.asarray(Y), jnp.asarray(dy))
+    np.testing.assert_allclose(np.asarray(W), w[None, :] + T, **TIGHT)
+    np.testing.assert_allclose(float(dofs), np.sum((eigval - n1) / eigval), **TIGHT)
+
+
 @pytest.mark.parametrize(("num_members", "num_obs"), [(4, 7), (12, 5), (40, 60), (50, 30)])
 def test_stochastic_enkf_update_equals_the_direct_formula(num_members, num_obs):
     """Given perturbations, the EnKF update is x_i + A^T G^-1 Y s_i (G = Y Y^T + N1 I, s_i the standardized
