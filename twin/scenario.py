@@ -346,7 +346,9 @@ def _model(store, manifest, config, layout, sites, spec: ScenarioFile, where: st
                                   f"every scenario with the process model" for n in missing])
     sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
     forecast = make_forecast(_conditioned_stepper(emulator), layout, sites, sd)
-    return forecast, emulator, default_params(), True, label + " (conditioned on parameters)"
+    # The baseline takes the values a refit calibrated to the site's analyses, if any, the defaults otherwise.
+    calibrated = default_params()._replace(**{k: np.float32(v) for k, v in emulator.parameter_values.items()})
+    return forecast, emulator, calibrated, True, label + " (conditioned on parameters)"
 
 
 def _outside_training(emulator, forcing, params=None) -> np.ndarray:
@@ -401,8 +403,9 @@ def run_scenarios(store_dir: str | Path, spec: ScenarioFile, *, source: str = "<
                                                where)
         params = base_params
         if any(c.kind == "param" for c in scenario.changes):
-            from emulators.parameters import default_params
-            params, more = changed_params(default_params(), scenario.changes)
+            from emulators.parameters import ProcessParams, default_params
+            params, more = changed_params(base_params if isinstance(base_params, ProcessParams)
+                                          else default_params(), scenario.changes)
             notes += more
         forcings[scenario.name], warnings[scenario.name] = forcing, notes
         params_of[scenario.name] = params if takes_params else None
