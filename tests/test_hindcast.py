@@ -221,3 +221,102 @@ def test_emulator_can_take_the_truths_parameters():
     assert np.array_equal(plain, np.asarray(emulator_stepper(emulator, ProcessParams())(x, day)))
     grazed = np.asarray(emulator_stepper(emulator, ProcessParams()._replace(max_grazing_rate=1.5))(x, day))
     assert not np.allclose(plain, grazed)
+
+
+def test_next_chlorophyll_scale_finds_the_unbiased_scale():
+    from twin.hindcast import next_chlorophyll_scale
+    # first pass: the ratio itself; a layer without samples (NaN) keeps its scale; a step is x4 at most
+    first = next_chlorophyll_scale(np.array([[1.0, 1.0, 2.0]]), np.array([[1.8, np.nan, 100.0]]))
+    np.testing.assert_allclose(first, [[1.8, 1.0, 8.0]])
+    # a damped response, ratio = (2.5 / scale) ** 0.7: the secant steps converge to 2.5 within 1 %
+    scale, previous = np.array([[1.0]]), None
+    for _ in range(4):
+        ratio = (2.5 / scale) ** 0.7
+        scale, previous = next_chlorophyll_scale(scale, ratio, previous), (scale, ratio)
+    np.testing.assert_allclose(scale, [[2.5]], rtol=0.01)
+
+
+def test_chlorophyll_ratio_counts_only_assimilated_samples():
+    from types import SimpleNamespace
+
+    from assimilation import dispositions as dsp
+    from twin.hindcast import CALIBRATION_MIN_SAMPLES, chlorophyll_forecast_ratio
+    from twin.state_layout import StateLayout
+    layout = StateLayout(("A",), 2)
+    surface, bottom = layout.index("chlorophyll", "A", "surface"), layout.index("chlorophyll", "A", "bottom")
+    T = 2 * CALIBRATION_MIN_SAMPLES
+    index = np.tile([surface, bottom], (T, 1))
+    value = np.tile([2.0, 1.0], (T, 1))
+    forecast = np.tile([1.0, 1.0], (T, 1))
+    disposition = np.full((T, 2), dsp.ASSIMILATED)
+    disposition[::2, 0] = dsp.MISSING              # e.g. withheld samples, with a wild forecast: not counted
+    forecast[::2, 0] = 100.0
+    disposition[1::2, 0] = dsp.REJECTED_OUTLIER     # counted: a biased diagnostic makes good samples outliers
+    disposition[CALIBRATION_MIN_SAMPLES - 1:, 1] = dsp.BAD_QC  # too few bottom samples left
+    prepared = SimpleNamespace(layout=layout,
+                               cycle_obs=SimpleNamespace(obs=SimpleNamespace(state_index=index, value=value)))
+    ratio = chlorophyll_forecast_ratio(prepared, SimpleNamespace(obs_forecast=forecast, disposition=disposition))
+    assert ratio[0, 0] == pytest.approx(2.0) and np.isnan(ratio[0, 1])
+
+
+def test_chlorophyll_scale_multiplies_the_diagnostic():
+    import jax
+    import jax.numpy as jnp
+
+    from emulators.forcing import synthetic_forcing
+    from emulators.parameters import ProcessParams, default_site
+    from emulators.process_model import initial_state
+    from twin.forecast import make_forecast, process_stepper, stack_sites
+    from twin.state_layout import StateLayout
+    layout = StateLayout(("A", "B"), 2)
+    sites = stack_sites([default_site(2, 43.0), default_site(2, 44.0)])
+    forcing = jax.tree.map(lambda a: a[0], stack_sites([synthetic_forcing(3), synthetic_forcing(3)]))
+    members = jnp.zeros((3, layout.dim)).at[:, layout.model_slices()].set(
+        jnp.tile(jnp.asarray(initial_state(2)), (3, 2, 1)))
+    zero = np.zeros(layout.model_dim, np.float32)
+    stepper = process_stepper(ProcessParams(), sites)
+    plain = make_forecast(stepper, layout, sites, zero)
+    scale = np.array([[2.0, 0.5], [1.0, 3.0]], np.float32)
+    scaled = make_forecast(stepper, layout, sites, zero, chlorophyll_scale=scale)
+    key = jax.random.PRNGKey(0)
+    a, b = np.asarray(plain(members, forcing, key)), np.asarray(scaled(members, forcing, key))
+    diag = layout.diagnostic_slices()
+    np.testing.assert_allclose(b[:, diag], a[:, diag] * scale[None], rtol=1e-6)
+    model = layout.model_slices()
+    np.testing.assert_array_equal(b[:, model], a[:, model])
+
+
+def test_chlorophyll_scale_layers_are_checked():
+    from twin.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"sites\.0\.chlorophyll_scale"):
+        parse_config({"sites": [{"name": "x", "latitude": 43, "longitude": 7,
+                                 "chlorophyll_scale": {"middle": 2.0}}]})
+    with pytest.raises(ConfigError, match=r"sites\.0\.chlorophyll_scale"):
+        parse_config({"sites": [{"name": "x", "latitude": 43, "longitude": 7,
+                                 "chlorophyll_scale": {"surface": 0.0}}]})
+
+
+@pytest.mark.slow
+def test_calibration_undoes_a_wrong_chlorophyll_scale(tmp_path, monkeypatch):
+    """A twin experiment whose chlorophyll diagnostic starts at half the truth's (scale 0.5): two passes move
+    the scales back towards 1, the forecasts at the assimilated samples become nearly unbiased, and the
+    resolved config and metrics record the estimate. 80 days give 9 weekly bottles per layer (the buoy's
+    chlorophyll is fluorescence, not assimilated as chlorophyll): the sample minimum is lowered to 5."""
+    import yaml
+
+    import twin.hindcast
+    monkeypatch.setattr(twin.hindcast, "CALIBRATION_MIN_SAMPLES", 5)
+    site = {"name": "SYNTH-B", "latitude": 43.68, "longitude": 7.32,
+            "chlorophyll_scale": {"surface": 0.5, "bottom": 0.5}}
+    config = dict(PLAIN, sites=[site], hindcast={"window_days": 80, "calibrate_chlorophyll": 2},
+                  experiment={**PLAIN["experiment"], "days": 80}, filter={"members": 8, "inflation": 1.05},
+                  validation={"withhold_fraction": 0.0})
+    metrics = run_hindcast(parse_config(config), tmp_path / "run", quiet=True)
+    passes = metrics["chlorophyll_calibration"]
+    assert [p["pass"] for p in passes] == [1, 2]
+    first, last = passes[0]["observed_over_forecast"], passes[-1]["observed_over_forecast"]
+    assert first["SYNTH-B/surface"] > 1.5  # half the chlorophyll: forecasts about half the samples
+    assert abs(np.log(last["SYNTH-B/surface"])) < 0.5 * abs(np.log(first["SYNTH-B/surface"]))
+    resolved = yaml.safe_load((tmp_path / "run" / "resolved_config.yaml").read_text())
+    scale = resolved["sites"][0]["chlorophyll_scale"]
+    assert 0.7 < scale["surface"] < 1.5 and 0.6 < scale["bottom"] < 1.6

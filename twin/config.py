@@ -74,6 +74,12 @@ class SiteConfig(Frozen):
         description="process model: offshore water per 'tracer/layer', mmol m-3 (e.g. nitrate/bottom: 2.1); given "
                     "values win over boundary_from_data, which fills the rest (a run's resolved config lists them)")
 
+    chlorophyll_scale: dict[Literal["surface", "bottom"], PositiveFloat] = Field(
+        default_factory=dict,
+        description="factor on the chlorophyll diagnostic (the model's Chl:N ratio) per layer, 1 when not given; "
+                    "hindcast.calibrate_chlorophyll estimates it from the assimilated chlorophyll (a run's "
+                    "resolved config lists the values)")
+
     @field_validator("offshore_water")
     @classmethod
     def _offshore_keys(cls, v):
@@ -284,6 +290,10 @@ class HindcastConfig(Frozen):
         default="interpolate", description="causal: each day's forcing uses no later observation, as in "
                                            "operational cycles (twin cycle); interpolate: across gaps")
     forecast_days: int = Field(default=7, ge=1, le=60)
+    calibrate_chlorophyll: int = Field(
+        default=0, ge=0, le=8,
+        description="passes of the whole cycle that estimate sites[].chlorophyll_scale per site and layer, so "
+                    "that the chlorophyll forecasts at the assimilated samples are unbiased (0: none)")
 
 
 class AlertConfig(Frozen):

@@ -87,7 +87,7 @@ def emulator_stepper(emulator, params: ProcessParams | None = None) -> Stepper:
 
 
 def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_sd,
-                  chlorophyll_params: ProcessParams = ProcessParams()):
+                  chlorophyll_params: ProcessParams = ProcessParams(), chlorophyll_scale=None):
     """The filter's forecast function.
 
     Args:
@@ -95,9 +95,13 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         layout: the twin's state layout.
         sites: ``emulators.parameters.Site`` with a leading site axis (for the chlorophyll diagnostic).
         log_error_sd: (d,) sd of the multiplicative model error per model-state element and day.
+        chlorophyll_params: the process parameters of the chlorophyll diagnostic.
+        chlorophyll_scale: (S, L) factor on the diagnostic per site and layer (default 1).
     """
     model_idx = np.asarray(layout.model_slices())  # NumPy constants of the traced function
     diag_idx = np.asarray(layout.diagnostic_slices())
+    scale = np.ones((len(layout.sites), layout.num_layers), np.float32) if chlorophyll_scale is None \
+        else np.asarray(chlorophyll_scale, np.float32).reshape(len(layout.sites), layout.num_layers)
     sd = jnp.asarray(log_error_sd, jnp.float32)
     chl = jax.vmap(jax.vmap(lambda x, f, s: chlorophyll(x, f, chlorophyll_params, s), in_axes=(0, 0, 0)),
                    in_axes=(0, None, None))
@@ -110,7 +114,8 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         x_next = stepper(x, forcing_t, model_params)
         x_next = x_next * jnp.exp(sd * noise - 0.5 * sd**2)
         out = members.at[:, model_idx].set(x_next)
-        return out.at[:, diag_idx].set(chl(x_next, forcing_t, sites))
+        chl_next = chl(x_next, forcing_t, sites)
+        return out.at[:, diag_idx].set(chl_next if chlorophyll_scale is None else chl_next * scale)
 
     def forecast(members, forcing_t, key, model_params=None):
         return forecast_with_noise(members, forcing_t, draw_noise(members, key), model_params)
@@ -138,6 +143,16 @@ def site_struct(site_config, num_layers: int) -> Site:
         if li < num_layers:
             offshore[li * len(TRACERS) + TRACERS.index(tracer)] = value
     return site._replace(offshore_state=jnp.asarray(offshore))
+
+
+def chlorophyll_scales(site_configs, layout: StateLayout):
+    """(S, L) factors on the chlorophyll diagnostic from the configured ``sites[].chlorophyll_scale`` (1 where
+    not given), in the layout's site and layer order; None when no site gives one (no product traced)."""
+    by_name = {site.name: site for site in site_configs}
+    chosen = [by_name[name].chlorophyll_scale if name in by_name else {} for name in layout.sites]
+    if not any(chosen):
+        return None
+    return np.asarray([[scale.get(layer, 1.0) for layer in layout.layers] for scale in chosen], np.float32)
 
 
 def stack_sites(items):

@@ -30,7 +30,14 @@ from twin.config import RiverConfig, SiteConfig, SourceConfig, TwinConfig, write
 from twin.cycle_obs import build_cycle_observations, row_dispositions
 from twin.engine import AlertSpec, EngineState, WindowOutputs, free_forecast, run_window
 from twin.forcing_builder import build_site_forcing
-from twin.forecast import initial_ensemble, make_forecast, process_stepper, site_struct, stack_sites
+from twin.forecast import (
+    chlorophyll_scales,
+    initial_ensemble,
+    make_forecast,
+    process_stepper,
+    site_struct,
+    stack_sites,
+)
 from twin.ingest import ingest
 from twin.qc import apply_qc
 from twin.state_layout import StateLayout
@@ -335,6 +342,76 @@ def refit_summary(prepared: Prepared, refitter, stepper, outputs) -> dict:
     return summary
 
 
+CALIBRATION_MIN_SAMPLES = 20  # assimilated chlorophyll samples a layer needs for its scale to be estimated
+
+
+def chlorophyll_forecast_ratio(prepared: Prepared, outputs: WindowOutputs) -> np.ndarray:
+    """(S, L) mean of the assimilated chlorophyll over the mean of the forecast at those samples (the factor
+    the forecasts are low by); NaN where a layer has fewer than ``CALIBRATION_MIN_SAMPLES``. Samples the
+    gross-error check rejected count too: a biased diagnostic is what makes good samples look like outliers."""
+    from assimilation import dispositions as disp
+    layout = prepared.layout
+    obs = prepared.cycle_obs.obs
+    index, value = np.asarray(obs.state_index), np.asarray(obs.value)
+    forecast = np.asarray(outputs.obs_forecast)
+    used = (np.isin(np.asarray(outputs.disposition), (disp.ASSIMILATED, disp.REJECTED_OUTLIER))
+            & np.isfinite(value) & np.isfinite(forecast))
+    ratio = np.full((len(layout.sites), layout.num_layers), np.nan)
+    for s, site in enumerate(layout.sites):
+        for li, layer in enumerate(layout.layers):
+            mask = used & (index == layout.index("chlorophyll", site, layer))
+            if mask.sum() >= CALIBRATION_MIN_SAMPLES and forecast[mask].mean() > 0:
+                ratio[s, li] = value[mask].mean() / forecast[mask].mean()
+    return ratio
+
+
+def next_chlorophyll_scale(scale: np.ndarray, ratio: np.ndarray, previous=None) -> np.ndarray:
+    """The next estimate of the scales whose forecasts are unbiased (ratio 1), by the secant method in log
+    space from ``previous`` = (scale, ratio) of the pass before (first pass: scale * ratio). The response
+    is damped (on Point B a scale x2.8 moved the ratio x0.44, not x0.36), so the slope is bounded to
+    [0.5, 1.5]; layers without a ratio keep their scale."""
+    log_s, log_r = np.log(scale), np.log(ratio)
+    slope = np.ones_like(log_s)
+    if previous is not None:
+        d_s, d_r = log_s - np.log(previous[0]), log_r - np.log(previous[1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = np.where(np.abs(d_s) > 1e-3, -d_r / d_s, 1.0)
+        slope = np.clip(np.nan_to_num(slope, nan=1.0), 0.5, 1.5)
+    step = np.clip(np.where(np.isfinite(log_r), log_r / slope, 0.0), -np.log(4.0), np.log(4.0))  # x4 at most
+    return np.exp(log_s + step)
+
+
+def calibrate_chlorophyll(prepared: Prepared, forecast_for, key, model_params, quiet: bool
+                          ) -> tuple[Prepared, list[dict]]:
+    """``hindcast.calibrate_chlorophyll`` passes of the whole cycle, each estimating the scales of the
+    chlorophyll diagnostic per site and layer (:func:`next_chlorophyll_scale`); returns the prepared data
+    with the estimate in ``config.sites[].chlorophyll_scale`` and the history of the passes.
+
+    ``forecast_for(scale (S, L))`` builds the forecast. Only assimilated samples enter the estimate: withheld
+    validation samples never do.
+    """
+    layout, config = prepared.layout, prepared.config
+    scale = chlorophyll_scales(config.sites, layout)
+    scale = np.ones((len(layout.sites), layout.num_layers)) if scale is None else scale.astype(np.float64)
+    history, previous = [], None
+    for k in range(config.hindcast.calibrate_chlorophyll):
+        _log(f"chlorophyll calibration, pass {k + 1} of {config.hindcast.calibrate_chlorophyll}", quiet)
+        _, outputs, _, _ = run_windows(prepared, forecast_for(scale), key, True, model_params)
+        ratio = chlorophyll_forecast_ratio(prepared, outputs)
+        history.append({"pass": k + 1,
+                        "scale": {f"{s}/{layer}": float(scale[i, j]) for i, s in enumerate(layout.sites)
+                                  for j, layer in enumerate(layout.layers)},
+                        "observed_over_forecast": {f"{s}/{layer}": float(ratio[i, j])
+                                                   for i, s in enumerate(layout.sites)
+                                                   for j, layer in enumerate(layout.layers)}})
+        scale, previous = next_chlorophyll_scale(scale, ratio, previous), (scale, ratio)
+    sites = tuple(site.model_copy(update={"chlorophyll_scale": {
+                      layer: round(float(scale[layout.sites.index(site.name), j]), 4)
+                      for j, layer in enumerate(layout.layers)}}) if site.name in layout.sites else site
+                  for site in config.sites)
+    return dataclasses.replace(prepared, config=config.model_copy(update={"sites": sites})), history
+
+
 def publish(work: Path, out: Path) -> None:
     """Move the finished run in ``work`` to ``out``: the old run stays until the new one is complete."""
     out = out.resolve()
@@ -389,16 +466,24 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
         # The chlorophyll diagnostic: the process model's parameters (a perfect-model twin's are the truth's).
         chl_params = model_process_params(prepared.config, prepared) if prepared.config.model.kind == "process" \
             else ProcessParams()
-        forecast = make_forecast(stepper, prepared.layout, prepared.sites, log_sd, chl_params)
         key = jax.random.PRNGKey(prepared.config.seed)
-        _log(f"cycling {prepared.num_days} days with {prepared.config.filter.method.upper()}, "
-             f"N = {prepared.config.filter.members}, model: {prepared.config.model.kind}", quiet)
+
+        def forecast_for(scale):
+            return make_forecast(stepper, prepared.layout, prepared.sites, log_sd, chl_params, scale)
         refitter, model_params = None, None
         if emulator is not None:
             from twin.forecast import emulator_model_params
             truth = prepared.config.model.process_params == "truth"
             model_params = emulator_model_params(emulator, model_process_params(prepared.config, prepared)
                                                  if truth else None)
+        calibration = None
+        if prepared.config.hindcast.calibrate_chlorophyll:
+            prepared, calibration = calibrate_chlorophyll(prepared, forecast_for, key, model_params, quiet)
+            write_resolved_config(prepared.config, work)
+        chl_scale = chlorophyll_scales(prepared.config.sites, prepared.layout)
+        forecast = forecast_for(chl_scale)
+        _log(f"cycling {prepared.num_days} days with {prepared.config.filter.method.upper()}, "
+             f"N = {prepared.config.filter.members}, model: {prepared.config.model.kind}", quiet)
         if emulator is not None and prepared.config.refit.interval_days is not None:
             from twin.emulator_source import train_config
             from twin.refit import Refitter
@@ -421,13 +506,15 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
                 process = make_forecast(process_stepper(ProcessParams(), prepared.sites,
                                                         prepared.config.model.substeps),
                                         prepared.layout, prepared.sites,
-                                        process_log_error_sd(prepared.config, prepared.layout))
+                                        process_log_error_sd(prepared.config, prepared.layout),
+                                        chlorophyll_scale=chl_scale)
                 runs["process_model"] = np.asarray(free_forecast(
                     process, members0, prepared.forcing, jax.random.fold_in(key, 10**6 + 1), prepared.num_days
                 ).mean(axis=1))
         dispositions = row_dispositions(prepared.cycle_obs, np.asarray(outputs.disposition))
         metrics = write_products(work, prepared, outputs, dispositions, runs, emulator,
-                                 {"cycles": timings, "total_seconds": time.perf_counter() - started}, refits)
+                                 {"cycles": timings, "total_seconds": time.perf_counter() - started}, refits,
+                                 calibration)
         publish(work, out)
         _log(f"done: {out}", quiet)
         return HindcastRun(metrics, prepared, outputs, dispositions)

@@ -412,7 +412,7 @@ _MODELS: dict[str, tuple] = {}
 
 def _store_model(root: str, emulator_name: str | None, key: str, config, layout, sites):
     from emulators.parameters import ProcessParams
-    from twin.forecast import emulator_stepper, make_forecast, process_stepper
+    from twin.forecast import chlorophyll_scales, emulator_stepper, make_forecast, process_stepper
     from twin.hindcast import process_log_error_sd
     if key in _MODELS:
         return _MODELS[key]
@@ -420,13 +420,15 @@ def _store_model(root: str, emulator_name: str | None, key: str, config, layout,
         _MODELS.pop(next(iter(_MODELS)))
     if config.model.kind == "process":
         stepper = process_stepper(ProcessParams(), sites, config.model.substeps)
-        model = make_forecast(stepper, layout, sites, process_log_error_sd(config, layout)), None, None
+        model = make_forecast(stepper, layout, sites, process_log_error_sd(config, layout),
+                              chlorophyll_scale=chlorophyll_scales(config.sites, layout)), None, None
     else:
         from emulators.checkpoint import load_checkpoint
         emulator = load_checkpoint(Path(root) / emulator_name)
         sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
         stepper = emulator_stepper(emulator)
-        model = make_forecast(stepper, layout, sites, sd), emulator, stepper
+        model = make_forecast(stepper, layout, sites, sd,
+                              chlorophyll_scale=chlorophyll_scales(config.sites, layout)), emulator, stepper
     _MODELS[key] = model
     return model
 
@@ -516,7 +518,7 @@ def _refit_if_due(store, manifest, config, layout, day0, ledger, history, done, 
     from emulators.checkpoint import save_checkpoint
     from twin.cycle_obs import build_cycle_observations
     from twin.emulator_source import train_config
-    from twin.forecast import make_forecast
+    from twin.forecast import chlorophyll_scales, make_forecast
     from twin.refit import refit_emulator
     first = int(manifest.get("history_first_cycle", 0))
     sites = store_sites(config, layout)
@@ -528,7 +530,8 @@ def _refit_if_due(store, manifest, config, layout, day0, ledger, history, done, 
     cobs = build_cycle_observations(assimilated, layout, day_first, span,
                                     representativeness_fraction=config.filter.representativeness_fraction)
     disposition = np.where(np.asarray(cobs.obs.mask), disp.ASSIMILATED, disp.MISSING)
-    deterministic = make_forecast(stepper, layout, sites, np.zeros(layout.model_dim, np.float32))
+    deterministic = make_forecast(stepper, layout, sites, np.zeros(layout.model_dim, np.float32),
+                                  chlorophyll_scale=chlorophyll_scales(config.sites, layout))
     _log(f"refit of the emulator on {span} analyses", quiet)
     chosen, record = refit_emulator(
         emulator, refit=config.refit, train_defaults=train_config(config), forecast=deterministic,

@@ -238,7 +238,7 @@ def alert_verification(prepared, outputs):
 
 
 def write_products(work: Path, prepared, outputs, dispositions, baselines: dict, emulator, timings: dict,
-                   refits: dict | None = None) -> dict:
+                   refits: dict | None = None, chlorophyll_calibration: list | None = None) -> dict:
     """Write reanalysis.nc, metrics.json, lineage.json, report.html (and alerts.csv when the config has
     alerts) into ``work``; return the metrics."""
     from twin.report import write_report
@@ -267,6 +267,8 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
         metrics["validation"] = validation
     if refits is not None:
         metrics["refit"] = refits
+    if chlorophyll_calibration:
+        metrics["chlorophyll_calibration"] = chlorophyll_calibration
     alerts, alert_history = alert_verification(prepared, outputs)
     if alerts:
         metrics["alerts"] = alerts
