@@ -241,7 +241,10 @@ def _candidates(emulator, current, *, refit, train_defaults, analysis_mean, anal
         return None
     data, weights = built
     names = parameter_input_names(emulator)
-    candidates, parameters, base = [], current.parameters, emulator
+    # A kept candidate carries the parameter values it was scored with (those in use unless calibrated).
+    base = emulator.replace(parameter_values=dict(zip(names, map(float, np.asarray(current.parameters)),
+                                                      strict=True))) if names else emulator
+    candidates, parameters = [], current.parameters
     if "parameters" in refit.fit and names:
         defaults = ProcessParams()
         values, _, _ = calibrate_parameter_inputs(emulator.replace(weights=current.weights), data, weights,
@@ -303,7 +306,8 @@ def refit_emulator(emulator, *, refit, train_defaults, forecast, analysis_mean, 
         kept, why = False, f"best candidate ({what}): {refit_verdict(before, after)[1]}"
     else:
         what, after, candidate = "", before, emulator
-        kept, why = False, "no candidate: the fine-tuning did not lower the validation loss"
+        kept, why = False, ("no candidate: no parameter inputs to calibrate, or the fine-tuning did not lower "
+                            "the validation loss")
     when = (np.datetime64(day0, "D") + np.timedelta64(end, "D")).astype(str)
     holdout = f"cycles {holdout_start}-{cycle}, {before.count} observations, {LEAD_DAYS}-day forecasts"
 
