@@ -387,8 +387,9 @@ def calibrate_chlorophyll(prepared: Prepared, forecast_for, key, model_params, q
     chlorophyll diagnostic per site and layer (:func:`next_chlorophyll_scale`); returns the prepared data
     with the estimate in ``config.sites[].chlorophyll_scale`` and the history of the passes.
 
-    ``forecast_for(scale (S, L))`` builds the forecast. Only assimilated samples enter the estimate: withheld
-    validation samples never do.
+    ``forecast_for(scale (S, L))`` builds the forecast. Only samples offered to the filter enter the estimate
+    (assimilated or rejected as outliers): withheld validation samples never do. An operational store does not
+    calibrate: it takes the factors its config gives (a hindcast's resolved config lists them).
     """
     layout, config = prepared.layout, prepared.config
     scale = chlorophyll_scales(config.sites, layout)
