@@ -104,6 +104,11 @@ def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str 
         config = _operational_config(config)
         layout = store_layout(config)
         config = _resolve_store_boundaries(config, layout, quiet)
+        if config.hindcast.calibrate_chlorophyll:
+            # Calibration needs passes over a history the store does not have yet.
+            _log("hindcast.calibrate_chlorophyll is a hindcast option: the store takes sites[].chlorophyll_scale "
+                 "as given (" + "; ".join(f"{s.name} {dict(s.chlorophyll_scale) or 'none'}" for s in config.sites)
+                 + "); initialise it from a hindcast's resolved_config.yaml to use that run's estimate", quiet)
         day0 = _day0(config)
         emulator = obtain_emulator(config, None, quiet) if config.model.kind == "emulator" else None
         if emulator is not None:
