@@ -317,6 +317,7 @@ def test_calibration_undoes_a_wrong_chlorophyll_scale(tmp_path, monkeypatch):
     first, last = passes[0]["observed_over_forecast"], passes[-1]["observed_over_forecast"]
     assert first["SYNTH-B/surface"] > 1.5  # half the chlorophyll: forecasts about half the samples
     assert abs(np.log(last["SYNTH-B/surface"])) < 0.5 * abs(np.log(first["SYNTH-B/surface"]))
+    assert "Chlorophyll calibration" in (tmp_path / "run" / "report.html").read_text()
     resolved = yaml.safe_load((tmp_path / "run" / "resolved_config.yaml").read_text())
     scale = resolved["sites"][0]["chlorophyll_scale"]
     assert 0.7 < scale["surface"] < 1.5 and 0.6 < scale["bottom"] < 1.6

@@ -241,6 +241,16 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
                        e.get("kept")] for e in lineage],
                      ["kind", "time", "data", "skill before", "skill after", "kept"]) if lineage
               else "<p>No emulator (process model run).</p>"]
+    calibration = metrics.get("chlorophyll_calibration")
+    if calibration:
+        keys = list(calibration[0]["scale"])
+        parts += ["<h2>Chlorophyll calibration</h2>",
+                  "<p>Factor on the chlorophyll diagnostic per site and layer, and the mean of the samples over the "
+                  "mean forecast at them with that factor (1 is unbiased); the run used the factor after the last "
+                  "pass (resolved config, <code>sites[].chlorophyll_scale</code>).</p>",
+                  html_table([[h["pass"], *(f"{h['scale'][k]:.3g}" for k in keys),
+                               *(f"{h['observed_over_forecast'][k]:.3g}" for k in keys)] for h in calibration],
+                             ["pass", *(f"factor {k}" for k in keys), *(f"samples / forecast {k}" for k in keys)])]
     refit = metrics.get("refit")
     if refit:
         parts += [f"<h3>Refit history (every {refit['interval_days']} days)</h3>",
