@@ -520,7 +520,7 @@ def calibrate_parameter_inputs(
     Returns:
         (values (P,), loss at ``initial``, loss at the values).
     """
-    columns = np.asarray([i for i, n in enumerate(emulator.config.forcing_names) if n.startswith(PARAM_PREFIX)])
+    columns = parameter_columns(emulator.config.forcing_names)
     if columns.size == 0:
         raise ValueError("the emulator takes no parameter inputs (no param/ forcing features) to calibrate")
     if np.shape(initial) != (columns.size,) or np.shape(reference) != (columns.size,):
@@ -708,6 +708,11 @@ def forcing_feature_names(num_layers: int = 2, param_names: Sequence[str] = ()) 
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown}; valid names are {list(ProcessParams._fields)}")
     return tuple(names) + tuple(PARAM_PREFIX + p for p in param_names)
+
+
+def parameter_columns(forcing_names: Sequence[str]) -> np.ndarray:
+    """Indices of the ``param/`` features among ``forcing_names`` (the emulator's parameter inputs), in order."""
+    return np.asarray([i for i, n in enumerate(forcing_names) if n.startswith(PARAM_PREFIX)], np.int32)
 
 
 def forcing_inputs(

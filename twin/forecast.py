@@ -46,8 +46,9 @@ class EmulatorModelParams(NamedTuple):
 
 def parameter_input_names(emulator) -> tuple[str, ...]:
     """The process parameters the emulator takes as inputs (its ``param/`` forcing features), in order."""
-    from emulators.training import PARAM_PREFIX
-    return tuple(n[len(PARAM_PREFIX):] for n in emulator.config.forcing_names if n.startswith(PARAM_PREFIX))
+    from emulators.training import PARAM_PREFIX, parameter_columns
+    names = emulator.config.forcing_names
+    return tuple(names[i][len(PARAM_PREFIX):] for i in parameter_columns(names))
 
 
 def emulator_model_params(emulator, params: ProcessParams | None = None) -> EmulatorModelParams:
@@ -69,9 +70,9 @@ def emulator_stepper(emulator, params: ProcessParams | None = None) -> Stepper:
     network weights (a refit's; parameter inputs as for None) or :class:`EmulatorModelParams` (both).
     """
     from emulators.network import predict_step
-    from emulators.training import PARAM_PREFIX, forcing_inputs
+    from emulators.training import forcing_inputs, parameter_columns
     names = emulator.config.forcing_names
-    columns = np.asarray([i for i, n in enumerate(names) if n.startswith(PARAM_PREFIX)], np.int32)
+    columns = parameter_columns(names)
     own = emulator_model_params(emulator, params)
 
     def stepper(x, forcing_t, model_params=None):

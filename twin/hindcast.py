@@ -395,16 +395,15 @@ def calibrate_chlorophyll(prepared: Prepared, forecast_for, key, model_params, q
     scale = chlorophyll_scales(config.sites, layout)
     scale = np.ones((len(layout.sites), layout.num_layers)) if scale is None else scale.astype(np.float64)
     history, previous = [], None
+
+    def per_layer(values: np.ndarray) -> dict[str, float]:
+        return {f"{s}/{layer}": float(values[i, j]) for i, s in enumerate(layout.sites)
+                for j, layer in enumerate(layout.layers)}
     for k in range(config.hindcast.calibrate_chlorophyll):
         _log(f"chlorophyll calibration, pass {k + 1} of {config.hindcast.calibrate_chlorophyll}", quiet)
         _, outputs, _, _ = run_windows(prepared, forecast_for(scale), key, True, model_params)
         ratio = chlorophyll_forecast_ratio(prepared, outputs)
-        history.append({"pass": k + 1,
-                        "scale": {f"{s}/{layer}": float(scale[i, j]) for i, s in enumerate(layout.sites)
-                                  for j, layer in enumerate(layout.layers)},
-                        "observed_over_forecast": {f"{s}/{layer}": float(ratio[i, j])
-                                                   for i, s in enumerate(layout.sites)
-                                                   for j, layer in enumerate(layout.layers)}})
+        history.append({"pass": k + 1, "scale": per_layer(scale), "observed_over_forecast": per_layer(ratio)})
         scale, previous = next_chlorophyll_scale(scale, ratio, previous), (scale, ratio)
     sites = tuple(site.model_copy(update={"chlorophyll_scale": {
                       layer: round(float(scale[layout.sites.index(site.name), j]), 4)

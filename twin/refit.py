@@ -54,11 +54,10 @@ def analysis_trajectories(analysis_mean: np.ndarray, analysis_sd: np.ndarray, la
     model's defaults). Returns (TrajectoryData, weights (num_traj, segment_days + 1, d)) or None when
     the span holds fewer than four segments (too few to hold some out for validation).
     """
-    from emulators.training import PARAM_PREFIX, TrajectoryData, forcing_inputs
+    from emulators.training import TrajectoryData, forcing_inputs, parameter_columns
     features = np.array(forcing_inputs(emulator.config.forcing_names, forcing))  # (T, S, F)
     if parameters is not None:
-        columns = [i for i, n in enumerate(emulator.config.forcing_names) if n.startswith(PARAM_PREFIX)]
-        features[..., columns] = np.asarray(parameters, features.dtype)
+        features[..., parameter_columns(emulator.config.forcing_names)] = np.asarray(parameters, features.dtype)
     doy = np.asarray(forcing.day_of_year)                                          # (T, S)
     model_idx = layout.model_slices()
     starts = list(range(start, stop - segment_days, segment_days))
@@ -254,7 +253,7 @@ def _candidates(emulator, current, *, refit, train_defaults, analysis_mean, anal
         base = emulator.replace(parameter_values=dict(zip(names, map(float, values), strict=True)))
         candidates.append(("parameters", current._replace(parameters=parameters), base))
     if "weights" in refit.fit:
-        if names:  # fine-tune with the parameter inputs the candidate will use
+        if parameters is not current.parameters:  # fine-tune with the calibrated parameter inputs
             data, weights = analysis_trajectories(analysis_mean, analysis_sd, layout, forcing, emulator,
                                                   BURN_IN_DAYS, stop, parameters=parameters)
         tuned, history = train(refit_config(refit, train_defaults), data, key,
@@ -294,16 +293,14 @@ def refit_emulator(emulator, *, refit, train_defaults, forecast, analysis_mean, 
     scorer = make_forecast_scorer(forecast, analysis_mean, cycle_obs, disposition, forcing, starts, end,
                                   names=layout.names())
     before = scorer(current)
-    scored = [(what, scorer(params), candidate) for what, params, candidate in candidates]
-    passing = [(score.overall, what, score, candidate) for what, score, candidate in scored
-               if refit_verdict(before, score)[0]]
-    if passing:
-        _, what, after, candidate = min(passing, key=lambda item: item[0])
-        kept, why = refit_verdict(before, after)
-        why = f"{what}: {why}"
-    elif scored:
-        what, after, candidate = min(scored, key=lambda item: item[1].overall)
-        kept, why = False, f"best candidate ({what}): {refit_verdict(before, after)[1]}"
+    judged = []
+    for what, params, candidate in candidates:
+        score = scorer(params)
+        judged.append((what, score, candidate, *refit_verdict(before, score)))
+    passing = [item for item in judged if item[3]]
+    if judged:
+        what, after, candidate, kept, why = min(passing or judged, key=lambda item: item[1].overall)
+        why = f"{what}: {why}" if kept else f"best candidate ({what}): {why}"
     else:
         what, after, candidate = "", before, emulator
         kept, why = False, ("no candidate: no parameter inputs to calibrate, or the fine-tuning did not lower "

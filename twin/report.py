@@ -201,10 +201,10 @@ def html_table(rows: list[list], header: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-
 def _parameter_text(values: dict) -> str:
     """``name=value`` pairs of an emulator's calibrated parameter inputs ("defaults" when none)."""
     return ", ".join(f"{k}={v:.4g}" for k, v in values.items()) or "defaults"
+
 
 def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, baselines: dict) -> Path:
     parts = [f"<h1>Coastal twin hindcast: {html.escape(prepared.config.name)}</h1>",
@@ -269,6 +269,5 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
                 parts += [f"<p>Refit over pretrained RMSE, mean over variables: {overall['mean_rmse_ratio']:.3f}; "
                           f"the refit forecasts {overall['variables_better']} of {overall['variables']} "
                           f"variables better.</p>"]
-            parts += [
-                      html_table([[k, before[k], after[k]] for k in before], ["variable", "pretrained", "refit"])]
+            parts.append(html_table([[k, before[k], after[k]] for k in before], ["variable", "pretrained", "refit"]))
     return write_html_page(path, f"twin hindcast {prepared.config.name}", parts)
