@@ -111,3 +111,13 @@ def test_missing_emulator_checkpoint_is_a_clear_error_before_any_work(tmp_path, 
     assert "emulator.checkpoint: no metadata.json or arrays.npz" in err and str(tmp_path / "emulators") in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
+
+
+def test_refit_and_calibration_options_name_their_field():
+    with pytest.raises(ConfigError, match=r"refit\.fit\.0: .*'parameters' or 'weights'.*\(got 'biases'\)"):
+        parse_config({"refit": {"fit": ["biases"]}})
+    with pytest.raises(ConfigError, match=r"refit\.fit: .*at least 1 item"):
+        parse_config({"refit": {"fit": []}})
+    with pytest.raises(ConfigError, match=r"hindcast\.calibrate_chlorophyll: .*greater than or equal to 0.*\(got -1\)"):
+        parse_config({"hindcast": {"calibrate_chlorophyll": -1}})
+    assert parse_config({"refit": {"fit": ["weights"]}}).refit.fit == ("weights",)
