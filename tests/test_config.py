@@ -121,3 +121,16 @@ def test_refit_and_calibration_options_name_their_field():
     with pytest.raises(ConfigError, match=r"hindcast\.calibrate_chlorophyll: .*greater than or equal to 0.*\(got -1\)"):
         parse_config({"hindcast": {"calibrate_chlorophyll": -1}})
     assert parse_config({"refit": {"fit": ["weights"]}}).refit.fit == ("weights",)
+
+
+def test_model_bias_options_name_their_field():
+    with pytest.raises(ConfigError, match=r"model\.bias: unknown tracer\(s\) \['oxygn'\]; valid: \['nitrate'"):
+        parse_config({"model": {"bias": {"oxygn": {}}}})
+    with pytest.raises(ConfigError, match=r"model\.bias\.oxygen\.sd_per_day: .*\[0, 1\]"):
+        parse_config({"model": {"bias": {"oxygen": {"sd_per_day": 2}}}})
+    with pytest.raises(ConfigError, match=r"model\.bias\.oxygen\.sd_per_day: unknown layer\(s\) \['middle'\]"):
+        parse_config({"model": {"bias": {"oxygen": {"sd_per_day": {"middle": 0.1}}}}})
+    with pytest.raises(ConfigError, match=r"model\.bias\.oxygen\.timescale_days: .*greater than or equal to 1"):
+        parse_config({"model": {"bias": {"oxygen": {"timescale_days": 0.5}}}})
+    bias = parse_config({"model": {"bias": {"oxygen": {"sd_per_day": {"surface": 0.01}}}}}).model.bias["oxygen"]
+    assert (bias.sd("surface"), bias.sd("bottom")) == (0.01, 0.0)   # a layer not named has none

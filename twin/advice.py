@@ -297,7 +297,7 @@ def verify_in_twin_experiment(store_dir: str | Path, target: str, horizon: int, 
     from emulators.process_model import initial_state
     from twin.cycle_obs import build_cycle_observations
     from twin.engine import EngineState, run_window
-    from twin.forecast import initial_ensemble
+    from twin.forecast import initial_ensemble, model_bias
     from twin.hindcast import filter_params
     from twin.ingest import ingest
     from twin.operational import (load_store_config, store_forcing, store_layout, store_model, store_sites)
@@ -329,10 +329,10 @@ def verify_in_twin_experiment(store_dir: str | Path, target: str, horizon: int, 
     key = jax.random.PRNGKey(int(manifest["seed"]))
     site_state = np.tile(np.asarray(initial_state(layout.num_layers))[None], (len(layout.sites), 1))
     members = initial_ensemble(jax.random.fold_in(key, 0), layout, config.filter.members, site_state,
-                               config.filter.initial_spread)
+                               config.filter.initial_spread, model_bias(config.model.bias, layout))
     state = EngineState(members, initial_inflation_state())
     params = filter_params(config)
-    log_mask = jnp.ones(layout.dim, bool)
+    log_mask = jnp.asarray(layout.log_mask())
     cycle_key = jax.random.fold_in(key, 1)   # the store's cycles' key (twin.operational)
     rngs = np.random.default_rng(seed).spawn(len(cycles) * int(random_draws))
     done = 0

@@ -210,6 +210,31 @@ class TwinExperimentConfig(Frozen):
                                  "around the seasonal climatology the twin is given")
 
 
+class BiasConfig(Frozen):
+    """A persistent model error of one tracer, estimated by the filter (see ``twin.forecast``): each day the
+    model's value is multiplied by exp(b), b an AR(1) in the state with this stationary sd and timescale."""
+    sd_per_day: float | dict[str, float] = Field(
+        default=0.02, description="stationary sd of b, the log-rate per day; per layer as {layer: sd} (a layer "
+                                  "not named, or 0: no bias there; a bottom layer forgets far more slowly "
+                                  "than the surface one, so the same rate there means a much larger anomaly)")
+
+    @field_validator("sd_per_day")
+    @classmethod
+    def _sd_range(cls, v):
+        values = v.values() if isinstance(v, dict) else [v]
+        layers = [k for k in (v if isinstance(v, dict) else ()) if k not in ("surface", "bottom")]
+        if layers:
+            raise ValueError(f"unknown layer(s) {layers}; valid: surface, bottom")
+        if any(not 0.0 <= x <= 1.0 for x in values):
+            raise ValueError(f"sd_per_day must lie in [0, 1] (log-rate per day), got {v}")
+        return v
+
+    def sd(self, layer: str) -> float:
+        return float(self.sd_per_day.get(layer, 0.0) if isinstance(self.sd_per_day, dict) else self.sd_per_day)
+    timescale_days: PositiveFloat = Field(default=30.0, ge=1.0, le=3650.0,
+                                          description="e-folding time of b: how long an anomaly is carried")
+
+
 class ModelConfig(Frozen):
     """Which model moves the ensemble: the neural emulator (default) or the process model itself."""
     kind: Literal["emulator", "process"] = "emulator"
@@ -223,6 +248,16 @@ class ModelConfig(Frozen):
         description="parameters of the model: the defaults, or (a twin experiment only) the truth's own: with "
                     "kind 'process', a perfect-model twin, the bound on what the observations can give; with the "
                     "emulator, the truth's values of the parameters it takes as inputs (pretrain.varied_params)")
+    bias: dict[str, BiasConfig] = Field(
+        default_factory=dict, description="tracers whose persistent model error the filter estimates in the state")
+
+    @field_validator("bias")
+    @classmethod
+    def _known_tracers(cls, v):
+        unknown = [t for t in v if t not in OFFSHORE_TRACERS]
+        if unknown:
+            raise ValueError(f"unknown tracer(s) {unknown}; valid: {list(OFFSHORE_TRACERS)}")
+        return v
 
 
 class PretrainConfig(Frozen):

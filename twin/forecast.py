@@ -5,6 +5,15 @@ expects (``assimilation.cycling.ForecastFn``). ``forcing_t`` is an ``emulators.f
 fields carry a leading site axis (S, ...). For every site the model part of the state moves one day; the
 model error is multiplicative log-normal noise (concentrations are positive and their errors scale with
 them), mean-preserving; the diagnostic chlorophyll is then recomputed from the new state.
+
+Model bias (``model.bias``): random model error forgets, but a model can be wrong the same way for weeks (a
+surface layer that returns to oxygen saturation in days while the sea stays supersaturated for a season).
+For each biased tracer the state carries ``b``, the log-rate per day of that persistent error: the day's
+model value is multiplied by ``exp(b)``, and ``b`` itself follows an AR(1) with a stationary sd and a
+timescale (``b' = a b + sqrt(1 - a^2) sd eps``, ``a = exp(-1 / timescale)``). The filter estimates ``b``
+from the ensemble covariance of ``b`` with the tracer it drives, as any other element (augmented-state bias
+estimation: Dee and da Silva 1998; Baek et al. 2006, Tellus 58A), so an anomaly the observations show is
+carried forward for about the timescale instead of being forgotten with the model's own relaxation.
 """
 from __future__ import annotations
 
@@ -87,8 +96,39 @@ def emulator_stepper(emulator, params: ProcessParams | None = None) -> Stepper:
     return stepper
 
 
+class ModelBias(NamedTuple):
+    """The AR(1) of each model-bias element, in the order of ``StateLayout.bias_slices`` (per site)."""
+    sd: np.ndarray               # (B,) stationary sd of the log-rate per day
+    timescale_days: np.ndarray   # (B,) e-folding time of the AR(1)
+    noise: bool = True           # False: no AR(1) innovation (the deterministic forecasts of refits)
+
+    @property
+    def persistence(self) -> np.ndarray:
+        return np.exp(-1.0 / np.asarray(self.timescale_days, np.float64)).astype(np.float32)
+
+
+def model_bias(bias_config, layout: StateLayout) -> ModelBias | None:
+    """The configured ``model.bias`` ({tracer: BiasConfig}) for ``layout`` (whose ``biased`` must list the
+    same tracers, in order); None when no tracer is biased."""
+    if not layout.biased:
+        return None
+    if tuple(bias_config) != layout.biased:
+        raise ValueError(f"model.bias names {list(bias_config)} but the state layout carries biases of "
+                         f"{list(layout.biased)}")
+    per = [(bias_config[t], layer) for t in layout.biased for layer in layout.layers]
+    return ModelBias(np.array([b.sd(layer) for b, layer in per], np.float32),
+                     np.array([b.timescale_days for b, _ in per], np.float32))
+
+
+def deterministic_bias(config, layout: StateLayout) -> ModelBias | None:
+    """:func:`model_bias` without the AR(1)'s innovation: for forecasts with zero model error."""
+    bias = model_bias(config.model.bias, layout)
+    return None if bias is None else bias._replace(noise=False)
+
+
 def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_sd,
-                  chlorophyll_params: ProcessParams = ProcessParams(), chlorophyll_scale=None):
+                  chlorophyll_params: ProcessParams = ProcessParams(), chlorophyll_scale=None,
+                  bias: ModelBias | None = None):
     """The filter's forecast function.
 
     Args:
@@ -98,22 +138,39 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         log_error_sd: (d,) sd of the multiplicative model error per model-state element and day.
         chlorophyll_params: the process parameters of the chlorophyll diagnostic.
         chlorophyll_scale: (S, L) factor on the diagnostic per site and layer (default 1).
+        bias: the AR(1) of the layout's model-bias elements (required when it has some).
     """
     model_idx = np.asarray(layout.model_slices())  # NumPy constants of the traced function
     diag_idx = np.asarray(layout.diagnostic_slices())
+    bias_idx = np.asarray(layout.bias_slices())
+    if bias_idx.size and bias is None:
+        raise ValueError(f"the state layout carries model biases of {list(layout.biased)}: pass their AR(1)")
+    if bias_idx.size:
+        targets = layout.bias_targets()
+        persistence = jnp.asarray(bias.persistence)
+        innovation_sd = jnp.asarray(np.sqrt(1.0 - bias.persistence.astype(np.float64) ** 2)
+                                    * np.asarray(bias.sd, np.float64) * bias.noise, jnp.float32)
     scale = np.ones((len(layout.sites), layout.num_layers), np.float32) if chlorophyll_scale is None \
         else np.asarray(chlorophyll_scale, np.float32).reshape(len(layout.sites), layout.num_layers)
     sd = jnp.asarray(log_error_sd, jnp.float32)
     chl = jax.vmap(jax.vmap(lambda x, f, s: chlorophyll(x, f, chlorophyll_params, s), in_axes=(0, 0, 0)),
                    in_axes=(0, None, None))
 
+    d = model_idx.shape[1]
+
     def draw_noise(members, key):
-        return jax.random.normal(key, (members.shape[0],) + model_idx.shape, members.dtype)
+        # One draw for the model error and the biases' AR(1) (without biases, the same draws as before).
+        shape = (members.shape[0], model_idx.shape[0], d + bias_idx.shape[1])
+        return jax.random.normal(key, shape, members.dtype)
 
     def forecast_with_noise(members, forcing_t, noise, model_params=None):
         x = members[:, model_idx]
         x_next = stepper(x, forcing_t, model_params)
-        x_next = x_next * jnp.exp(sd * noise - 0.5 * sd**2)
+        x_next = x_next * jnp.exp(sd * noise[..., :d] - 0.5 * sd**2)
+        if bias_idx.size:
+            b = members[:, bias_idx]                               # (N, S, B)
+            x_next = x_next.at[:, :, targets].multiply(jnp.exp(b))
+            members = members.at[:, bias_idx].set(persistence * b + innovation_sd * noise[..., d:])
         out = members.at[:, model_idx].set(x_next)
         chl_next = chl(x_next, forcing_t, sites)
         return out.at[:, diag_idx].set(chl_next if chlorophyll_scale is None else chl_next * scale)
@@ -169,9 +226,10 @@ def stack_sites(items):
 
 
 def initial_ensemble(key: jax.Array, layout: StateLayout, num_members: int, site_state: np.ndarray,
-                     spread: float = 0.3) -> jax.Array:
-    """Members around ``site_state`` (S, d): log-normal perturbations (oxygen a tenth as wide), and the
-    diagnostic entries left at zero until the first forecast fills them."""
+                     spread: float = 0.3, bias: ModelBias | None = None) -> jax.Array:
+    """Members around ``site_state`` (S, d): log-normal perturbations (oxygen a tenth as wide), the
+    diagnostic entries left at zero until the first forecast fills them, and the model biases drawn from
+    their AR(1)'s stationary distribution around zero (``bias``, required when the layout has biases)."""
     from emulators.parameters import TRACERS
     site_state = np.asarray(site_state, np.float32)
     d = layout.model_dim
@@ -180,4 +238,10 @@ def initial_ensemble(key: jax.Array, layout: StateLayout, num_members: int, site
     noise = jax.random.normal(key, (num_members,) + site_state.shape)
     x = jnp.asarray(site_state)[None] * jnp.exp(rel * noise - 0.5 * rel**2)
     members = jnp.zeros((num_members, layout.dim), jnp.float32)
-    return members.at[:, jnp.asarray(layout.model_slices())].set(x)
+    members = members.at[:, jnp.asarray(layout.model_slices())].set(x)
+    if layout.biased:
+        if bias is None:
+            raise ValueError(f"the state layout carries model biases of {list(layout.biased)}: pass their AR(1)")
+        b = jax.random.normal(jax.random.fold_in(key, 1), (num_members,) + layout.bias_slices().shape)
+        members = members.at[:, jnp.asarray(layout.bias_slices())].set(jnp.asarray(bias.sd) * b)
+    return members

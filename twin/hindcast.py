@@ -34,6 +34,7 @@ from twin.forecast import (
     chlorophyll_scales,
     initial_ensemble,
     make_forecast,
+    model_bias,
     process_stepper,
     site_struct,
     stack_sites,
@@ -152,7 +153,7 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
     _log(f"ingest {len(config.sources)} source(s)", quiet)
     table = apply_qc(ingest(config), config.qc, progress=not quiet)
     num_layers = _layer_layout(config)
-    layout = StateLayout(tuple(s.name for s in config.sites), num_layers)
+    layout = StateLayout(tuple(s.name for s in config.sites), num_layers, tuple(config.model.bias))
     day0, num_days = _period(config, table)
     _log(f"{table.sizes['obs']} observations; {num_days} days from {str(day0)[:10]}; "
          f"{len(layout.sites)} site(s), {num_layers} layer(s), state of {layout.dim}", quiet)
@@ -172,9 +173,20 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
     truth = None
     if truth_run is not None:
         # truth.states[k] is the state at day0 + k days; analysis of cycle i is at day0 + i + 1.
-        truth = truth_run.states[1:num_days + 1]
+        truth = truth_on_layout(truth_run.states[1:num_days + 1], truth_run.layout, layout)
     return Prepared(config, table, layout, day0, num_days, stack_sites(forcings), stack_sites(structs),
                     cycle_obs, withheld, truth, report, None if truth_run is None else truth_run.params)
+
+
+def truth_on_layout(states: np.ndarray, truth_layout: StateLayout, layout: StateLayout) -> np.ndarray:
+    """A synthetic truth's states (T, truth_layout.dim) on the twin's layout: NaN for the elements the truth
+    lacks (the model biases: the truth is the model's target, it has no bias of its own)."""
+    names = {n: i for i, n in enumerate(truth_layout.names())}
+    out = np.full((states.shape[0], layout.dim), np.nan, np.float32)
+    for i, n in enumerate(layout.names()):
+        if n in names:
+            out[:, i] = states[:, names[n]]
+    return out
 
 
 def data_offshore_water(table: xr.Dataset, site_name: str, layers: tuple[str, ...],
@@ -288,10 +300,10 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
     layout = prepared.layout
     members = initial_ensemble(jax.random.fold_in(key, 0), layout, config.filter.members,
                                np.tile(np.asarray(initial_state(layout.num_layers))[None], (len(layout.sites), 1)),
-                               config.filter.initial_spread)
+                               config.filter.initial_spread, model_bias(config.model.bias, layout))
     state = EngineState(members, initial_inflation_state())
     params = filter_params(config)
-    log_mask = jnp.ones(layout.dim, bool)
+    log_mask = jnp.asarray(layout.log_mask())
     obs_all = prepared.cycle_obs.obs
     T = prepared.num_days
     # Windows end where a refit is due and are at most window_days long, counted from the last refit: with
@@ -335,10 +347,10 @@ def refit_summary(prepared: Prepared, refitter, stepper, outputs) -> dict:
                                               names)
                 for label, w in (("pretrained", refitter.initial), ("refit", refitter.model_params))}
         summary[f"forecast_{LEAD_DAYS}day_rmse"] = rmse
-        ratio = np.asarray([rmse["refit"][k] / max(rmse["pretrained"][k], 1e-30) for k in names])
+        ratio = np.asarray([rmse["refit"][k] / max(rmse["pretrained"][k], 1e-30) for k in rmse["refit"]])
         summary["refit_over_pretrained"] = {  # one figure for "does the refit forecast better?"
             "mean_rmse_ratio": float(ratio.mean()), "variables_better": int((ratio < 1.0).sum()),
-            "variables": len(names)}
+            "variables": len(ratio)}
     return summary
 
 
@@ -468,8 +480,10 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
             else ProcessParams()
         key = jax.random.PRNGKey(prepared.config.seed)
 
+        bias = model_bias(prepared.config.model.bias, prepared.layout)
+
         def forecast_for(scale):
-            return make_forecast(stepper, prepared.layout, prepared.sites, log_sd, chl_params, scale)
+            return make_forecast(stepper, prepared.layout, prepared.sites, log_sd, chl_params, scale, bias)
         refitter, model_params = None, None
         if emulator is not None:
             from twin.forecast import emulator_model_params
@@ -507,7 +521,7 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
                                                         prepared.config.model.substeps),
                                         prepared.layout, prepared.sites,
                                         process_log_error_sd(prepared.config, prepared.layout),
-                                        chlorophyll_scale=chl_scale)
+                                        chlorophyll_scale=chl_scale, bias=bias)
                 runs["process_model"] = np.asarray(free_forecast(
                     process, members0, prepared.forcing, jax.random.fold_in(key, 10**6 + 1), prepared.num_days
                 ).mean(axis=1))

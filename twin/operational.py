@@ -70,7 +70,7 @@ def _day0(config: TwinConfig) -> np.datetime64:
 def store_layout(config: TwinConfig):
     from twin.state_layout import StateLayout
     num_layers = 2 if any("bottom" in s.layers for s in config.sites) else 1
-    return StateLayout(tuple(s.name for s in config.sites), num_layers)
+    return StateLayout(tuple(s.name for s in config.sites), num_layers, tuple(config.model.bias))
 
 
 def store_sites(config: TwinConfig, layout):
@@ -87,7 +87,7 @@ def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str 
     from emulators.checkpoint import save_checkpoint
     from emulators.process_model import initial_state
     from twin.emulator_source import obtain_emulator
-    from twin.forecast import initial_ensemble
+    from twin.forecast import initial_ensemble, model_bias
     store = Store(store_dir)
     if store.exists():
         raise StoreError(f"{store.root}: a store already exists here (remove it or choose another folder)")
@@ -117,7 +117,7 @@ def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str 
         cycles_done = 0
         site_state = np.tile(np.asarray(initial_state(layout.num_layers))[None], (len(layout.sites), 1))
         members = initial_ensemble(jax.random.fold_in(key, 0), layout, config.filter.members, site_state,
-                                   config.filter.initial_spread)
+                                   config.filter.initial_spread, model_bias(config.model.bias, layout))
         if from_hindcast is not None:
             members, cycles_done, day0 = _ensemble_from_hindcast(Path(from_hindcast), layout, config, key)
         text = dump_config(config)
@@ -162,7 +162,8 @@ def _resolve_store_boundaries(config: TwinConfig, layout, quiet: bool) -> TwinCo
 
 
 def _ensemble_from_hindcast(directory: Path, layout, config: TwinConfig, key):
-    """Members drawn (log-normally) around the last analysis of a hindcast's reanalysis.nc."""
+    """Members drawn (log-normally; the model biases normally) around the last analysis of a hindcast's
+    reanalysis.nc."""
     path = directory / "reanalysis.nc"
     if not path.exists():
         raise InputError(path, "no reanalysis.nc: --from-hindcast needs a finished hindcast output folder")
@@ -179,7 +180,8 @@ def _ensemble_from_hindcast(directory: Path, layout, config: TwinConfig, key):
         sd[i] = float(ds[f"{v}_sd"].values[-1, sites.index(s), layers.index(layer)])
     rel = np.log1p((sd / np.maximum(mean, 1e-6)) ** 2) ** 0.5
     noise = np.asarray(jax.random.normal(jax.random.fold_in(key, 0), (config.filter.members, layout.dim)))
-    members = mean[None] * np.exp(rel * noise - 0.5 * rel**2)
+    # Log-normal around the concentrations; the model biases (any sign) normal.
+    members = np.where(layout.log_mask(), mean[None] * np.exp(rel * noise - 0.5 * rel**2), mean + sd * noise)
     day0 = np.datetime64(str(ds["time"].values[0])[:10]) - np.timedelta64(1, "D")
     return jnp.asarray(members, jnp.float32), int(ds.sizes["time"]), day0.astype("datetime64[ns]")
 
@@ -417,7 +419,7 @@ _MODELS: dict[str, tuple] = {}
 
 def _store_model(root: str, emulator_name: str | None, key: str, config, layout, sites):
     from emulators.parameters import ProcessParams
-    from twin.forecast import chlorophyll_scales, emulator_stepper, make_forecast, process_stepper
+    from twin.forecast import chlorophyll_scales, emulator_stepper, make_forecast, model_bias, process_stepper
     from twin.hindcast import process_log_error_sd
     if key in _MODELS:
         return _MODELS[key]
@@ -426,14 +428,15 @@ def _store_model(root: str, emulator_name: str | None, key: str, config, layout,
     if config.model.kind == "process":
         stepper = process_stepper(ProcessParams(), sites, config.model.substeps)
         model = make_forecast(stepper, layout, sites, process_log_error_sd(config, layout),
-                              chlorophyll_scale=chlorophyll_scales(config.sites, layout)), None, None
+                              chlorophyll_scale=chlorophyll_scales(config.sites, layout),
+                              bias=model_bias(config.model.bias, layout)), None, None
     else:
         from emulators.checkpoint import load_checkpoint
         emulator = load_checkpoint(Path(root) / emulator_name)
         sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
         stepper = emulator_stepper(emulator)
-        model = make_forecast(stepper, layout, sites, sd,
-                              chlorophyll_scale=chlorophyll_scales(config.sites, layout)), emulator, stepper
+        model = make_forecast(stepper, layout, sites, sd, chlorophyll_scale=chlorophyll_scales(config.sites, layout),
+                              bias=model_bias(config.model.bias, layout)), emulator, stepper
     _MODELS[key] = model
     return model
 
@@ -523,7 +526,7 @@ def _refit_if_due(store, manifest, config, layout, day0, ledger, history, done, 
     from emulators.checkpoint import save_checkpoint
     from twin.cycle_obs import build_cycle_observations
     from twin.emulator_source import train_config
-    from twin.forecast import chlorophyll_scales, make_forecast
+    from twin.forecast import chlorophyll_scales, deterministic_bias, make_forecast
     from twin.refit import refit_emulator
     first = int(manifest.get("history_first_cycle", 0))
     sites = store_sites(config, layout)
@@ -536,7 +539,8 @@ def _refit_if_due(store, manifest, config, layout, day0, ledger, history, done, 
                                     representativeness_fraction=config.filter.representativeness_fraction)
     disposition = np.where(np.asarray(cobs.obs.mask), disp.ASSIMILATED, disp.MISSING)
     deterministic = make_forecast(stepper, layout, sites, np.zeros(layout.model_dim, np.float32),
-                                  chlorophyll_scale=chlorophyll_scales(config.sites, layout))
+                                  chlorophyll_scale=chlorophyll_scales(config.sites, layout),
+                                  bias=deterministic_bias(config, layout))
     _log(f"refit of the emulator on {span} analyses", quiet)
     chosen, record = refit_emulator(
         emulator, refit=config.refit, train_defaults=train_config(config), forecast=deterministic,
@@ -593,7 +597,7 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
         cobs = build_cycle_observations(table, layout, day0, target, min_slots=slots,
                                         representativeness_fraction=config.filter.representativeness_fraction)
     params = filter_params(config)
-    log_mask = np.ones(layout.dim, bool)
+    log_mask = layout.log_mask()
     cycle_key, forecast_key = _store_keys(int(manifest["seed"]), target)
     state = EngineState(members, inflation)
     programs = store.path("programs")

@@ -13,8 +13,10 @@ from twin.cycle_obs import cycle_of
 from twin.engine import QUANTILES
 from twin.observations import atomic_write, write_netcdf
 from twin.skill import climatology_forecast, gaussian_crps, persistence_forecast, rmse, truth_scores
-from twin.state_layout import OBSERVABLE, STATE_UNITS, STATE_VARIABLES
+from twin.state_layout import BIAS_SUFFIX, OBSERVABLE, STATE_UNITS
 from twin.units import CF_STANDARD_NAMES
+
+BURN_IN_DAYS = 30  # the first month of analyses is left out of summaries (as twin.skill.truth_scores)
 
 Z90 = 1.6448536269514722
 
@@ -29,7 +31,7 @@ def reanalysis_dataset(prepared, outputs, dispositions: np.ndarray) -> xr.Datase
     data = {}
     mean, sd = np.asarray(outputs.analysis_mean), np.asarray(outputs.analysis_sd)
     quant = np.asarray(outputs.analysis_quantiles)
-    for v in STATE_VARIABLES:
+    for v in layout.state_variables():
         idx = np.array([[layout.index(v, s, l) for l in layers] for s in sites])
         attrs = {"units": STATE_UNITS.get(v, "1"), "long_name": f"{v}, analysis ensemble mean",
                  "ancillary_variables": f"{v}_sd {v}_q05 {v}_q50 {v}_q95"}
@@ -141,7 +143,10 @@ def validation_scores(prepared, outputs) -> dict:
 def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) -> dict:
     layout = prepared.layout
     names = layout.names()
-    twin = truth_scores(np.asarray(outputs.analysis_mean), np.asarray(outputs.analysis_sd), prepared.truth)
+    # The model biases have no truth (NaN): they are not scored.
+    scored = [i for i in range(len(names)) if np.isfinite(prepared.truth[:, i]).any()]
+    twin = dict(zip(scored, truth_scores(np.asarray(outputs.analysis_mean)[:, scored],
+                                         np.asarray(outputs.analysis_sd)[:, scored], prepared.truth[:, scored])))
     assimilated = set(prepared.cycle_obs.group_state_index[
         np.isin(np.arange(prepared.cycle_obs.group_cycle.size),
                 prepared.cycle_obs.row_group[dispositions == disp.ASSIMILATED])].tolist())
@@ -155,14 +160,14 @@ def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) 
         if sel.any():
             obs_error[name] = float(np.median(table["error_sd"].values[sel]))
     result = {}
-    for i, name in enumerate(names):
+    for i, name in ((i, names[i]) for i in scored):
         entry = {"twin": twin[i]}
         for label, series in baselines.items():
             entry[label] = {"rmse": rmse(series[30:, i], prepared.truth[30:, i])}
         if name in obs_error:
             entry["observation_error"] = obs_error[name]
         result[name] = entry
-    unobserved = [n for i, n in enumerate(names) if i not in assimilated]
+    unobserved = [names[i] for i in scored if i not in assimilated]
     return {"truth": result, "unobserved": unobserved}
 
 
@@ -237,6 +242,25 @@ def alert_verification(prepared, outputs):
     return result, pd.concat(history, ignore_index=True)
 
 
+def model_bias_summary(prepared, outputs) -> dict:
+    """Per model-bias element with a nonzero sd: the configured AR(1), and the analysed log-rate per day
+    (mean over the run after the burn-in, its 5-95 % range over time, the last value, the mean analysis sd)."""
+    layout = prepared.layout
+    mean, sd = np.asarray(outputs.analysis_mean), np.asarray(outputs.analysis_sd)
+    out = {}
+    for (v, s, layer), i in zip(layout.variables(), range(layout.dim)):
+        tracer = v[: -len(BIAS_SUFFIX)] if v.endswith(BIAS_SUFFIX) else None
+        config = prepared.config.model.bias.get(tracer) if tracer else None
+        if config is None or config.sd(layer) == 0:
+            continue
+        b = mean[BURN_IN_DAYS:, i] if mean.shape[0] > 2 * BURN_IN_DAYS else mean[:, i]
+        out[f"{v}@{s}/{layer}"] = {
+            "sd_per_day": config.sd(layer), "timescale_days": config.timescale_days,
+            "mean": float(b.mean()), "q05": float(np.quantile(b, 0.05)), "q95": float(np.quantile(b, 0.95)),
+            "last": float(mean[-1, i]), "analysis_sd": float(np.sqrt(np.mean(sd[:, i] ** 2)))}
+    return out
+
+
 def write_products(work: Path, prepared, outputs, dispositions, baselines: dict, emulator, timings: dict,
                    refits: dict | None = None, chlorophyll_calibration: list | None = None) -> dict:
     """Write reanalysis.nc, metrics.json, lineage.json, report.html (and alerts.csv when the config has
@@ -260,6 +284,8 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
         "forcing": prepared.forcing_report,
         "timings": timings,
     }
+    if prepared.layout.biased:
+        metrics["model_bias"] = model_bias_summary(prepared, outputs)
     if prepared.truth is not None:
         metrics.update(truth_metrics(prepared, outputs, baselines, dispositions))
     validation = validation_scores(prepared, outputs)

@@ -190,12 +190,14 @@ def refit_verdict(before: ForecastScore, after: ForecastScore) -> tuple[bool, st
 def forecast_rmse_vs_truth(forecast, analysis_mean: np.ndarray, truth: np.ndarray, forcing, model_params,
                            names: list[str], lead_days: int = LEAD_DAYS, stride: int = 3) -> dict[str, float]:
     """RMSE of the ``lead_days``-day deterministic forecast from the analyses against the truth, per
-    variable (twin experiment), from every ``stride``-th analysis after the burn-in."""
+    variable (twin experiment), from every ``stride``-th analysis after the burn-in. ``names``: of every
+    state element; those without a truth (NaN: the model biases) are left out."""
     end = analysis_mean.shape[0]
     starts = np.arange(BURN_IN_DAYS, end - lead_days, stride)
     pred = np.asarray(lead_forecasts(forecast, analysis_mean, forcing, starts, lead_days, end)(model_params))
     err = pred[:, -1, :] - truth[starts + lead_days]
-    return {name: float(np.sqrt(np.mean(err[:, i] ** 2))) for i, name in enumerate(names)}
+    return {name: float(np.sqrt(np.mean(err[:, i] ** 2))) for i, name in enumerate(names)
+            if np.isfinite(truth[:, i]).any()}
 
 
 @dataclasses.dataclass
@@ -333,7 +335,7 @@ class Refitter:
     ``model_params``: the ``EmulatorModelParams`` in use, from ``initial`` (default: the emulator's own)."""
 
     def __init__(self, emulator, prepared, stepper, train_defaults, key, quiet: bool = True, initial=None):
-        from twin.forecast import chlorophyll_scales, emulator_model_params, make_forecast
+        from twin.forecast import chlorophyll_scales, deterministic_bias, emulator_model_params, make_forecast
         self.emulator = emulator
         self.initial = emulator_model_params(emulator) if initial is None else initial
         self.model_params = self.initial
@@ -344,7 +346,8 @@ class Refitter:
         self.quiet = quiet
         zero = np.zeros(prepared.layout.model_dim, np.float32)
         self.deterministic = make_forecast(stepper, prepared.layout, prepared.sites, zero, chlorophyll_scale=
-                                           chlorophyll_scales(prepared.config.sites, prepared.layout))
+                                           chlorophyll_scales(prepared.config.sites, prepared.layout),
+                                           bias=deterministic_bias(prepared.config, prepared.layout))
         self.records: list[RefitRecord] = []
 
     def due(self, cycles_done: int) -> bool:

@@ -118,6 +118,33 @@ def _diagnostics_figure(prepared, outputs) -> str:
     return figure_html(fig, "innovation statistics")
 
 
+def _model_bias_section(prepared, outputs, summary: dict) -> list[str]:
+    """The analysed model biases: a table and their history (per cent per day, analysis mean and 5-95 %)."""
+    import matplotlib.pyplot as plt
+    layout = prepared.layout
+    times = prepared.day0 + (np.arange(prepared.num_days) + 1) * np.timedelta64(1, "D")
+    quant, mean = np.asarray(outputs.analysis_quantiles), np.asarray(outputs.analysis_mean)
+    fig, axes = plt.subplots(len(summary), 1, figsize=(11, 1.9 * len(summary) + 0.4), sharex=True, squeeze=False)
+    for ax, name in zip(axes[:, 0], summary):
+        v, rest = name.split("@")
+        i = layout.index(v, *rest.split("/"))
+        ax.fill_between(times, 100 * quant[:, 0, i], 100 * quant[:, 2, i], color="tab:purple", alpha=0.25, lw=0)
+        ax.plot(times, 100 * mean[:, i], color="tab:purple", lw=0.9)
+        ax.axhline(0.0, color="k", lw=0.6)
+        ax.set_ylabel("% per day", fontsize=8)
+        ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    rows = [[k, f"{e['sd_per_day']:.3g}", f"{e['timescale_days']:.0f}", f"{100 * e['mean']:.2f}",
+             f"{100 * e['q05']:.2f} to {100 * e['q95']:.2f}", f"{100 * e['last']:.2f}"] for k, e in summary.items()]
+    return ["<h2>Model bias</h2>",
+            "<p>The persistent model error the filter estimated (<code>model.bias</code>): each day the model's "
+            "value of the tracer is multiplied by exp(b); b is carried in the state as an AR(1) with the "
+            "configured sd and timescale. Positive: the model runs low and the observations keep raising it.</p>",
+            html_table(rows, ["element", "sd per day", "timescale (days)", "mean % per day (after the first month)",
+                              "5-95 % over time", "last"]),
+            figure_html(fig, "analysed model biases")]
+
+
 _ALERT_COLUMNS = [("n", "n"), ("base rate", "base_rate"), ("Brier", "brier"), ("reliability", "reliability"),
                   ("resolution", "resolution"), ("uncertainty", "uncertainty"), ("BSS", "brier_skill_score"),
                   ("hit rate", "hit_rate"), ("false-alarm rate (POFD)", "false_alarm_rate"),
@@ -232,6 +259,8 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
     parts += ["<h2>Time series</h2>"]
     for site in prepared.layout.sites:
         parts.append(_site_figure(prepared, outputs, dispositions, baselines, site))
+    if metrics.get("model_bias"):
+        parts += _model_bias_section(prepared, outputs, metrics["model_bias"])
     parts += ["<h2>Innovation statistics</h2>", _diagnostics_figure(prepared, outputs)]
     parts += ["<h2>Observation ledger</h2>",
               html_table([[k, v] for k, v in metrics["dispositions"].items()], ["disposition", "count"])]

@@ -317,17 +317,18 @@ def _conditioned_stepper(emulator):
 def _process_forecast(config, layout, sites):
     """The process model's forecast (parameters as its model_params), with the hindcast's model error."""
     from emulators.parameters import default_params
-    from twin.forecast import chlorophyll_scales, make_forecast, process_stepper
+    from twin.forecast import chlorophyll_scales, make_forecast, model_bias, process_stepper
     from twin.hindcast import process_log_error_sd
     stepper = process_stepper(default_params(), sites, config.model.substeps)
     return make_forecast(stepper, layout, sites, process_log_error_sd(config, layout),
-                         chlorophyll_scale=chlorophyll_scales(config.sites, layout))
+                         chlorophyll_scale=chlorophyll_scales(config.sites, layout),
+                         bias=model_bias(config.model.bias, layout))
 
 
 def _model(store, manifest, config, layout, sites, spec: ScenarioFile, where: str):
     """(forecast, emulator or None, model_params of the baseline, takes_params, description)."""
     from emulators.parameters import default_params
-    from twin.forecast import chlorophyll_scales, make_forecast
+    from twin.forecast import chlorophyll_scales, make_forecast, model_bias
     from twin.operational import store_model
     wanted = sorted({c.name for s in spec.scenarios for c in s.changes if c.kind == "param"})
     if spec.model == "process" or config.model.kind == "process":
@@ -347,7 +348,8 @@ def _model(store, manifest, config, layout, sites, spec: ScenarioFile, where: st
                                   f"every scenario with the process model" for n in missing])
     sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
     forecast = make_forecast(_conditioned_stepper(emulator), layout, sites, sd,
-                             chlorophyll_scale=chlorophyll_scales(config.sites, layout))
+                             chlorophyll_scale=chlorophyll_scales(config.sites, layout),
+                             bias=model_bias(config.model.bias, layout))
     # The baseline takes the values a refit calibrated to the site's analyses, if any, the defaults otherwise.
     calibrated = default_params()._replace(**{k: np.float32(v) for k, v in emulator.parameter_values.items()})
     return forecast, emulator, calibrated, True, label + " (conditioned on parameters)"

@@ -6,6 +6,11 @@ temperature, nutrients); carrying it as an augmented element, recomputed after e
 chlorophyll observations a plain index into the state, and the filter spreads their information to
 phytoplankton through the ensemble covariance. A network of sites is the concatenation of the per-site
 vectors, in the config's site order. Names read ``variable@site/layer`` (``nitrate@Point B/surface``).
+
+With a model bias (``model.bias`` in the config), each site's vector ends with one more element per biased
+tracer and layer, ``<tracer>_bias``: the log-rate per day of the model's persistent error for that tracer,
+estimated by the filter like any other element (augmented-state bias estimation, see ``twin.forecast``).
+It is analysed in linear space (it can be negative); every other element in log space.
 """
 from __future__ import annotations
 
@@ -25,12 +30,23 @@ OBSERVABLE = {"nitrate": "nitrate", "ammonium": "ammonium", "phosphate": "phosph
 STATE_UNITS = {"nitrate": "mmol m-3", "ammonium": "mmol m-3", "phosphate": "mmol m-3",
                "silicate": "mmol m-3", "phytoplankton": "mmol N m-3", "zooplankton": "mmol N m-3",
                "detritus": "mmol N m-3", "oxygen": "mmol m-3", "chlorophyll": "mg m-3"}
+BIAS_SUFFIX = "_bias"
+
+
+def bias_name(tracer: str) -> str:
+    """Name of the model-bias element of ``tracer`` (its log-rate per day)."""
+    return tracer + BIAS_SUFFIX
+
+
+STATE_UNITS.update({bias_name(t): "d-1" for t in TRACERS})
 
 
 class StateLayout(NamedTuple):
-    """Layout of the twin state for ``sites`` with ``num_layers`` layers each (1 surface, 2 + bottom)."""
+    """Layout of the twin state for ``sites`` with ``num_layers`` layers each (1 surface, 2 + bottom), and a
+    model-bias element per tracer in ``biased`` and layer."""
     sites: tuple[str, ...]
     num_layers: int
+    biased: tuple[str, ...] = ()
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -43,8 +59,12 @@ class StateLayout(NamedTuple):
 
     @property
     def site_dim(self) -> int:
-        """Entries per site: model state then diagnostics."""
-        return self.model_dim + self.num_layers * len(DIAGNOSTICS)
+        """Entries per site: model state, diagnostics, then model biases."""
+        return self.model_dim + self.num_layers * (len(DIAGNOSTICS) + len(self.biased))
+
+    def state_variables(self) -> tuple[str, ...]:
+        """Every variable the twin carries per site and layer: STATE_VARIABLES, then the model biases."""
+        return STATE_VARIABLES + tuple(bias_name(t) for t in self.biased)
 
     @property
     def dim(self) -> int:
@@ -56,6 +76,7 @@ class StateLayout(NamedTuple):
         for site in self.sites:
             out += [(tracer, site, layer) for layer in self.layers for tracer in TRACERS]
             out += [(diag, site, layer) for diag in DIAGNOSTICS for layer in self.layers]
+            out += [(bias_name(t), site, layer) for t in self.biased for layer in self.layers]
         return out
 
     def names(self) -> list[str]:
@@ -71,6 +92,9 @@ class StateLayout(NamedTuple):
             return base + li * NUM_TRACERS + TRACERS.index(variable)
         if variable in DIAGNOSTICS:
             return base + self.model_dim + DIAGNOSTICS.index(variable) * self.num_layers + li
+        tracer = variable[: -len(BIAS_SUFFIX)] if variable.endswith(BIAS_SUFFIX) else None
+        if tracer in self.biased:
+            return base + self.model_dim + self.num_layers * (len(DIAGNOSTICS) + self.biased.index(tracer)) + li
         return -1
 
     def observation_index(self, variable: str, site: str, layer: str) -> int:
@@ -87,7 +111,25 @@ class StateLayout(NamedTuple):
     def diagnostic_slices(self) -> np.ndarray:
         """Indices of the diagnostic entries, shape (num_sites, num_layers * len(DIAGNOSTICS))."""
         base = np.arange(len(self.sites))[:, None] * self.site_dim + self.model_dim
-        return base + np.arange(self.site_dim - self.model_dim)[None, :]
+        return base + np.arange(self.num_layers * len(DIAGNOSTICS))[None, :]
+
+    def bias_slices(self) -> np.ndarray:
+        """Indices of the model-bias entries, shape (num_sites, len(biased) * num_layers), tracer-major."""
+        base = np.arange(len(self.sites))[:, None] * self.site_dim + self.model_dim \
+            + self.num_layers * len(DIAGNOSTICS)
+        return base + np.arange(len(self.biased) * self.num_layers)[None, :]
+
+    def bias_targets(self) -> np.ndarray:
+        """Position within a site's model state of the tracer each bias entry acts on, in the order of
+        :meth:`bias_slices`, shape (len(biased) * num_layers,)."""
+        return np.array([li * NUM_TRACERS + TRACERS.index(t) for t in self.biased
+                         for li in range(self.num_layers)], np.int64)
+
+    def log_mask(self) -> np.ndarray:
+        """(dim,) bool: the elements the filter analyses in log space (all but the model biases)."""
+        mask = np.ones(self.dim, bool)
+        mask[self.bias_slices().ravel()] = False
+        return mask
 
     def site_of_state(self) -> np.ndarray:
         """Site number of every state element, shape (dim,) (the localization domain)."""
