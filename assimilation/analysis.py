@@ -343,7 +343,7 @@ def predict_observations(members: Array, observations: Observations,
 def analysis(ensemble: Ensemble, observations: Observations, key: Array, params: FilterParams = FilterParams(),
              inflation_state: InflationState | None = None, localization: Localization | None = None,
              log_mask: Array | None = None, obs_operator: ObsOperator | None = None,
-             obs_perturbations: Array | None = None) -> AnalysisResult:
+             obs_perturbations: Array | None = None, inflation_mask: Array | None = None) -> AnalysisResult:
     """One analysis: checks, transforms, inflation, the ``params.method`` kernel, RTPS, diagnostics.
 
     Order: dispositions of empty/bad/out-of-domain slots; log transform of the state and of the observations
@@ -363,6 +363,10 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
         log_mask: (n,) bool, elements analysed in log space, or None.
         obs_operator: optional forward operator; default ``x[state_index]``.
         obs_perturbations: (N, m) standard normal draws for the stochastic EnKF (default: drawn from ``key``).
+        inflation_mask: (n,) bool, elements that multiplicative inflation (prior or posterior, fixed or
+            adaptive) acts on; None: all. Augmented parameters whose spread their own model sets (an AR(1)
+            bias) are left out: inflated every cycle they are not observed, their spread would grow without
+            bound (Ruiz et al. 2013 treat parameter spread apart for the same reason).
 
     Returns:
         :class:`AnalysisResult`.
@@ -427,9 +431,9 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
     if static_unit_inflation:
         Zf, HZ = Z, HZ0
     else:
-        Zf = inflate(Z, factor)
+        Zf = inflate(Z, factor) if inflation_mask is None else jnp.where(inflation_mask, inflate(Z, factor), Z)
         HZ = predict_transformed(from_transformed(Zf, log_mask)) if log_mask is not None or obs_operator \
-            is not None else inflate(HZ0, factor)
+            is not None or inflation_mask is not None else inflate(HZ0, factor)
     HZ = jnp.where(active, HZ, 0.0)
 
     obs_scale = jnp.where(active, 1.0 / r_safe, 0.0)
@@ -438,7 +442,8 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
     else:
         Za, dofs = kernel(Zf, HZ, y_safe, obs_scale, key, localization)
     if posterior_factor != 1.0:
-        Za = inflate(Za, posterior_factor)
+        Za = inflate(Za, posterior_factor) if inflation_mask is None else \
+            jnp.where(inflation_mask, inflate(Za, posterior_factor), Za)
     if params.rtps_alpha > 0:
         Za = relax_to_prior_spread(Zf, Za, params.rtps_alpha)
     if params.random_rotation:

@@ -256,3 +256,32 @@ def test_unknown_names_raise_and_list_valid_ones():
         da.letkf_update(jnp.ones((4, 2)), jnp.ones((4, 1)), jnp.ones(1), jnp.ones(1), None, None)
     with pytest.raises(ValueError, match="num_slots"):
         da.make_observations(jnp.ones(3), 1.0, jnp.arange(3), num_slots=2)
+
+
+# ---------------------------------------------------------------- inflation mask (augmented parameters)
+
+@pytest.mark.parametrize("method", ["etkf", "ensrf", "enkf"])
+@pytest.mark.parametrize("position", ["prior", "posterior"])
+def test_inflation_mask_leaves_the_masked_elements_uninflated(method, position):
+    """Element 2 is a copy of element 0. The update is linear in the prior anomalies, so with element 2 left
+    out of prior inflation its increments (mean and anomalies) are element 0's divided by the factor; left out
+    of posterior inflation, its analysis anomalies are. Without a mask the two stay equal."""
+    rng = np.random.default_rng(3)
+    E = jnp.asarray(exact_ensemble(rng, np.array([1.0, 2.0]), np.array([[1.0, 0.3], [0.3, 0.5]]), 20))
+    E = jnp.concatenate([E, E[:, :1]], axis=1)
+    obs = da.make_observations(jnp.array([1.8]), 0.5, jnp.array([0]))
+    factor = 1.3
+    params = da.FilterParams(method=method, inflation_factor=factor, inflation_position=position)
+    key = jax.random.PRNGKey(0)
+    masked = da.analysis(da.Ensemble(E), obs, key, params, inflation_mask=jnp.array([True, True, False]))
+    plain = da.analysis(da.Ensemble(E), obs, key, params)
+    Ea, Ep = np.asarray(masked.ensemble.members), np.asarray(plain.ensemble.members)
+    np.testing.assert_allclose(Ep[:, 2], Ep[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(Ea[:, :2], Ep[:, :2], rtol=1e-6)          # the others as without a mask
+    if position == "prior":
+        m = float(E[:, 0].mean())
+        np.testing.assert_allclose(Ea[:, 2] - m, (Ea[:, 0] - m) / factor, rtol=1e-5, atol=1e-6)
+    else:
+        anomaly = lambda x: x - x.mean()  # noqa: E731
+        np.testing.assert_allclose(anomaly(Ea[:, 2]), anomaly(Ea[:, 0]) / factor, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(Ea[:, 2].mean(), Ea[:, 0].mean(), rtol=1e-6)

@@ -134,3 +134,17 @@ def test_model_bias_options_name_their_field():
         parse_config({"model": {"bias": {"oxygen": {"timescale_days": 0.5}}}})
     bias = parse_config({"model": {"bias": {"oxygen": {"sd_per_day": {"surface": 0.01}}}}}).model.bias["oxygen"]
     assert (bias.sd("surface"), bias.sd("bottom")) == (0.01, 0.0)   # a layer not named has none
+
+
+def test_sensor_offset_options_name_their_field():
+    source = {"path": "buoy.csv", "format": "coasthf"}
+    with pytest.raises(ConfigError, match=r"sources\.0: .*needs a 'name'"):
+        parse_config({"sources": [{**source, "offsets": {"oxygen": {}}}]})
+    with pytest.raises(ConfigError, match=r"sources\.0\.offsets: offsets of \['temperature'\]"):
+        parse_config({"sources": [{**source, "name": "buoy", "offsets": {"temperature": {}}}]})
+    with pytest.raises(ConfigError, match=r"sources\.0\.name: .*pattern"):
+        parse_config({"sources": [{**source, "name": "my buoy"}]})
+    with pytest.raises(ConfigError, match=r"duplicate source names \['buoy'\]"):
+        parse_config({"sources": [{**source, "name": "buoy"}, {**source, "name": "buoy"}]})
+    with pytest.raises(ConfigError, match=r"sources\.0\.offsets\.oxygen\.sd: .*greater than 0"):
+        parse_config({"sources": [{**source, "name": "buoy", "offsets": {"oxygen": {"sd": 0}}}]})

@@ -33,7 +33,7 @@ from twin.errors import InputError
 from twin.sampling import (Candidate, SamplingPlan, VerificationSummary, candidates_from_specs, default_candidates,
                            greedy_plan, parse_candidates, parse_target, target_column, trajectory_matrix,
                            verify_against_random)
-from twin.state_layout import STATE_UNITS, StateLayout
+from twin.state_layout import STATE_UNITS, STATE_VARIABLES, StateLayout
 from twin.store import StoreError, require_store
 
 __all__ = [
@@ -245,14 +245,17 @@ def truth_trajectory(truth_path: str | Path, layout: StateLayout, day0: np.datet
         names = [str(x) for x in ds["state"].values]
         states = ds["truth"].values.astype(np.float64)
         times = ds["time"].values.astype("datetime64[D]")
-    missing = [n for n in layout.names() if n not in names]
+    # The model biases and sensor offsets (and readings) are the twin's own: the truth has none (NaN).
+    own = {f"{v}@{s}/{l}" for v, s, l in layout.variables() if v not in STATE_VARIABLES}
+    missing = [n for n in layout.names() if n not in names and n not in own]
     if missing:
         raise InputError(path, f"the truth lacks {missing[:3]} (it has {names[:3]}...): it is not this twin's "
                                f"experiment")
     offset = int((np.datetime64(day0, "D") - times[0]) / np.timedelta64(1, "D"))
     if offset < 0:
         raise InputError(path, f"the truth starts on {times[0]}, after the twin's day 0 {str(day0)[:10]}")
-    return states[offset:, [names.index(n) for n in layout.names()]]
+    return np.stack([states[offset:, names.index(n)] if n in names else np.full(len(states) - offset, np.nan)
+                     for n in layout.names()], axis=1)
 
 
 def _trial_cycles(num_trials: int, spin_up_days: int, last: int) -> np.ndarray:
@@ -297,9 +300,9 @@ def verify_in_twin_experiment(store_dir: str | Path, target: str, horizon: int, 
     from emulators.process_model import initial_state
     from twin.cycle_obs import build_cycle_observations
     from twin.engine import EngineState, run_window
-    from twin.forecast import initial_ensemble, model_bias
+    from twin.forecast import initial_ensemble, state_ar1
     from twin.hindcast import filter_params
-    from twin.ingest import ingest
+    from twin.ingest import ingest, sensor_of_rows
     from twin.operational import (load_store_config, store_forcing, store_layout, store_model, store_sites)
     from twin.qc import apply_qc
     from assimilation import initial_inflation_state
@@ -322,14 +325,14 @@ def verify_in_twin_experiment(store_dir: str | Path, target: str, horizon: int, 
     table = apply_qc(ingest(config), config.qc)
     num_days = int(cycles[-1]) + horizon
     forcing = store_forcing(config, table, layout, day0, num_days)
-    cobs = build_cycle_observations(table, layout, day0, num_days,
+    cobs = build_cycle_observations(table, layout, day0, num_days, sensor=sensor_of_rows(table, config.sources),
                                     representativeness_fraction=config.filter.representativeness_fraction)
     forecast, emulator, _ = store_model(store, manifest, config, layout, store_sites(config, layout))
     weights = None if emulator is None else emulator.weights
     key = jax.random.PRNGKey(int(manifest["seed"]))
     site_state = np.tile(np.asarray(initial_state(layout.num_layers))[None], (len(layout.sites), 1))
     members = initial_ensemble(jax.random.fold_in(key, 0), layout, config.filter.members, site_state,
-                               config.filter.initial_spread, model_bias(config.model.bias, layout))
+                               config.filter.initial_spread, **state_ar1(config, layout))
     state = EngineState(members, initial_inflation_state())
     params = filter_params(config)
     log_mask = jnp.asarray(layout.log_mask())
@@ -341,7 +344,8 @@ def verify_in_twin_experiment(store_dir: str | Path, target: str, horizon: int, 
         # Windows of equal length between trials: two compiled shapes (spin-up, step) for the whole run.
         obs_w = jax.tree.map(lambda a: jnp.asarray(a[done:c]), cobs.obs)
         forcing_w = jax.tree.map(lambda a: jnp.asarray(a[done:c]), forcing)
-        state, _ = run_window(forecast, state, obs_w, forcing_w, cycle_key, params, log_mask, done, weights)
+        state, _ = run_window(forecast, state, obs_w, forcing_w, cycle_key, params, log_mask, done, weights,
+                              inflation_mask=layout.inflation_mask())
         done = c
         E = _forecast_matrix(forecast, state.members, forcing, c, horizon,
                              jax.random.fold_in(key, FORECAST_KEY + c), weights)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -92,6 +93,13 @@ def _summary_lines(metrics: dict) -> list[str]:
         lines.append(f"withheld {name:<34} n={e['n']:<5} rmse {e['twin']['rmse']:.4g} "
                      f"(persistence {e['persistence']['rmse']:.4g}, climatology {e['climatology']['rmse']:.4g}), "
                      f"90% coverage {e['twin']['coverage_90']:.2f}")
+    for name, e in metrics.get("model_bias", {}).items():
+        lines.append(f"model bias {name}: {100 * e['mean']:+.2f} % per day on average (5-95 % over time "
+                     f"{100 * e['q05']:+.2f} to {100 * e['q95']:+.2f}), last {100 * e['last']:+.2f}")
+    for name, e in metrics.get("sensor_offsets", {}).items():
+        truth = f"; truth {100 * math.expm1(e['truth_last']):+.1f} %" if "truth_last" in e else ""
+        lines.append(f"sensor offset {name}: reads {100 * math.expm1(e['last']):+.1f} % of the value at the end "
+                     f"({100 * math.expm1(e['mean']):+.1f} % on average{truth})")
     refit = metrics.get("refit")
     if refit:
         lines.append(f"refits kept: {refit['kept']} of {len(refit['history'])} (every {refit['interval_days']} days)")

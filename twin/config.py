@@ -91,9 +91,22 @@ class SiteConfig(Frozen):
         return v
 
 
+class OffsetConfig(Frozen):
+    """A sensor's offset for one variable, estimated by the filter (see ``twin.forecast``): its readings are
+    the sea's value times exp(c), c an AR(1) in the state with this stationary sd and timescale."""
+    sd: float = Field(default=0.05, gt=0.0, le=1.0, description="stationary sd of c (log of reading over value)")
+    timescale_days: PositiveFloat = Field(default=365.0, ge=1.0, le=36500.0,
+                                          description="e-folding time of c: how slowly the sensor drifts")
+
+
 class SourceConfig(Frozen):
     """One data source: a file or glob, read by one reader."""
     path: str = Field(min_length=1, description="file or glob, relative to the config file")
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+                             description="a short name for the source (needed with offsets: it names them)")
+    offsets: dict[str, OffsetConfig] = Field(
+        default_factory=dict, description="variables whose offset (drift, calibration) for this source's "
+                                          "sensor the filter estimates, e.g. a buoy's oxygen optode")
     format: ReaderFormat | None = None
     mapping: str | None = Field(default=None, description="YAML mapping for format 'csv'")
     sites: tuple[str, ...] | None = Field(default=None, description="keep only these sites")
@@ -113,7 +126,18 @@ class SourceConfig(Frozen):
     def _mapping_for_csv(self):
         if self.format == "csv" and not self.mapping:
             raise ValueError("format 'csv' needs 'mapping' (a YAML column mapping file)")
+        if self.offsets and not self.name:
+            raise ValueError("a source with offsets needs a 'name' (the offsets are named after it)")
         return self
+
+    @field_validator("offsets")
+    @classmethod
+    def _observable_offsets(cls, v):
+        valid = ("nitrate", "ammonium", "phosphate", "silicate", "oxygen", "chlorophyll")
+        unknown = [k for k in v if k not in valid]
+        if unknown:
+            raise ValueError(f"offsets of {unknown}: the twin carries offsets of {list(valid)} only")
+        return v
 
 
 class GrossRange(Frozen):
@@ -203,6 +227,9 @@ class TwinExperimentConfig(Frozen):
     buoy: bool = True
     buoy_gap_fraction: float = Field(default=0.15, ge=0, lt=0.9)
     oxygen_drift_per_year: float = -12.0
+    buoy_offsets: dict[str, OffsetConfig] = Field(
+        default_factory=dict, description="offsets of the buoy's sensors the filter estimates (the source "
+                                          "'buoy'), e.g. {oxygen: {sd: 0.05, timescale_days: 365}} for its drift")
     fluorescence_slope: PositiveFloat = 1.0
     parameter_spread: float = Field(default=0.25, ge=0, le=1)
     river_discharge_m3s: NonNegativeFloat = Field(
@@ -396,6 +423,10 @@ class TwinConfig(Frozen):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate site names {dup}")
+        sources = [s.name for s in self.sources if s.name]
+        dup = sorted({n for n in sources if sources.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate source names {dup}")
         return self
 
     @model_validator(mode="after")

@@ -21,7 +21,7 @@ import xarray as xr
 from assimilation.types import Observations
 from twin import dispositions as disp
 from twin import flags
-from twin.state_layout import StateLayout
+from twin.state_layout import OBSERVABLE, StateLayout
 
 
 
@@ -55,7 +55,7 @@ def cycle_of(times: np.ndarray, day0: np.datetime64) -> np.ndarray:
 
 def build_cycle_observations(table: xr.Dataset, layout: StateLayout, day0: np.datetime64, num_cycles: int,
                              *, withheld: np.ndarray | None = None, representativeness_fraction: float = 0.7,
-                             min_slots: int = 1) -> CycleObservations:
+                             min_slots: int = 1, sensor: np.ndarray | None = None) -> CycleObservations:
     """Bin the ledger into per-cycle super-observations for the filter.
 
     Args:
@@ -65,21 +65,32 @@ def build_cycle_observations(table: xr.Dataset, layout: StateLayout, day0: np.da
         num_cycles: T, one per day.
         withheld: (n_rows,) bool, rows kept out for validation.
         representativeness_fraction: share of an observation's error that averaging does not reduce.
+        sensor: (n_rows,) the sensor each row comes from ("" for none; ``twin.ingest.sensor_of_rows``):
+            required when the layout carries sensor offsets, whose sensors' rows see their readings.
     """
     n = table.sizes["obs"]
     variable = table["variable"].values.astype(str)
     site = table["site"].values.astype(str)
     layer = table["layer"].values.astype(str)
     qc = table["qc"].values
+    if layout.sensors and sensor is not None:
+        # A sensor whose offset the twin estimates is not stopped for drifting: the offset is that drift.
+        from twin.qc import qc_without
+        offset_rows = np.array([(s, OBSERVABLE.get(v)) in set(layout.sensors) for s, v in
+                                zip(np.asarray(sensor).astype(str), table["variable"].values.astype(str))], bool)
+        if offset_rows.any():
+            qc = np.where(offset_rows, qc_without(table, ("reference_drift",)), qc)
     value = table["value"].values.astype(np.float64)
     error_sd = table["error_sd"].values.astype(np.float64)
     censored = table["censored"].values.astype(bool)
     source = table["source"].values.astype(str)
 
-    lookup = {(v, s, l): layout.observation_index(v, s, l)
-              for v, s, l in set(zip(variable, site, layer))}
-    state_index = np.array([lookup[k] for k in zip(variable, site, layer)], np.int64) if n else \
-        np.zeros(0, np.int64)
+    if layout.sensors and sensor is None:
+        raise ValueError(f"the layout carries sensor offsets {list(layout.sensors)}: pass each row's sensor")
+    sensor = np.full(n, "") if sensor is None else np.asarray(sensor).astype(str)
+    keys = list(zip(variable, site, layer, sensor))
+    lookup = {k: layout.observation_index(*k[:3], sensor=k[3] or None) for k in set(keys)}
+    state_index = np.array([lookup[k] for k in keys], np.int64) if n else np.zeros(0, np.int64)
     cycle = cycle_of(table["time"].values, day0)
 
     code = np.full(n, -1, np.int64)

@@ -315,10 +315,12 @@ def denial_mask(table, layout, rules, day0: np.datetime64, num_days: int) -> np.
 def apply_denial(prepared, denied: np.ndarray):
     """``prepared`` with the ``denied`` rows withheld: out of the per-cycle observations, into the scored set."""
     from twin.cycle_obs import build_cycle_observations
+    from twin.ingest import sensor_of_rows
     withheld = prepared.withheld | denied
     cycle_obs = build_cycle_observations(
         prepared.table, prepared.layout, prepared.day0, prepared.num_days, withheld=withheld,
-        representativeness_fraction=prepared.config.filter.representativeness_fraction)
+        representativeness_fraction=prepared.config.filter.representativeness_fraction,
+        sensor=sensor_of_rows(prepared.table, prepared.config.sources))
     return dataclasses.replace(prepared, cycle_obs=cycle_obs, withheld=withheld)
 
 

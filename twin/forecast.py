@@ -14,6 +14,14 @@ timescale (``b' = a b + sqrt(1 - a^2) sd eps``, ``a = exp(-1 / timescale)``). Th
 from the ensemble covariance of ``b`` with the tracer it drives, as any other element (augmented-state bias
 estimation: Dee and da Silva 1998; Baek et al. 2006, Tellus 58A), so an anomaly the observations show is
 carried forward for about the timescale instead of being forgotten with the model's own relaxation.
+
+Sensor offsets (``sources[].offsets``): an instrument can drift or be miscalibrated (an oxygen optode on a
+buoy). For each such sensor and variable the state carries its offset ``c`` (the log of its reading over the
+sea's value, an AR(1) like the biases, its sd and timescale those of the drift) and the variable as the
+sensor reads it, ``x exp(c)``, recomputed after every forecast as the chlorophyll diagnostic is. That
+sensor's observations see the reading; the other sources' see the sea. With the analysis in log space the
+reading is linear in ``c``, and the filter separates the drift from the sea's change where another source
+(bottles) sees the same variable.
 """
 from __future__ import annotations
 
@@ -107,6 +115,21 @@ class ModelBias(NamedTuple):
         return np.exp(-1.0 / np.asarray(self.timescale_days, np.float64)).astype(np.float32)
 
 
+def sensor_offsets(sources, layout: StateLayout) -> ModelBias | None:
+    """The AR(1) of the layout's sensor offsets from the configured ``sources[].offsets`` (their ``name`` is
+    the sensor), in the order of ``StateLayout.sensor_offset_slices``; None when there is none."""
+    if not layout.sensors:
+        return None
+    by_name = {s.name: s for s in sources if s.offsets}
+    per = []
+    for sensor, variable in layout.sensors:
+        if sensor not in by_name or variable not in by_name[sensor].offsets:
+            raise ValueError(f"the state layout carries an offset of {variable} for sensor {sensor!r}, which "
+                             f"no source configures")
+        per += [by_name[sensor].offsets[variable]] * layout.num_layers
+    return ModelBias(np.array([o.sd for o in per], np.float32), np.array([o.timescale_days for o in per], np.float32))
+
+
 def model_bias(bias_config, layout: StateLayout) -> ModelBias | None:
     """The configured ``model.bias`` ({tracer: BiasConfig}) for ``layout`` (whose ``biased`` must list the
     same tracers, in order); None when no tracer is biased."""
@@ -120,15 +143,17 @@ def model_bias(bias_config, layout: StateLayout) -> ModelBias | None:
                      np.array([b.timescale_days for b, _ in per], np.float32))
 
 
-def deterministic_bias(config, layout: StateLayout) -> ModelBias | None:
-    """:func:`model_bias` without the AR(1)'s innovation: for forecasts with zero model error."""
-    bias = model_bias(config.model.bias, layout)
-    return None if bias is None else bias._replace(noise=False)
+def state_ar1(config, layout: StateLayout, noise: bool = True) -> dict:
+    """The AR(1)s of the layout's model biases and sensor offsets from ``config``, as the keyword arguments
+    ``bias`` and ``offsets`` of :func:`make_forecast` and :func:`initial_ensemble`; ``noise=False``: without
+    their innovations, for forecasts with zero model error."""
+    out = {"bias": model_bias(config.model.bias, layout), "offsets": sensor_offsets(config.sources, layout)}
+    return {k: (v if v is None or noise else v._replace(noise=False)) for k, v in out.items()}
 
 
 def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_sd,
                   chlorophyll_params: ProcessParams = ProcessParams(), chlorophyll_scale=None,
-                  bias: ModelBias | None = None):
+                  bias: ModelBias | None = None, offsets: ModelBias | None = None):
     """The filter's forecast function.
 
     Args:
@@ -139,6 +164,7 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         chlorophyll_params: the process parameters of the chlorophyll diagnostic.
         chlorophyll_scale: (S, L) factor on the diagnostic per site and layer (default 1).
         bias: the AR(1) of the layout's model-bias elements (required when it has some).
+        offsets: the AR(1) of the layout's sensor offsets (required when it has some).
     """
     model_idx = np.asarray(layout.model_slices())  # NumPy constants of the traced function
     diag_idx = np.asarray(layout.diagnostic_slices())
@@ -156,11 +182,21 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
     chl = jax.vmap(jax.vmap(lambda x, f, s: chlorophyll(x, f, chlorophyll_params, s), in_axes=(0, 0, 0)),
                    in_axes=(0, None, None))
 
+    offset_idx = np.asarray(layout.sensor_offset_slices())
+    if offset_idx.size and offsets is None:
+        raise ValueError(f"the state layout carries sensor offsets {list(layout.sensors)}: pass their AR(1)")
+    if offset_idx.size:
+        seen_idx = np.asarray(layout.sensor_seen_slices())
+        made_of = np.asarray(layout.model_slices())[:, :1] + layout.sensor_targets()[None, :]  # (S, K)
+        offset_persistence = jnp.asarray(offsets.persistence)
+        offset_innovation_sd = jnp.asarray(np.sqrt(1.0 - offsets.persistence.astype(np.float64) ** 2)
+                                           * np.asarray(offsets.sd, np.float64) * offsets.noise, jnp.float32)
     d = model_idx.shape[1]
+    nb = bias_idx.shape[1]
 
     def draw_noise(members, key):
-        # One draw for the model error and the biases' AR(1) (without biases, the same draws as before).
-        shape = (members.shape[0], model_idx.shape[0], d + bias_idx.shape[1])
+        # One draw for the model error and the AR(1)s (without them, the same draws as before).
+        shape = (members.shape[0], model_idx.shape[0], d + nb + offset_idx.shape[1])
         return jax.random.normal(key, shape, members.dtype)
 
     def forecast_with_noise(members, forcing_t, noise, model_params=None):
@@ -170,10 +206,14 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         if bias_idx.size:
             b = members[:, bias_idx]                               # (N, S, B)
             x_next = x_next.at[:, :, targets].multiply(jnp.exp(b))
-            members = members.at[:, bias_idx].set(persistence * b + innovation_sd * noise[..., d:])
+            members = members.at[:, bias_idx].set(persistence * b + innovation_sd * noise[..., d:d + nb])
         out = members.at[:, model_idx].set(x_next)
         chl_next = chl(x_next, forcing_t, sites)
-        return out.at[:, diag_idx].set(chl_next if chlorophyll_scale is None else chl_next * scale)
+        out = out.at[:, diag_idx].set(chl_next if chlorophyll_scale is None else chl_next * scale)
+        if offset_idx.size:
+            c_next = offset_persistence * members[:, offset_idx] + offset_innovation_sd * noise[..., d + nb:]
+            out = out.at[:, offset_idx].set(c_next).at[:, seen_idx].set(out[:, made_of] * jnp.exp(c_next))
+        return out
 
     def forecast(members, forcing_t, key, model_params=None):
         return forecast_with_noise(members, forcing_t, draw_noise(members, key), model_params)
@@ -225,11 +265,22 @@ def stack_sites(items):
     return jax.tree.map(lambda *xs: jax.device_put(np.stack([np.asarray(x) for x in xs], axis=0)), *items)
 
 
+def members_around(mean: np.ndarray, sd: np.ndarray, layout: StateLayout, noise: np.ndarray) -> np.ndarray:
+    """Members (N, n) with mean ``mean`` and sd ``sd`` (n,) from standard normal ``noise`` (N, n): log-normal
+    for the concentrations, normal for the model biases and sensor offsets (any sign)."""
+    mean, sd, noise = (np.asarray(a, np.float64) for a in (mean, sd, noise))
+    rel = np.log1p((sd / np.maximum(mean, 1e-6)) ** 2) ** 0.5
+    out = np.where(layout.log_mask(), mean[None] * np.exp(rel * noise - 0.5 * rel**2), mean + sd * noise)
+    return out.astype(np.float32)
+
+
 def initial_ensemble(key: jax.Array, layout: StateLayout, num_members: int, site_state: np.ndarray,
-                     spread: float = 0.3, bias: ModelBias | None = None) -> jax.Array:
+                     spread: float = 0.3, bias: ModelBias | None = None,
+                     offsets: ModelBias | None = None) -> jax.Array:
     """Members around ``site_state`` (S, d): log-normal perturbations (oxygen a tenth as wide), the
-    diagnostic entries left at zero until the first forecast fills them, and the model biases drawn from
-    their AR(1)'s stationary distribution around zero (``bias``, required when the layout has biases)."""
+    diagnostic entries (and sensor readings) left at zero until the first forecast fills them, and the model
+    biases and sensor offsets drawn from their AR(1)'s stationary distribution around zero (``bias`` and
+    ``offsets``, required when the layout has them)."""
     from emulators.parameters import TRACERS
     site_state = np.asarray(site_state, np.float32)
     d = layout.model_dim
@@ -244,4 +295,9 @@ def initial_ensemble(key: jax.Array, layout: StateLayout, num_members: int, site
             raise ValueError(f"the state layout carries model biases of {list(layout.biased)}: pass their AR(1)")
         b = jax.random.normal(jax.random.fold_in(key, 1), (num_members,) + layout.bias_slices().shape)
         members = members.at[:, jnp.asarray(layout.bias_slices())].set(jnp.asarray(bias.sd) * b)
+    if layout.sensors:
+        if offsets is None:
+            raise ValueError(f"the state layout carries sensor offsets {list(layout.sensors)}: pass their AR(1)")
+        c = jax.random.normal(jax.random.fold_in(key, 2), (num_members,) + layout.sensor_offset_slices().shape)
+        members = members.at[:, jnp.asarray(layout.sensor_offset_slices())].set(jnp.asarray(offsets.sd) * c)
     return members

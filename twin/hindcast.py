@@ -34,12 +34,12 @@ from twin.forecast import (
     chlorophyll_scales,
     initial_ensemble,
     make_forecast,
-    model_bias,
     process_stepper,
     site_struct,
     stack_sites,
+    state_ar1,
 )
-from twin.ingest import ingest
+from twin.ingest import ingest, sensor_of_rows
 from twin.qc import apply_qc
 from twin.state_layout import StateLayout
 
@@ -83,12 +83,14 @@ def experiment_sources(config: TwinConfig, directory: Path, quiet: bool = True):
     from twin.osse import BOTTLE_ERROR, BUOY_ERROR
     # The experiment knows its observation errors: the filter is told them (a real station's come from
     # the config, with representativeness added).
-    sources = [SourceConfig(path=str(paths["somlit"]), format="somlit", error_sd=_bottle_error_sd(BOTTLE_ERROR))]
+    sources = [SourceConfig(path=str(paths["somlit"]), format="somlit", name="bottles",
+                            error_sd=_bottle_error_sd(BOTTLE_ERROR))]
     if "coasthf" in paths:
         buoy_sd = {"temperature": BUOY_ERROR["temperature"], "salinity": BUOY_ERROR["salinity"],
                    "oxygen": BUOY_ERROR["oxygen"], "fluorescence": BUOY_ERROR["fluorescence"],
                    "chlorophyll": BUOY_ERROR["fluorescence"] * exp.fluorescence_slope}
-        sources.append(SourceConfig(path=str(paths["coasthf"]), format="coasthf", error_sd=buoy_sd,
+        sources.append(SourceConfig(path=str(paths["coasthf"]), format="coasthf", name="buoy", error_sd=buoy_sd,
+                                    offsets=exp.buoy_offsets,
                                     fluorescence_calibration={exp.platform: (exp.fluorescence_slope, 0.0)}))
     # The twin is given the river's seasonal climatology; the truth's discharge varies around it.
     river = RiverConfig(mean_discharge_m3s=exp.river_discharge_m3s) if exp.river_discharge_m3s > 0 else None
@@ -153,7 +155,7 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
     _log(f"ingest {len(config.sources)} source(s)", quiet)
     table = apply_qc(ingest(config), config.qc, progress=not quiet)
     num_layers = _layer_layout(config)
-    layout = StateLayout(tuple(s.name for s in config.sites), num_layers, tuple(config.model.bias))
+    layout = StateLayout.for_config(config, num_layers)
     day0, num_days = _period(config, table)
     _log(f"{table.sizes['obs']} observations; {num_days} days from {str(day0)[:10]}; "
          f"{len(layout.sites)} site(s), {num_layers} layer(s), state of {layout.dim}", quiet)
@@ -169,6 +171,7 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
         structs.append(site_struct(s, num_layers))
         report[s.name] = {"filled_fraction": rep.filled_fraction, "borrowed": rep.borrowed}
     cycle_obs = build_cycle_observations(table, layout, day0, num_days, withheld=withheld,
+                                         sensor=sensor_of_rows(table, config.sources),
                                          representativeness_fraction=config.filter.representativeness_fraction)
     truth = None
     if truth_run is not None:
@@ -300,10 +303,11 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
     layout = prepared.layout
     members = initial_ensemble(jax.random.fold_in(key, 0), layout, config.filter.members,
                                np.tile(np.asarray(initial_state(layout.num_layers))[None], (len(layout.sites), 1)),
-                               config.filter.initial_spread, model_bias(config.model.bias, layout))
+                               config.filter.initial_spread, **state_ar1(config, layout))
     state = EngineState(members, initial_inflation_state())
     params = filter_params(config)
     log_mask = jnp.asarray(layout.log_mask())
+    inflation_mask = layout.inflation_mask()
     obs_all = prepared.cycle_obs.obs
     T = prepared.num_days
     # Windows end where a refit is due and are at most window_days long, counted from the last refit: with
@@ -322,7 +326,8 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
         forcing_w = jax.tree.map(lambda a: a[start:stop], prepared.forcing)
         t0 = time.perf_counter()
         state, out = run_window(forecast, state, obs_w, forcing_w, cycle_key, params, log_mask, start,
-                                model_params, alerts, _forcing_ahead(prepared.forcing, stop, horizon))
+                                model_params, alerts, _forcing_ahead(prepared.forcing, stop, horizon),
+                                inflation_mask)
         jax.block_until_ready(out)
         timings.append({"window": w, "days": stop - start, "seconds": time.perf_counter() - t0})
         parts.append(out)
@@ -480,10 +485,10 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
             else ProcessParams()
         key = jax.random.PRNGKey(prepared.config.seed)
 
-        bias = model_bias(prepared.config.model.bias, prepared.layout)
+        ar1 = state_ar1(prepared.config, prepared.layout)
 
         def forecast_for(scale):
-            return make_forecast(stepper, prepared.layout, prepared.sites, log_sd, chl_params, scale, bias)
+            return make_forecast(stepper, prepared.layout, prepared.sites, log_sd, chl_params, scale, **ar1)
         refitter, model_params = None, None
         if emulator is not None:
             from twin.forecast import emulator_model_params
@@ -521,7 +526,7 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
                                                         prepared.config.model.substeps),
                                         prepared.layout, prepared.sites,
                                         process_log_error_sd(prepared.config, prepared.layout),
-                                        chlorophyll_scale=chl_scale, bias=bias)
+                                        chlorophyll_scale=chl_scale, **ar1)
                 runs["process_model"] = np.asarray(free_forecast(
                     process, members0, prepared.forcing, jax.random.fold_in(key, 10**6 + 1), prepared.num_days
                 ).mean(axis=1))

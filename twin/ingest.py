@@ -26,6 +26,20 @@ def expand_paths(pattern: str) -> list[Path]:
     return [path]
 
 
+def sensor_of_rows(table: xr.Dataset, sources) -> np.ndarray:
+    """(n_rows,) the ``name`` of the source with ``offsets`` each row was read from ("" for the others):
+    rows whose file is that source's path or matches its glob (a store's later files included)."""
+    import fnmatch
+    files = table["source"].values.astype(str)
+    out = np.full(files.shape, "", dtype=object)
+    for source in sources:
+        if source.offsets:
+            unique = np.unique(files)
+            hit = [f for f in unique if f == source.path or fnmatch.fnmatchcase(f, source.path)]
+            out[np.isin(files, hit)] = source.name
+    return out.astype(str)
+
+
 def reader_options(source: SourceConfig, fmt: str, config: TwinConfig | None = None) -> dict:
     """Options of the reader for ``fmt`` taken from a source entry."""
     options: dict = {}

@@ -70,7 +70,7 @@ def _day0(config: TwinConfig) -> np.datetime64:
 def store_layout(config: TwinConfig):
     from twin.state_layout import StateLayout
     num_layers = 2 if any("bottom" in s.layers for s in config.sites) else 1
-    return StateLayout(tuple(s.name for s in config.sites), num_layers, tuple(config.model.bias))
+    return StateLayout.for_config(config, num_layers)
 
 
 def store_sites(config: TwinConfig, layout):
@@ -87,7 +87,7 @@ def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str 
     from emulators.checkpoint import save_checkpoint
     from emulators.process_model import initial_state
     from twin.emulator_source import obtain_emulator
-    from twin.forecast import initial_ensemble, model_bias
+    from twin.forecast import initial_ensemble, state_ar1
     store = Store(store_dir)
     if store.exists():
         raise StoreError(f"{store.root}: a store already exists here (remove it or choose another folder)")
@@ -117,7 +117,7 @@ def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str 
         cycles_done = 0
         site_state = np.tile(np.asarray(initial_state(layout.num_layers))[None], (len(layout.sites), 1))
         members = initial_ensemble(jax.random.fold_in(key, 0), layout, config.filter.members, site_state,
-                                   config.filter.initial_spread, model_bias(config.model.bias, layout))
+                                   config.filter.initial_spread, **state_ar1(config, layout))
         if from_hindcast is not None:
             members, cycles_done, day0 = _ensemble_from_hindcast(Path(from_hindcast), layout, config, key)
         text = dump_config(config)
@@ -178,10 +178,9 @@ def _ensemble_from_hindcast(directory: Path, layout, config: TwinConfig, key):
         i = layout.index(v, s, layer)
         mean[i] = float(ds[v].values[-1, sites.index(s), layers.index(layer)])
         sd[i] = float(ds[f"{v}_sd"].values[-1, sites.index(s), layers.index(layer)])
-    rel = np.log1p((sd / np.maximum(mean, 1e-6)) ** 2) ** 0.5
+    from twin.forecast import members_around
     noise = np.asarray(jax.random.normal(jax.random.fold_in(key, 0), (config.filter.members, layout.dim)))
-    # Log-normal around the concentrations; the model biases (any sign) normal.
-    members = np.where(layout.log_mask(), mean[None] * np.exp(rel * noise - 0.5 * rel**2), mean + sd * noise)
+    members = members_around(mean, sd, layout, noise)
     day0 = np.datetime64(str(ds["time"].values[0])[:10]) - np.timedelta64(1, "D")
     return jnp.asarray(members, jnp.float32), int(ds.sizes["time"]), day0.astype("datetime64[ns]")
 
@@ -419,7 +418,7 @@ _MODELS: dict[str, tuple] = {}
 
 def _store_model(root: str, emulator_name: str | None, key: str, config, layout, sites):
     from emulators.parameters import ProcessParams
-    from twin.forecast import chlorophyll_scales, emulator_stepper, make_forecast, model_bias, process_stepper
+    from twin.forecast import chlorophyll_scales, emulator_stepper, make_forecast, process_stepper, state_ar1
     from twin.hindcast import process_log_error_sd
     if key in _MODELS:
         return _MODELS[key]
@@ -429,14 +428,14 @@ def _store_model(root: str, emulator_name: str | None, key: str, config, layout,
         stepper = process_stepper(ProcessParams(), sites, config.model.substeps)
         model = make_forecast(stepper, layout, sites, process_log_error_sd(config, layout),
                               chlorophyll_scale=chlorophyll_scales(config.sites, layout),
-                              bias=model_bias(config.model.bias, layout)), None, None
+                              **state_ar1(config, layout)), None, None
     else:
         from emulators.checkpoint import load_checkpoint
         emulator = load_checkpoint(Path(root) / emulator_name)
         sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
         stepper = emulator_stepper(emulator)
         model = make_forecast(stepper, layout, sites, sd, chlorophyll_scale=chlorophyll_scales(config.sites, layout),
-                              bias=model_bias(config.model.bias, layout)), emulator, stepper
+                              **state_ar1(config, layout)), emulator, stepper
     _MODELS[key] = model
     return model
 
@@ -526,7 +525,8 @@ def _refit_if_due(store, manifest, config, layout, day0, ledger, history, done, 
     from emulators.checkpoint import save_checkpoint
     from twin.cycle_obs import build_cycle_observations
     from twin.emulator_source import train_config
-    from twin.forecast import chlorophyll_scales, deterministic_bias, make_forecast
+    from twin.forecast import chlorophyll_scales, make_forecast, state_ar1
+    from twin.ingest import sensor_of_rows
     from twin.refit import refit_emulator
     first = int(manifest.get("history_first_cycle", 0))
     sites = store_sites(config, layout)
@@ -536,11 +536,12 @@ def _refit_if_due(store, manifest, config, layout, day0, ledger, history, done, 
     forcing = jax.tree.map(lambda a: a[first:target], store_forcing(config, ledger, layout, day0, target))
     assimilated = ledger.isel(obs=np.flatnonzero(ledger["disposition"].values == disp.ASSIMILATED))
     cobs = build_cycle_observations(assimilated, layout, day_first, span,
-                                    representativeness_fraction=config.filter.representativeness_fraction)
+                                    representativeness_fraction=config.filter.representativeness_fraction,
+                                    sensor=sensor_of_rows(assimilated, config.sources))
     disposition = np.where(np.asarray(cobs.obs.mask), disp.ASSIMILATED, disp.MISSING)
     deterministic = make_forecast(stepper, layout, sites, np.zeros(layout.model_dim, np.float32),
                                   chlorophyll_scale=chlorophyll_scales(config.sites, layout),
-                                  bias=deterministic_bias(config, layout))
+                                  **state_ar1(config, layout, noise=False))
     _log(f"refit of the emulator on {span} analyses", quiet)
     chosen, record = refit_emulator(
         emulator, refit=config.refit, train_defaults=train_config(config), forecast=deterministic,
@@ -589,12 +590,14 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     pending = np.flatnonzero(ledger["disposition"].values == disp.NOT_YET_CYCLED)
     table = ledger.isel(obs=pending)
     slots = int(manifest["slots"])
-    cobs = build_cycle_observations(table, layout, day0, target, min_slots=slots,
+    from twin.ingest import sensor_of_rows
+    sensor = sensor_of_rows(table, config.sources)
+    cobs = build_cycle_observations(table, layout, day0, target, min_slots=slots, sensor=sensor,
                                     representativeness_fraction=config.filter.representativeness_fraction)
     m = cobs.obs.value.shape[1]
     if m > slots:  # more observations in a day than ever before: pad to a new quantum (one recompile)
         slots = -(-m // SLOT_QUANTUM) * SLOT_QUANTUM
-        cobs = build_cycle_observations(table, layout, day0, target, min_slots=slots,
+        cobs = build_cycle_observations(table, layout, day0, target, min_slots=slots, sensor=sensor,
                                         representativeness_fraction=config.filter.representativeness_fraction)
     params = filter_params(config)
     log_mask = layout.log_mask()
@@ -602,8 +605,11 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     state = EngineState(members, inflation)
     programs = store.path("programs")
 
+    inflation_mask = layout.inflation_mask()  # a constant of the stored program (its key holds the config)
+
     def window(state, obs, forcing, key, log_mask, first_cycle, weights):
-        return run_window(forecast, state, obs, forcing, key, params, log_mask, first_cycle, weights)
+        return run_window(forecast, state, obs, forcing, key, params, log_mask, first_cycle, weights,
+                          inflation_mask=inflation_mask)
     outs = []
     _log(f"cycling {target - done} day(s): {str(day0 + np.timedelta64(done + 1, 'D'))[:10]} .. "
          f"{str(day0 + np.timedelta64(target, 'D'))[:10]}", quiet)

@@ -13,7 +13,7 @@ from twin.cycle_obs import cycle_of
 from twin.engine import QUANTILES
 from twin.observations import atomic_write, write_netcdf
 from twin.skill import climatology_forecast, gaussian_crps, persistence_forecast, rmse, truth_scores
-from twin.state_layout import BIAS_SUFFIX, OBSERVABLE, STATE_UNITS
+from twin.state_layout import OBSERVABLE, bias_name, offset_name, seen_name
 from twin.units import CF_STANDARD_NAMES
 
 BURN_IN_DAYS = 30  # the first month of analyses is left out of summaries (as twin.skill.truth_scores)
@@ -33,7 +33,7 @@ def reanalysis_dataset(prepared, outputs, dispositions: np.ndarray) -> xr.Datase
     quant = np.asarray(outputs.analysis_quantiles)
     for v in layout.state_variables():
         idx = np.array([[layout.index(v, s, l) for l in layers] for s in sites])
-        attrs = {"units": STATE_UNITS.get(v, "1"), "long_name": f"{v}, analysis ensemble mean",
+        attrs = {"units": layout.units(v), "long_name": f"{v}, analysis ensemble mean",
                  "ancillary_variables": f"{v}_sd {v}_q05 {v}_q50 {v}_q95"}
         if v in CF_STANDARD_NAMES:
             attrs["standard_name"] = CF_STANDARD_NAMES[v]
@@ -242,22 +242,65 @@ def alert_verification(prepared, outputs):
     return result, pd.concat(history, ignore_index=True)
 
 
+def _ar1_summary(prepared, outputs, i: int, sd: float, timescale_days: float) -> dict:
+    """The configured AR(1) of element ``i`` and its analysis: mean over the run after the burn-in, its 5-95 %
+    range over time, the last value, the root-mean-square analysis sd."""
+    mean, spread = np.asarray(outputs.analysis_mean)[:, i], np.asarray(outputs.analysis_sd)[:, i]
+    b = mean[BURN_IN_DAYS:] if mean.shape[0] > 2 * BURN_IN_DAYS else mean
+    return {"sd": sd, "timescale_days": timescale_days, "mean": float(b.mean()),
+            "q05": float(np.quantile(b, 0.05)), "q95": float(np.quantile(b, 0.95)), "last": float(mean[-1]),
+            "analysis_sd": float(np.sqrt(np.mean(spread**2)))}
+
+
 def model_bias_summary(prepared, outputs) -> dict:
-    """Per model-bias element with a nonzero sd: the configured AR(1), and the analysed log-rate per day
-    (mean over the run after the burn-in, its 5-95 % range over time, the last value, the mean analysis sd)."""
+    """Per model-bias element with a nonzero sd (a log-rate per day): :func:`_ar1_summary`."""
     layout = prepared.layout
-    mean, sd = np.asarray(outputs.analysis_mean), np.asarray(outputs.analysis_sd)
     out = {}
-    for (v, s, layer), i in zip(layout.variables(), range(layout.dim)):
-        tracer = v[: -len(BIAS_SUFFIX)] if v.endswith(BIAS_SUFFIX) else None
-        config = prepared.config.model.bias.get(tracer) if tracer else None
-        if config is None or config.sd(layer) == 0:
-            continue
-        b = mean[BURN_IN_DAYS:, i] if mean.shape[0] > 2 * BURN_IN_DAYS else mean[:, i]
-        out[f"{v}@{s}/{layer}"] = {
-            "sd_per_day": config.sd(layer), "timescale_days": config.timescale_days,
-            "mean": float(b.mean()), "q05": float(np.quantile(b, 0.05)), "q95": float(np.quantile(b, 0.95)),
-            "last": float(mean[-1, i]), "analysis_sd": float(np.sqrt(np.mean(sd[:, i] ** 2)))}
+    for site in layout.sites:
+        for tracer in layout.biased:
+            for layer in layout.layers:
+                config = prepared.config.model.bias[tracer]
+                if config.sd(layer) > 0:
+                    v = bias_name(tracer)
+                    out[f"{v}@{site}/{layer}"] = _ar1_summary(prepared, outputs, layout.index(v, site, layer),
+                                                              config.sd(layer), config.timescale_days)
+    return out
+
+
+def true_sensor_offset(prepared, name: str) -> np.ndarray | None:
+    """(T,) the true offset of the twin experiment's buoy oxygen sensor at each analysis time, log of its
+    reading over the truth (its drift is ``experiment.oxygen_drift_per_year`` from day 0); None for any other
+    offset or outside a twin experiment."""
+    exp = prepared.config.experiment
+    variable, rest = name.split("@")
+    if exp is None or prepared.truth is None or variable != offset_name("oxygen", "buoy"):
+        return None
+    sea = prepared.truth[:, prepared.layout.index("oxygen", *rest.split("/"))]
+    days = np.arange(1, sea.shape[0] + 1)
+    return np.log((sea + exp.oxygen_drift_per_year * days / 365.0) / sea)
+
+
+def sensor_offset_summary(prepared, outputs) -> dict:
+    """Per sensor offset (a log factor) at a site and layer where that sensor's observations reached the
+    filter: :func:`_ar1_summary`; in a twin experiment, with the truth's last value and the RMSE against it
+    after the first month (``truth_last``, ``rmse_vs_truth``)."""
+    layout = prepared.layout
+    observed = set(prepared.cycle_obs.group_state_index.tolist())
+    out = {}
+    for source in prepared.config.sources:
+        for variable, config in source.offsets.items():
+            for site in layout.sites:
+                for layer in layout.layers:
+                    if layout.index(seen_name(variable, source.name), site, layer) in observed:
+                        v = offset_name(variable, source.name)
+                        i = layout.index(v, site, layer)
+                        entry = _ar1_summary(prepared, outputs, i, config.sd, config.timescale_days)
+                        truth = true_sensor_offset(prepared, f"{v}@{site}/{layer}")
+                        if truth is not None:
+                            est = np.asarray(outputs.analysis_mean)[:, i]
+                            entry["truth_last"] = float(truth[-1])
+                            entry["rmse_vs_truth"] = rmse(est[BURN_IN_DAYS:], truth[BURN_IN_DAYS:])
+                        out[f"{v}@{site}/{layer}"] = entry
     return out
 
 
@@ -286,6 +329,8 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
     }
     if prepared.layout.biased:
         metrics["model_bias"] = model_bias_summary(prepared, outputs)
+    if prepared.layout.sensors:
+        metrics["sensor_offsets"] = sensor_offset_summary(prepared, outputs)
     if prepared.truth is not None:
         metrics.update(truth_metrics(prepared, outputs, baselines, dispositions))
     validation = validation_scores(prepared, outputs)

@@ -189,6 +189,15 @@ def apply_qc(table: xr.Dataset, config: QcConfig | None = None, progress: bool =
     return out
 
 
+def qc_without(table: xr.Dataset, tests: tuple[str, ...]) -> np.ndarray:
+    """(n,) the aggregated flag as if ``tests`` had not run: worst of the native flag and the other tests'
+    (``qc`` itself where the table has no per-test flags, i.e. was not qualified here)."""
+    if "qc_native" not in table or any(f"qc_{t}" not in table for t in QC_TESTS):
+        return table["qc"].values
+    others = [table[f"qc_{t}"].values for t in QC_TESTS if t not in tests]
+    return flags.worst(table["qc_native"].values, *others)
+
+
 def reference_drift_test(table: xr.Dataset, usable: np.ndarray | None = None, *, window_hours: float = 3.0,
                          min_pairs: int = 8, high_frequency_hours: float = 6.0) -> np.ndarray:
     """Drift of a high-frequency sensor against reference samples of the same quantity (buoy vs bottles).

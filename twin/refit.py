@@ -335,7 +335,7 @@ class Refitter:
     ``model_params``: the ``EmulatorModelParams`` in use, from ``initial`` (default: the emulator's own)."""
 
     def __init__(self, emulator, prepared, stepper, train_defaults, key, quiet: bool = True, initial=None):
-        from twin.forecast import chlorophyll_scales, deterministic_bias, emulator_model_params, make_forecast
+        from twin.forecast import chlorophyll_scales, emulator_model_params, make_forecast, state_ar1
         self.emulator = emulator
         self.initial = emulator_model_params(emulator) if initial is None else initial
         self.model_params = self.initial
@@ -347,7 +347,7 @@ class Refitter:
         zero = np.zeros(prepared.layout.model_dim, np.float32)
         self.deterministic = make_forecast(stepper, prepared.layout, prepared.sites, zero, chlorophyll_scale=
                                            chlorophyll_scales(prepared.config.sites, prepared.layout),
-                                           bias=deterministic_bias(prepared.config, prepared.layout))
+                                           **state_ar1(prepared.config, prepared.layout, noise=False))
         self.records: list[RefitRecord] = []
 
     def due(self, cycles_done: int) -> bool:

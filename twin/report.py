@@ -118,8 +118,11 @@ def _diagnostics_figure(prepared, outputs) -> str:
     return figure_html(fig, "innovation statistics")
 
 
-def _model_bias_section(prepared, outputs, summary: dict) -> list[str]:
-    """The analysed model biases: a table and their history (per cent per day, analysis mean and 5-95 %)."""
+def _ar1_section(prepared, outputs, summary: dict, percent, unit: str, alt: str, truth=None
+                 ) -> tuple[list[list], str]:
+    """Rows (element, sd, timescale, mean, 5-95 % over time, last; values through ``percent``) and a figure of
+    the analysis mean and 5-95 % band of each element in ``summary`` over time, with ``truth(name)`` (an
+    array, or None) dashed where given."""
     import matplotlib.pyplot as plt
     layout = prepared.layout
     times = prepared.day0 + (np.arange(prepared.num_days) + 1) * np.timedelta64(1, "D")
@@ -128,21 +131,45 @@ def _model_bias_section(prepared, outputs, summary: dict) -> list[str]:
     for ax, name in zip(axes[:, 0], summary):
         v, rest = name.split("@")
         i = layout.index(v, *rest.split("/"))
-        ax.fill_between(times, 100 * quant[:, 0, i], 100 * quant[:, 2, i], color="tab:purple", alpha=0.25, lw=0)
-        ax.plot(times, 100 * mean[:, i], color="tab:purple", lw=0.9)
+        ax.fill_between(times, percent(quant[:, 0, i]), percent(quant[:, 2, i]), color="tab:purple", alpha=0.25,
+                        lw=0)
+        ax.plot(times, percent(mean[:, i]), color="tab:purple", lw=0.9, label="analysis")
+        true = truth(name) if truth else None
+        if true is not None:
+            ax.plot(times, percent(true), color="k", lw=0.8, ls="--", label="truth")
+            ax.legend(fontsize=7, loc="lower left")
         ax.axhline(0.0, color="k", lw=0.6)
-        ax.set_ylabel("% per day", fontsize=8)
+        ax.set_ylabel(unit, fontsize=8)
         ax.set_title(name, fontsize=9)
     fig.tight_layout()
-    rows = [[k, f"{e['sd_per_day']:.3g}", f"{e['timescale_days']:.0f}", f"{100 * e['mean']:.2f}",
-             f"{100 * e['q05']:.2f} to {100 * e['q95']:.2f}", f"{100 * e['last']:.2f}"] for k, e in summary.items()]
-    return ["<h2>Model bias</h2>",
-            "<p>The persistent model error the filter estimated (<code>model.bias</code>): each day the model's "
-            "value of the tracer is multiplied by exp(b); b is carried in the state as an AR(1) with the "
-            "configured sd and timescale. Positive: the model runs low and the observations keep raising it.</p>",
-            html_table(rows, ["element", "sd per day", "timescale (days)", "mean % per day (after the first month)",
-                              "5-95 % over time", "last"]),
-            figure_html(fig, "analysed model biases")]
+    rows = [[k, f"{e['sd']:.3g}", f"{e['timescale_days']:.0f}", f"{percent(e['mean']):.2f}",
+             f"{percent(e['q05']):.2f} to {percent(e['q95']):.2f}", f"{percent(e['last']):.2f}"]
+            for k, e in summary.items()]
+    return rows, figure_html(fig, alt)
+
+
+def _bias_and_offset_sections(prepared, outputs, metrics: dict) -> list[str]:
+    parts = []
+    header = ["element", "sd", "timescale (days)", "mean (after the first month)", "5-95 % over time", "last"]
+    if metrics.get("model_bias"):
+        rows, fig = _ar1_section(prepared, outputs, metrics["model_bias"], lambda b: 100 * np.asarray(b),
+                                 "% per day", "analysed model biases")
+        parts += ["<h2>Model bias</h2>",
+                  "<p>The persistent model error the filter estimated (<code>model.bias</code>), in % per day: each "
+                  "day the model's value of the tracer is multiplied by exp(b); b is carried in the state as an "
+                  "AR(1) with the configured sd and timescale. Positive: the model runs low and the observations "
+                  "keep raising it.</p>", html_table(rows, header), fig]
+    if metrics.get("sensor_offsets"):
+        from twin.products import true_sensor_offset
+        rows, fig = _ar1_section(prepared, outputs, metrics["sensor_offsets"],
+                                 lambda c: 100 * np.expm1(np.asarray(c)), "% of the value", "analysed sensor offsets",
+                                 truth=lambda name: true_sensor_offset(prepared, name))
+        parts += ["<h2>Sensor offsets</h2>",
+                  "<p>How far each sensor named in <code>sources[].offsets</code> reads from the sea, as the filter "
+                  "estimated it, in % of the value (100 (exp(c) - 1)); c is carried in the state as an AR(1) with "
+                  "the configured sd (of c) and timescale. A slow trend is a drift; the other sources' observations "
+                  "of the same variable anchor it.</p>", html_table(rows, header), fig]
+    return parts
 
 
 _ALERT_COLUMNS = [("n", "n"), ("base rate", "base_rate"), ("Brier", "brier"), ("reliability", "reliability"),
@@ -259,8 +286,7 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
     parts += ["<h2>Time series</h2>"]
     for site in prepared.layout.sites:
         parts.append(_site_figure(prepared, outputs, dispositions, baselines, site))
-    if metrics.get("model_bias"):
-        parts += _model_bias_section(prepared, outputs, metrics["model_bias"])
+    parts += _bias_and_offset_sections(prepared, outputs, metrics)
     parts += ["<h2>Innovation statistics</h2>", _diagnostics_figure(prepared, outputs)]
     parts += ["<h2>Observation ledger</h2>",
               html_table([[k, v] for k, v in metrics["dispositions"].items()], ["disposition", "count"])]

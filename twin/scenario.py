@@ -274,9 +274,9 @@ class ScenarioRun:
 
 def _start_members(store, manifest, history, spec: ScenarioFile, day0, key, where: str):
     """(analysis index k since day0, members): the stored ensemble for the last analysis, else members
-    drawn log-normally around the stored analysis mean and sd of that day (as ``twin init
-    --from-hindcast``)."""
-    from twin.operational import load_state
+    drawn around the stored analysis mean and sd of that day (``twin.forecast.members_around``, as ``twin
+    init --from-hindcast``)."""
+    from twin.operational import load_state, load_store_config
     done = int(manifest["cycles_done"])
     last = day0 + np.timedelta64(done, "D")
     if spec.start is None:
@@ -295,40 +295,43 @@ def _start_members(store, manifest, history, spec: ScenarioFile, day0, key, wher
                                   f"of its own cycles, {kept} of them, and the ensemble of {str(last)}; a store "
                                   "started --from-hindcast has no history before its start): omit start or pick "
                                   "a day the store cycled"])
-    mean, sd = history["analysis_mean"][k - 1], history["analysis_sd"][k - 1]
-    rel = np.log1p((sd / np.maximum(mean, 1e-6)) ** 2) ** 0.5
+    from twin.forecast import members_around
+    from twin.operational import store_layout
     noise = np.asarray(jax.random.normal(jax.random.fold_in(key, 0), members.shape))
-    return k, (mean[None] * np.exp(rel * noise - 0.5 * rel**2)).astype(np.float32)
+    return k, members_around(history["analysis_mean"][k - 1], history["analysis_sd"][k - 1],
+                             store_layout(load_store_config(store)), noise)
 
 
 def _conditioned_stepper(emulator):
-    """An emulator conditioned on parameters, taking them (a ProcessParams) as ``model_params``."""
-    from emulators.network import predict_step
-    from emulators.training import forcing_inputs
-    names = emulator.config.forcing_names
+    """The emulator taking a ProcessParams as ``model_params``: the values of its parameter inputs from it
+    (``twin.forecast.emulator_stepper`` with the emulator's own weights)."""
+    import jax.numpy as jnp
 
-    def stepper(x, forcing_t, params):
-        features = forcing_inputs(names, forcing_t, params)
-        return predict_step(emulator.graphdef, emulator.weights, emulator.normalisation, x, features[None],
-                            forcing_t.day_of_year[None], 0)
-    return stepper
+    from twin.forecast import EmulatorModelParams, emulator_stepper, parameter_input_names
+    stepper = emulator_stepper(emulator)
+    names = parameter_input_names(emulator)
+
+    def conditioned(x, forcing_t, params):
+        values = jnp.asarray([getattr(params, n) for n in names], jnp.float32).reshape(len(names))
+        return stepper(x, forcing_t, EmulatorModelParams(emulator.weights, values))
+    return conditioned
 
 
 def _process_forecast(config, layout, sites):
     """The process model's forecast (parameters as its model_params), with the hindcast's model error."""
     from emulators.parameters import default_params
-    from twin.forecast import chlorophyll_scales, make_forecast, model_bias, process_stepper
+    from twin.forecast import chlorophyll_scales, make_forecast, process_stepper, state_ar1
     from twin.hindcast import process_log_error_sd
     stepper = process_stepper(default_params(), sites, config.model.substeps)
     return make_forecast(stepper, layout, sites, process_log_error_sd(config, layout),
                          chlorophyll_scale=chlorophyll_scales(config.sites, layout),
-                         bias=model_bias(config.model.bias, layout))
+                         **state_ar1(config, layout))
 
 
 def _model(store, manifest, config, layout, sites, spec: ScenarioFile, where: str):
     """(forecast, emulator or None, model_params of the baseline, takes_params, description)."""
     from emulators.parameters import default_params
-    from twin.forecast import chlorophyll_scales, make_forecast, model_bias
+    from twin.forecast import chlorophyll_scales, make_forecast, state_ar1
     from twin.operational import store_model
     wanted = sorted({c.name for s in spec.scenarios for c in s.changes if c.kind == "param"})
     if spec.model == "process" or config.model.kind == "process":
@@ -349,7 +352,7 @@ def _model(store, manifest, config, layout, sites, spec: ScenarioFile, where: st
     sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
     forecast = make_forecast(_conditioned_stepper(emulator), layout, sites, sd,
                              chlorophyll_scale=chlorophyll_scales(config.sites, layout),
-                             bias=model_bias(config.model.bias, layout))
+                             **state_ar1(config, layout))
     # The baseline takes the values a refit calibrated to the site's analyses, if any, the defaults otherwise.
     calibrated = default_params()._replace(**{k: np.float32(v) for k, v in emulator.parameter_values.items()})
     return forecast, emulator, calibrated, True, label + " (conditioned on parameters)"
@@ -480,10 +483,9 @@ def _limits(run: ScenarioRun, name: str) -> dict[str, dict]:
 def summarise(run: ScenarioRun) -> dict[str, Any]:
     """The JSON summary: per scenario and state element the time-mean and end-of-horizon difference with
     their 90 % intervals (over members), alerts under both, limits of use, warnings."""
-    from twin.state_layout import STATE_UNITS
     layout = run.layout
     names = layout.names()
-    units = [STATE_UNITS.get(v, "1") for v, _, _ in layout.variables()]
+    units = [layout.units(v) for v, _, _ in layout.variables()]
     baseline_limits = _limits(run, "baseline")
     out = {"store": run.store, "start": str(run.start), "days": run.spec.days, "seed": run.spec.seed,
            "members": run.members, "model": run.model, "interval": "5-95 % over members (90 %)",

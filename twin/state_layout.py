@@ -41,12 +41,31 @@ def bias_name(tracer: str) -> str:
 STATE_UNITS.update({bias_name(t): "d-1" for t in TRACERS})
 
 
+def offset_name(variable: str, sensor: str) -> str:
+    """Name of the element holding ``sensor``'s offset for ``variable`` (log of its reading over the sea's)."""
+    return f"{variable}_offset_{sensor}"
+
+
+def seen_name(variable: str, sensor: str) -> str:
+    """Name of the element holding ``variable`` as ``sensor`` reads it (the sea's value times exp(offset))."""
+    return f"{variable}_{sensor}"
+
+
 class StateLayout(NamedTuple):
-    """Layout of the twin state for ``sites`` with ``num_layers`` layers each (1 surface, 2 + bottom), and a
-    model-bias element per tracer in ``biased`` and layer."""
+    """Layout of the twin state for ``sites`` with ``num_layers`` layers each (1 surface, 2 + bottom), a
+    model-bias element per tracer in ``biased`` and layer, and per ``(sensor, variable)`` in ``sensors`` and
+    layer an offset element and the variable as that sensor reads it (its observations see this one)."""
     sites: tuple[str, ...]
     num_layers: int
     biased: tuple[str, ...] = ()
+    sensors: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def for_config(cls, config, num_layers: int) -> "StateLayout":
+        """The layout of a twin config: its sites, its model biases (``model.bias``) and the offsets of its
+        named sources (``sources[].offsets``)."""
+        return cls(tuple(s.name for s in config.sites), num_layers, tuple(config.model.bias),
+                   tuple((s.name, v) for s in config.sources for v in s.offsets))
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -59,12 +78,13 @@ class StateLayout(NamedTuple):
 
     @property
     def site_dim(self) -> int:
-        """Entries per site: model state, diagnostics, then model biases."""
-        return self.model_dim + self.num_layers * (len(DIAGNOSTICS) + len(self.biased))
+        """Entries per site: model state, diagnostics, model biases, sensor offsets, sensor readings."""
+        return self.model_dim + self.num_layers * (len(DIAGNOSTICS) + len(self.biased) + 2 * len(self.sensors))
 
     def state_variables(self) -> tuple[str, ...]:
-        """Every variable the twin carries per site and layer: STATE_VARIABLES, then the model biases."""
-        return STATE_VARIABLES + tuple(bias_name(t) for t in self.biased)
+        """Every variable the twin carries per site and layer, in the order of a site's blocks."""
+        return (STATE_VARIABLES + tuple(bias_name(t) for t in self.biased)
+                + tuple(offset_name(v, s) for s, v in self.sensors) + tuple(seen_name(v, s) for s, v in self.sensors))
 
     @property
     def dim(self) -> int:
@@ -77,6 +97,8 @@ class StateLayout(NamedTuple):
             out += [(tracer, site, layer) for layer in self.layers for tracer in TRACERS]
             out += [(diag, site, layer) for diag in DIAGNOSTICS for layer in self.layers]
             out += [(bias_name(t), site, layer) for t in self.biased for layer in self.layers]
+            out += [(offset_name(v, s), site, layer) for s, v in self.sensors for layer in self.layers]
+            out += [(seen_name(v, s), site, layer) for s, v in self.sensors for layer in self.layers]
         return out
 
     def names(self) -> list[str]:
@@ -95,13 +117,22 @@ class StateLayout(NamedTuple):
         tracer = variable[: -len(BIAS_SUFFIX)] if variable.endswith(BIAS_SUFFIX) else None
         if tracer in self.biased:
             return base + self.model_dim + self.num_layers * (len(DIAGNOSTICS) + self.biased.index(tracer)) + li
+        extra = self.state_variables()[len(STATE_VARIABLES) + len(self.biased):]
+        if variable in extra:
+            blocks = len(DIAGNOSTICS) + len(self.biased) + extra.index(variable)
+            return base + self.model_dim + self.num_layers * blocks + li
         return -1
 
-    def observation_index(self, variable: str, site: str, layer: str) -> int:
+    def observation_index(self, variable: str, site: str, layer: str, sensor: str | None = None) -> int:
         """State index an observation of canonical ``variable`` sees; -1 when none (e.g. temperature,
-        which is forcing, or a site or layer outside the twin)."""
+        which is forcing, or a site or layer outside the twin). An observation from a ``sensor`` whose
+        offset the twin estimates for this variable sees the variable as that sensor reads it."""
         state_variable = OBSERVABLE.get(variable)
-        return -1 if state_variable is None else self.index(state_variable, site, layer)
+        if state_variable is None:
+            return -1
+        if sensor is not None and (sensor, state_variable) in self.sensors:
+            return self.index(seen_name(state_variable, sensor), site, layer)
+        return self.index(state_variable, site, layer)
 
     def model_slices(self) -> np.ndarray:
         """Indices of the process-model entries in the flat state, shape (num_sites, model_dim)."""
@@ -125,10 +156,48 @@ class StateLayout(NamedTuple):
         return np.array([li * NUM_TRACERS + TRACERS.index(t) for t in self.biased
                          for li in range(self.num_layers)], np.int64)
 
+    def sensor_offset_slices(self) -> np.ndarray:
+        """Indices of the sensor-offset entries, shape (num_sites, len(sensors) * num_layers)."""
+        base = np.arange(len(self.sites))[:, None] * self.site_dim + self.model_dim \
+            + self.num_layers * (len(DIAGNOSTICS) + len(self.biased))
+        return base + np.arange(len(self.sensors) * self.num_layers)[None, :]
+
+    def sensor_seen_slices(self) -> np.ndarray:
+        """Indices of the sensor-reading entries, in the order of :meth:`sensor_offset_slices`."""
+        return self.sensor_offset_slices() + len(self.sensors) * self.num_layers
+
+    def sensor_targets(self) -> np.ndarray:
+        """Position within a site's vector of the variable each sensor reading is made of (a tracer or a
+        diagnostic), in the order of :meth:`sensor_offset_slices`."""
+        # The first site's vector starts at 0: its indices are the positions within any site's vector.
+        return np.array([self.index(v, self.sites[0], layer) for _, v in self.sensors for layer in self.layers],
+                        np.int64)
+
+    def units(self, variable: str) -> str:
+        """Units of one of :meth:`state_variables` (an offset is a log factor: "1")."""
+        if variable in STATE_UNITS:
+            return STATE_UNITS[variable]
+        for sensor, v in self.sensors:
+            if variable == seen_name(v, sensor):
+                return STATE_UNITS[v]
+        return "1"
+
     def log_mask(self) -> np.ndarray:
-        """(dim,) bool: the elements the filter analyses in log space (all but the model biases)."""
+        """(dim,) bool: the elements the filter analyses in log space (all but the model biases and the sensor
+        offsets, which can be negative)."""
         mask = np.ones(self.dim, bool)
         mask[self.bias_slices().ravel()] = False
+        mask[self.sensor_offset_slices().ravel()] = False
+        return mask
+
+    def inflation_mask(self) -> np.ndarray | None:
+        """(dim,) bool: the elements the filter's multiplicative inflation acts on: all but the model biases
+        and sensor offsets, whose spread their AR(1) sets; None when the layout has none of those."""
+        if not (self.biased or self.sensors):
+            return None
+        mask = np.ones(self.dim, bool)
+        mask[self.bias_slices().ravel()] = False
+        mask[self.sensor_offset_slices().ravel()] = False
         return mask
 
     def site_of_state(self) -> np.ndarray:
