@@ -38,8 +38,10 @@ def _config(incoming: Path, *, end: str | None = None) -> dict:
                    "bottom_depth_m": 60.0}],
         "sources": [{"path": str(incoming / "*" / "somlit.csv"), "format": "somlit",
                      "error_sd": _bottle_error_sd(BOTTLE_ERROR)},
+                    # The buoy's oxygen offset is estimated (its optode drifts): operations carry it too.
                     {"path": str(incoming / "*" / "coasthf.csv"), "format": "coasthf", "error_sd": buoy_sd,
-                     "fluorescence_calibration": {"SYNTH01": [2.0, 0.0]}}],
+                     "fluorescence_calibration": {"SYNTH01": [2.0, 0.0]}, "name": "buoy",
+                     "offsets": {"oxygen": {"sd": 0.05, "timescale_days": 3650}}}],
         "emulator": {"checkpoint": str(CHECKPOINT)},
         "filter": {"members": 16, "inflation": 1.05},
         "hindcast": {"start": START, "end": end, "forcing_mode": "causal", "forecast_days": 5},
@@ -104,11 +106,11 @@ def test_daily_cycles_match_the_equivalent_hindcast(daily, operated, tmp_path):
         assert ds.sizes["time"] == cycles
     history = Store(store).load_arrays(manifest["files"]["history"])
     ops_mean = history["analysis_mean"]
-    from twin.state_layout import STATE_VARIABLES
-    with xr.open_dataset(tmp_path / "hc" / "reanalysis.nc") as ds:
-        hc = {v: ds[v].values for v in STATE_VARIABLES}
     from twin.operational import store_layout
     layout = store_layout(config)
+    assert ("buoy", "oxygen") in layout.sensors
+    with xr.open_dataset(tmp_path / "hc" / "reanalysis.nc") as ds:
+        hc = {v: ds[v].values for v in layout.state_variables()}
     for v, s, layer in layout.variables():
         i = layout.index(v, s, layer)
         li = layout.layers.index(layer)

@@ -26,17 +26,31 @@ def expand_paths(pattern: str) -> list[Path]:
     return [path]
 
 
-def sensor_of_rows(table: xr.Dataset, sources) -> np.ndarray:
-    """(n_rows,) the ``name`` of the source with ``offsets`` each row was read from ("" for the others):
-    rows whose file is that source's path or matches its glob (a store's later files included)."""
+def config_source_of(path: str | Path, sources) -> SourceConfig | None:
+    """The config source a file belongs to: the one whose path or glob it matches, else the first whose file
+    name pattern its name matches (a file given to ``twin cycle --data`` like the configured ones); None."""
     import fnmatch
+    path = Path(path)
+    for source in sources:
+        if fnmatch.fnmatch(str(path.resolve()), source.path) or fnmatch.fnmatch(str(path), source.path) \
+                or Path(source.path).resolve() == path.resolve():
+            return source
+    for source in sources:
+        if fnmatch.fnmatch(path.name, Path(source.path).name):
+            return source
+    return None
+
+
+def sensor_of_rows(table: xr.Dataset, sources) -> np.ndarray:
+    """(n_rows,) the ``name`` of the source with ``offsets`` each row's file belongs to
+    (:func:`config_source_of`), "" for the others."""
     files = table["source"].values.astype(str)
     out = np.full(files.shape, "", dtype=object)
-    for source in sources:
-        if source.offsets:
-            unique = np.unique(files)
-            hit = [f for f in unique if f == source.path or fnmatch.fnmatchcase(f, source.path)]
-            out[np.isin(files, hit)] = source.name
+    if any(s.offsets for s in sources):
+        for f in np.unique(files):
+            source = config_source_of(f, sources)
+            if source is not None and source.offsets:
+                out[files == f] = source.name
     return out.astype(str)
 
 

@@ -21,7 +21,6 @@ Policies:
 from __future__ import annotations
 
 import datetime
-import fnmatch
 import shutil
 import sys
 import time
@@ -255,15 +254,11 @@ def row_keys(table: xr.Dataset) -> np.ndarray:
 
 
 def _source_for(path: Path, config: TwinConfig):
-    """The config source a file belongs to (its glob matches), else a plain source of the detected format."""
+    """The config source a file belongs to (``twin.ingest.config_source_of``), else a plain source of the
+    detected format."""
     from twin.config import SourceConfig
-    for source in config.sources:
-        if fnmatch.fnmatch(str(path.resolve()), source.path) or Path(source.path).resolve() == path.resolve():
-            return source
-    for source in config.sources:  # same file name pattern anywhere (a --data file like the configured ones)
-        if fnmatch.fnmatch(path.name, Path(source.path).name):
-            return source
-    return SourceConfig(path=str(path))
+    from twin.ingest import config_source_of
+    return config_source_of(path, config.sources) or SourceConfig(path=str(path))
 
 
 def _candidate_files(config: TwinConfig, data: tuple[str, ...]) -> list[Path]:
