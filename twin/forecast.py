@@ -114,6 +114,12 @@ class ModelBias(NamedTuple):
     def persistence(self) -> np.ndarray:
         return np.exp(-1.0 / np.asarray(self.timescale_days, np.float64)).astype(np.float32)
 
+    @property
+    def innovation_sd(self) -> np.ndarray:
+        """sd of the daily innovation that keeps the stationary sd: sqrt(1 - a^2) sd (0 without noise)."""
+        a = self.persistence.astype(np.float64)
+        return (np.sqrt(1.0 - a**2) * np.asarray(self.sd, np.float64) * self.noise).astype(np.float32)
+
 
 def sensor_offsets(sources, layout: StateLayout) -> ModelBias | None:
     """The AR(1) of the layout's sensor offsets from the configured ``sources[].offsets`` (their ``name`` is
@@ -174,8 +180,7 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
     if bias_idx.size:
         targets = layout.bias_targets()
         persistence = jnp.asarray(bias.persistence)
-        innovation_sd = jnp.asarray(np.sqrt(1.0 - bias.persistence.astype(np.float64) ** 2)
-                                    * np.asarray(bias.sd, np.float64) * bias.noise, jnp.float32)
+        innovation_sd = jnp.asarray(bias.innovation_sd)
     scale = np.ones((len(layout.sites), layout.num_layers), np.float32) if chlorophyll_scale is None \
         else np.asarray(chlorophyll_scale, np.float32).reshape(len(layout.sites), layout.num_layers)
     sd = jnp.asarray(log_error_sd, jnp.float32)
@@ -189,8 +194,7 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         seen_idx = np.asarray(layout.sensor_seen_slices())
         made_of = np.asarray(layout.model_slices())[:, :1] + layout.sensor_targets()[None, :]  # (S, K)
         offset_persistence = jnp.asarray(offsets.persistence)
-        offset_innovation_sd = jnp.asarray(np.sqrt(1.0 - offsets.persistence.astype(np.float64) ** 2)
-                                           * np.asarray(offsets.sd, np.float64) * offsets.noise, jnp.float32)
+        offset_innovation_sd = jnp.asarray(offsets.innovation_sd)
     d = model_idx.shape[1]
     nb = bias_idx.shape[1]
 
