@@ -254,8 +254,8 @@ def truth_trajectory(truth_path: str | Path, layout: StateLayout, day0: np.datet
     offset = int((np.datetime64(day0, "D") - times[0]) / np.timedelta64(1, "D"))
     if offset < 0:
         raise InputError(path, f"the truth starts on {times[0]}, after the twin's day 0 {str(day0)[:10]}")
-    return np.stack([states[offset:, names.index(n)] if n in names else np.full(len(states) - offset, np.nan)
-                     for n in layout.names()], axis=1)
+    from twin.hindcast import truth_on_layout
+    return truth_on_layout(states[offset:], names, layout).astype(np.float64)
 
 
 def _trial_cycles(num_trials: int, spin_up_days: int, last: int) -> np.ndarray:

@@ -42,6 +42,9 @@ def _check_variables(names, where: str):
 # test keeps the two equal).
 OFFSHORE_TRACERS = ("nitrate", "ammonium", "phosphate", "silicate", "phytoplankton", "zooplankton", "detritus",
                     "oxygen")
+# The state variables an observation sees (twin.state_layout.OBSERVABLE's values, repeated for the same
+# reason; the same test keeps them equal).
+OBSERVED_STATE = ("nitrate", "ammonium", "phosphate", "silicate", "oxygen", "chlorophyll")
 
 
 class RiverConfig(Frozen):
@@ -133,10 +136,9 @@ class SourceConfig(Frozen):
     @field_validator("offsets")
     @classmethod
     def _observable_offsets(cls, v):
-        valid = ("nitrate", "ammonium", "phosphate", "silicate", "oxygen", "chlorophyll")
-        unknown = [k for k in v if k not in valid]
+        unknown = [k for k in v if k not in OBSERVED_STATE]
         if unknown:
-            raise ValueError(f"offsets of {unknown}: the twin carries offsets of {list(valid)} only")
+            raise ValueError(f"offsets of {unknown}: the twin carries offsets of {list(OBSERVED_STATE)} only")
         return v
 
 

@@ -72,22 +72,22 @@ def build_cycle_observations(table: xr.Dataset, layout: StateLayout, day0: np.da
     variable = table["variable"].values.astype(str)
     site = table["site"].values.astype(str)
     layer = table["layer"].values.astype(str)
+    if layout.sensors and sensor is None:
+        raise ValueError(f"the layout carries sensor offsets {list(layout.sensors)}: pass each row's sensor")
+    sensor = np.full(n, "") if sensor is None else np.asarray(sensor).astype(str)
     qc = table["qc"].values
-    if layout.sensors and sensor is not None:
-        # A sensor whose offset the twin estimates is not stopped for drifting: the offset is that drift.
+    # A sensor whose offset the twin estimates is not stopped for drifting: the offset is that drift.
+    offset_rows = np.zeros(n, bool)
+    for name, state_variable in layout.sensors:
+        offset_rows |= (sensor == name) & np.isin(variable, [v for v, s in OBSERVABLE.items() if s == state_variable])
+    if offset_rows.any():
         from twin.qc import qc_without
-        offset_rows = np.array([(s, OBSERVABLE.get(v)) in set(layout.sensors) for s, v in
-                                zip(np.asarray(sensor).astype(str), table["variable"].values.astype(str))], bool)
-        if offset_rows.any():
-            qc = np.where(offset_rows, qc_without(table, ("reference_drift",)), qc)
+        qc = np.where(offset_rows, qc_without(table, ("reference_drift",)), qc)
     value = table["value"].values.astype(np.float64)
     error_sd = table["error_sd"].values.astype(np.float64)
     censored = table["censored"].values.astype(bool)
     source = table["source"].values.astype(str)
 
-    if layout.sensors and sensor is None:
-        raise ValueError(f"the layout carries sensor offsets {list(layout.sensors)}: pass each row's sensor")
-    sensor = np.full(n, "") if sensor is None else np.asarray(sensor).astype(str)
     keys = list(zip(variable, site, layer, sensor))
     lookup = {k: layout.observation_index(*k[:3], sensor=k[3] or None) for k in set(keys)}
     state_index = np.array([lookup[k] for k in keys], np.int64) if n else np.zeros(0, np.int64)

@@ -294,14 +294,13 @@ def initial_ensemble(key: jax.Array, layout: StateLayout, num_members: int, site
     x = jnp.asarray(site_state)[None] * jnp.exp(rel * noise - 0.5 * rel**2)
     members = jnp.zeros((num_members, layout.dim), jnp.float32)
     members = members.at[:, jnp.asarray(layout.model_slices())].set(x)
-    if layout.biased:
-        if bias is None:
-            raise ValueError(f"the state layout carries model biases of {list(layout.biased)}: pass their AR(1)")
-        b = jax.random.normal(jax.random.fold_in(key, 1), (num_members,) + layout.bias_slices().shape)
-        members = members.at[:, jnp.asarray(layout.bias_slices())].set(jnp.asarray(bias.sd) * b)
-    if layout.sensors:
-        if offsets is None:
-            raise ValueError(f"the state layout carries sensor offsets {list(layout.sensors)}: pass their AR(1)")
-        c = jax.random.normal(jax.random.fold_in(key, 2), (num_members,) + layout.sensor_offset_slices().shape)
-        members = members.at[:, jnp.asarray(layout.sensor_offset_slices())].set(jnp.asarray(offsets.sd) * c)
+    blocks = ((1, layout.bias_slices(), bias, f"model biases of {list(layout.biased)}"),
+              (2, layout.sensor_offset_slices(), offsets, f"sensor offsets {list(layout.sensors)}"))
+    for stream, idx, ar1, what in blocks:  # stream: the fold of ``key`` each block's draws come from
+        if idx.size == 0:
+            continue
+        if ar1 is None:
+            raise ValueError(f"the state layout carries {what}: pass their AR(1)")
+        draw = jax.random.normal(jax.random.fold_in(key, stream), (num_members,) + idx.shape)
+        members = members.at[:, jnp.asarray(idx)].set(jnp.asarray(ar1.sd) * draw)
     return members

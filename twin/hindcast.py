@@ -176,15 +176,15 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
     truth = None
     if truth_run is not None:
         # truth.states[k] is the state at day0 + k days; analysis of cycle i is at day0 + i + 1.
-        truth = truth_on_layout(truth_run.states[1:num_days + 1], truth_run.layout, layout)
+        truth = truth_on_layout(truth_run.states[1:num_days + 1], truth_run.layout.names(), layout)
     return Prepared(config, table, layout, day0, num_days, stack_sites(forcings), stack_sites(structs),
                     cycle_obs, withheld, truth, report, None if truth_run is None else truth_run.params)
 
 
-def truth_on_layout(states: np.ndarray, truth_layout: StateLayout, layout: StateLayout) -> np.ndarray:
-    """A synthetic truth's states (T, truth_layout.dim) on the twin's layout: NaN for the elements the truth
-    lacks (the model biases: the truth is the model's target, it has no bias of its own)."""
-    names = {n: i for i, n in enumerate(truth_layout.names())}
+def truth_on_layout(states: np.ndarray, truth_names, layout: StateLayout) -> np.ndarray:
+    """A synthetic truth's states (T, len(truth_names)) on the twin's layout: NaN for the elements the truth
+    lacks (the model biases and sensor offsets and readings: the twin's own, not the sea's)."""
+    names = {n: i for i, n in enumerate(truth_names)}
     out = np.full((states.shape[0], layout.dim), np.nan, np.float32)
     for i, n in enumerate(layout.names()):
         if n in names:

@@ -161,8 +161,8 @@ def _resolve_store_boundaries(config: TwinConfig, layout, quiet: bool) -> TwinCo
 
 
 def _ensemble_from_hindcast(directory: Path, layout, config: TwinConfig, key):
-    """Members drawn (log-normally; the model biases normally) around the last analysis of a hindcast's
-    reanalysis.nc."""
+    """Members drawn around the last analysis of a hindcast's reanalysis.nc (``members_around``: log-normally,
+    the model biases and sensor offsets normally)."""
     path = directory / "reanalysis.nc"
     if not path.exists():
         raise InputError(path, "no reanalysis.nc: --from-hindcast needs a finished hindcast output folder")

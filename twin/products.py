@@ -143,7 +143,7 @@ def validation_scores(prepared, outputs) -> dict:
 def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) -> dict:
     layout = prepared.layout
     names = layout.names()
-    # The model biases have no truth (NaN): they are not scored.
+    # The model biases and sensor offsets and readings have no truth (NaN): they are not scored.
     scored = [i for i in range(len(names)) if np.isfinite(prepared.truth[:, i]).any()]
     twin = dict(zip(scored, truth_scores(np.asarray(outputs.analysis_mean)[:, scored],
                                          np.asarray(outputs.analysis_sd)[:, scored], prepared.truth[:, scored])))

@@ -7,10 +7,13 @@ chlorophyll observations a plain index into the state, and the filter spreads th
 phytoplankton through the ensemble covariance. A network of sites is the concatenation of the per-site
 vectors, in the config's site order. Names read ``variable@site/layer`` (``nitrate@Point B/surface``).
 
-With a model bias (``model.bias`` in the config), each site's vector ends with one more element per biased
+With a model bias (``model.bias`` in the config), each site's vector goes on with one more element per biased
 tracer and layer, ``<tracer>_bias``: the log-rate per day of the model's persistent error for that tracer,
 estimated by the filter like any other element (augmented-state bias estimation, see ``twin.forecast``).
-It is analysed in linear space (it can be negative); every other element in log space.
+With sensor offsets (``sources[].offsets``), it ends with, per (sensor, variable) and layer, the sensor's
+offset ``<variable>_offset_<sensor>`` and the variable as that sensor reads it, ``<variable>_<sensor>``.
+The biases and offsets are analysed in linear space (they can be negative) and left out of the filter's
+inflation (their AR(1) sets their spread); every other element is analysed in log space.
 """
 from __future__ import annotations
 
@@ -114,12 +117,9 @@ class StateLayout(NamedTuple):
             return base + li * NUM_TRACERS + TRACERS.index(variable)
         if variable in DIAGNOSTICS:
             return base + self.model_dim + DIAGNOSTICS.index(variable) * self.num_layers + li
-        tracer = variable[: -len(BIAS_SUFFIX)] if variable.endswith(BIAS_SUFFIX) else None
-        if tracer in self.biased:
-            return base + self.model_dim + self.num_layers * (len(DIAGNOSTICS) + self.biased.index(tracer)) + li
-        extra = self.state_variables()[len(STATE_VARIABLES) + len(self.biased):]
-        if variable in extra:
-            blocks = len(DIAGNOSTICS) + len(self.biased) + extra.index(variable)
+        augmented = self.state_variables()[len(STATE_VARIABLES):]  # one block of num_layers each
+        if variable in augmented:
+            blocks = len(DIAGNOSTICS) + augmented.index(variable)
             return base + self.model_dim + self.num_layers * blocks + li
         return -1
 
@@ -182,23 +182,22 @@ class StateLayout(NamedTuple):
                 return STATE_UNITS[v]
         return "1"
 
-    def log_mask(self) -> np.ndarray:
-        """(dim,) bool: the elements the filter analyses in log space (all but the model biases and the sensor
-        offsets, which can be negative)."""
+    def _not_ar1(self) -> np.ndarray:
+        """(dim,) bool: False at the model biases and sensor offsets (the AR(1) elements)."""
         mask = np.ones(self.dim, bool)
         mask[self.bias_slices().ravel()] = False
         mask[self.sensor_offset_slices().ravel()] = False
         return mask
 
+    def log_mask(self) -> np.ndarray:
+        """(dim,) bool: the elements the filter analyses in log space (all but the model biases and the sensor
+        offsets, which can be negative)."""
+        return self._not_ar1()
+
     def inflation_mask(self) -> np.ndarray | None:
         """(dim,) bool: the elements the filter's multiplicative inflation acts on: all but the model biases
         and sensor offsets, whose spread their AR(1) sets; None when the layout has none of those."""
-        if not (self.biased or self.sensors):
-            return None
-        mask = np.ones(self.dim, bool)
-        mask[self.bias_slices().ravel()] = False
-        mask[self.sensor_offset_slices().ravel()] = False
-        return mask
+        return self._not_ar1() if self.biased or self.sensors else None
 
     def site_of_state(self) -> np.ndarray:
         """Site number of every state element, shape (dim,) (the localization domain)."""
