@@ -68,7 +68,8 @@ from emulators.process_model import initial_state  # noqa: E402
 from emulators.training import forcing_inputs  # noqa: E402
 from twin.config import TwinConfig, load_config  # noqa: E402
 from twin.engine import QUANTILES, EngineState, WindowOutputs, cycle_keys, free_forecast, run_window  # noqa: E402
-from twin.forecast import emulator_stepper, initial_ensemble, make_forecast, stack_sites  # noqa: E402
+from twin.forecast import (emulator_log_error_sd, emulator_stepper, initial_ensemble, make_forecast,  # noqa: E402
+                           stack_sites)
 from twin.hindcast import filter_params  # noqa: E402
 from twin.osse import BOTTLE_ERROR, BOTTLE_RELATIVE_ERROR, BUOY_ERROR  # noqa: E402
 from twin.state_layout import StateLayout  # noqa: E402
@@ -112,7 +113,7 @@ def build_problem(num_days: int, num_members: int, seed: int = 0) -> Problem:
     forcing = stack_sites([synthetic_forcing(num_days, latitude=lat, key=jax.random.PRNGKey(100 + s))
                            for s, (_, lat) in enumerate(SITES)])
     sites = stack_sites([default_site(2, lat) for _, lat in SITES])
-    log_error_sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
+    log_error_sd = emulator_log_error_sd(emulator, config.model)
     forecast = make_forecast(emulator_stepper(emulator), layout, sites, log_error_sd)
     key = jax.random.PRNGKey(seed)
     site_state = np.tile(np.asarray(initial_state(2))[None], (len(SITES), 1))

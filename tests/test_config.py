@@ -148,3 +148,34 @@ def test_sensor_offset_options_name_their_field():
         parse_config({"sources": [{**source, "name": "buoy"}, {**source, "name": "buoy"}]})
     with pytest.raises(ConfigError, match=r"sources\.0\.offsets\.oxygen\.sd: .*greater than 0"):
         parse_config({"sources": [{**source, "name": "buoy", "offsets": {"oxygen": {"sd": 0}}}]})
+
+
+def test_emulator_error_scale_per_tracer():
+    with pytest.raises(ConfigError, match=r"model\.emulator_error_scale: unknown tracer\(s\) \['oxygn'\]; valid: 'default'"):
+        parse_config({"model": {"emulator_error_scale": {"oxygn": 2}}})
+    with pytest.raises(ConfigError, match=r"model\.emulator_error_scale: oxygen: must be a number greater than 0"):
+        parse_config({"model": {"emulator_error_scale": {"oxygen": -1}}})
+    with pytest.raises(ConfigError, match=r"model\.emulator_error_scale: expected a number or a mapping"):
+        parse_config({"model": {"emulator_error_scale": "x"}})
+    model = parse_config({"model": {"emulator_error_scale": {"default": 2.0, "oxygen": 8}}}).model
+    assert [model.error_scale(t) for t in ("oxygen", "nitrate")] == [8.0, 2.0]
+    assert parse_config({"model": {"emulator_error_scale": {"oxygen": 3}}}).model.error_scale("nitrate") == 1.0
+    assert parse_config({"model": {"emulator_error_scale": 1.5}}).model.error_scale("oxygen") == 1.5
+
+
+def test_emulator_error_sd_is_scaled_per_tracer_in_every_layer():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from emulators.parameters import TRACERS
+    from twin.forecast import emulator_log_error_sd
+    log_sd = np.linspace(0.01, 0.02, 2 * len(TRACERS), dtype=np.float32)  # two layers of the tracers
+    emulator = SimpleNamespace(model_error=SimpleNamespace(log_sd=log_sd))
+    model = parse_config({"model": {"emulator_error_scale": {"default": 2.0, "oxygen": 8.0}}}).model
+    sd = emulator_log_error_sd(emulator, model)
+    oxygen = [i for i in range(sd.size) if TRACERS[i % len(TRACERS)] == "oxygen"]
+    assert len(oxygen) == 2
+    expected = 2.0 * log_sd
+    expected[oxygen] = 8.0 * log_sd[oxygen]
+    np.testing.assert_array_equal(sd, expected)

@@ -269,8 +269,9 @@ class ModelConfig(Frozen):
     kind: Literal["emulator", "process"] = "emulator"
     process_log_error_sd: PositiveFloat = Field(
         default=0.05, description="multiplicative model error per day of the process model (log sd)")
-    emulator_error_scale: PositiveFloat = Field(
-        default=1.0, description="scales the emulator's own model-error estimate")
+    emulator_error_scale: PositiveFloat | dict[str, PositiveFloat] = Field(
+        default=1.0, description="scales the emulator's own model-error estimate: one number, or one per tracer "
+                                 "with 'default' for the others (e.g. {default: 2.0, oxygen: 4.0})")
     substeps: int = Field(default=12, ge=1, le=200)
     process_params: Literal["default", "truth"] = Field(
         default="default",
@@ -287,6 +288,30 @@ class ModelConfig(Frozen):
         if unknown:
             raise ValueError(f"unknown tracer(s) {unknown}; valid: {list(OFFSHORE_TRACERS)}")
         return v
+
+    @field_validator("emulator_error_scale", mode="before")
+    @classmethod
+    def _scale_per_tracer(cls, v):
+        # Checked here rather than by the union type, whose errors would name both of its branches.
+        def positive(x, where):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0:
+                raise ValueError(f"{where}must be a number greater than 0")
+        if isinstance(v, dict):
+            unknown = [t for t in v if t not in OFFSHORE_TRACERS and t != "default"]
+            if unknown:
+                raise ValueError(f"unknown tracer(s) {unknown}; valid: 'default' and {list(OFFSHORE_TRACERS)}")
+            for tracer, x in v.items():
+                positive(x, f"{tracer}: ")
+            return v
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise ValueError("expected a number or a mapping of tracer to number, e.g. {default: 2, oxygen: 8}")
+        positive(v, "")
+        return v
+
+    def error_scale(self, tracer: str) -> float:
+        """The factor on the emulator's model-error estimate for this tracer."""
+        scale = self.emulator_error_scale
+        return float(scale.get(tracer, scale.get("default", 1.0)) if isinstance(scale, dict) else scale)
 
 
 class PretrainConfig(Frozen):

@@ -121,6 +121,15 @@ class ModelBias(NamedTuple):
         return (np.sqrt(1.0 - a**2) * np.asarray(self.sd, np.float64) * self.noise).astype(np.float32)
 
 
+def emulator_log_error_sd(emulator, model_config) -> np.ndarray:
+    """The emulator's one-day model error (log sd per state element of a site), scaled per tracer by
+    ``model.emulator_error_scale``."""
+    from emulators.parameters import TRACERS
+    sd = np.asarray(emulator.model_error.log_sd, np.float32)
+    scale = np.array([model_config.error_scale(TRACERS[i % len(TRACERS)]) for i in range(sd.size)], np.float32)
+    return sd * scale
+
+
 def sensor_offsets(sources, layout: StateLayout) -> ModelBias | None:
     """The AR(1) of the layout's sensor offsets from the configured ``sources[].offsets`` (their ``name`` is
     the sensor), in the order of ``StateLayout.sensor_offset_slices``; None when there is none."""

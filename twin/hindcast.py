@@ -238,13 +238,13 @@ def model_process_params(config: TwinConfig, prepared: Prepared) -> ProcessParam
 
 def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):
     """(stepper, log_error_sd (d,), emulator or None) for the configured model."""
-    from twin.forecast import emulator_stepper
+    from twin.forecast import emulator_log_error_sd, emulator_stepper
     if config.model.kind == "process":
         stepper = process_stepper(model_process_params(config, prepared), prepared.sites, config.model.substeps)
         return stepper, process_log_error_sd(config, prepared.layout), None
     from twin.emulator_source import obtain_emulator
     emulator = obtain_emulator(config, prepared, quiet)
-    sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
+    sd = emulator_log_error_sd(emulator, config.model)
     truth = config.model.process_params == "truth"
     return emulator_stepper(emulator, model_process_params(config, prepared) if truth else None), sd, emulator
 

@@ -413,7 +413,8 @@ _MODELS: dict[str, tuple] = {}
 
 def _store_model(root: str, emulator_name: str | None, key: str, config, layout, sites):
     from emulators.parameters import ProcessParams
-    from twin.forecast import chlorophyll_scales, emulator_stepper, make_forecast, process_stepper, state_ar1
+    from twin.forecast import (chlorophyll_scales, emulator_log_error_sd, emulator_stepper, make_forecast,
+                               process_stepper, state_ar1)
     from twin.hindcast import process_log_error_sd
     if key in _MODELS:
         return _MODELS[key]
@@ -427,7 +428,7 @@ def _store_model(root: str, emulator_name: str | None, key: str, config, layout,
     else:
         from emulators.checkpoint import load_checkpoint
         emulator = load_checkpoint(Path(root) / emulator_name)
-        sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
+        sd = emulator_log_error_sd(emulator, config.model)
         stepper = emulator_stepper(emulator)
         model = make_forecast(stepper, layout, sites, sd, chlorophyll_scale=chlorophyll_scales(config.sites, layout),
                               **state_ar1(config, layout)), emulator, stepper

@@ -331,7 +331,7 @@ def _process_forecast(config, layout, sites):
 def _model(store, manifest, config, layout, sites, spec: ScenarioFile, where: str):
     """(forecast, emulator or None, model_params of the baseline, takes_params, description)."""
     from emulators.parameters import default_params
-    from twin.forecast import chlorophyll_scales, make_forecast, state_ar1
+    from twin.forecast import chlorophyll_scales, emulator_log_error_sd, make_forecast, state_ar1
     from twin.operational import store_model
     wanted = sorted({c.name for s in spec.scenarios for c in s.changes if c.kind == "param"})
     if spec.model == "process" or config.model.kind == "process":
@@ -349,7 +349,7 @@ def _model(store, manifest, config, layout, sites, spec: ScenarioFile, where: st
                                   f"inputs: {', '.join(emulator.config.forcing_names)}), so it cannot take the "
                                   f"change; set 'model: process' in the scenario file to run the baseline and "
                                   f"every scenario with the process model" for n in missing])
-    sd = np.asarray(emulator.model_error.log_sd, np.float32) * config.model.emulator_error_scale
+    sd = emulator_log_error_sd(emulator, config.model)
     forecast = make_forecast(_conditioned_stepper(emulator), layout, sites, sd,
                              chlorophyll_scale=chlorophyll_scales(config.sites, layout),
                              **state_ar1(config, layout))
