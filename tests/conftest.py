@@ -42,3 +42,17 @@ def _free_compiled_programs():
     yield
     import jax
     jax.clear_caches()
+
+
+@pytest.fixture(scope="module")
+def daily(tmp_path_factory):
+    """The operational tests' twin experiment: a file of each source for every day (one call per day)."""
+    from operational_helpers import DAYS, START
+
+    from twin.osse import ExperimentSpec, write_daily_experiment
+    root = tmp_path_factory.mktemp("daily")
+    spec = ExperimentSpec(site="SYNTH-B", platform="SYNTH01", latitude=43.68, longitude=7.32,
+                          start=np.datetime64(START), num_days=DAYS, seed=3, fluorescence_slope=2.0,
+                          buoy_gap_fraction=0.0)  # a file every day: one call per calendar day
+    _, days = write_daily_experiment(root / "all", spec)
+    return root, days

@@ -2,82 +2,19 @@
 locking, late data, corrupt files, and SIGKILL fault injection (issue 6)."""
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+from operational_helpers import CALLS, CHECKPOINT, DAYS, START, _config, _day_number, _feed, _members, _new_store  # noqa: F401
 
 from twin.config import parse_config
-from twin.hindcast import _bottle_error_sd, run_hindcast
+from twin.hindcast import run_hindcast
 from twin.operational import init_store, run_cycle, store_status
-from twin.osse import BOTTLE_ERROR, BUOY_ERROR, ExperimentSpec, write_daily_experiment
 from twin.store import Store, StoreBusy
-
-REPO = Path(__file__).resolve().parents[1]
-CHECKPOINT = REPO / "configs" / "emulators" / "demo"
-DAYS = 101            # files for days 1..100 (the buoy starts on day 1): 100 daily cycle calls
-CALLS = 100
-START = "2016-01-01"
-
-
-def _config(incoming: Path, *, end: str | None = None) -> dict:
-    buoy_sd = {k: BUOY_ERROR[k] for k in ("temperature", "salinity", "oxygen", "fluorescence")}
-    buoy_sd["chlorophyll"] = BUOY_ERROR["fluorescence"] * 2.0
-    return {
-        "name": "ops-osse",
-        "sites": [{"name": "SYNTH-B", "latitude": 43.68, "longitude": 7.32, "aliases": ["SYNTH01"],
-                   "bottom_depth_m": 60.0}],
-        "sources": [{"path": str(incoming / "*" / "somlit.csv"), "format": "somlit",
-                     "error_sd": _bottle_error_sd(BOTTLE_ERROR)},
-                    # The buoy's oxygen offset is estimated (its optode drifts): operations carry it too.
-                    {"path": str(incoming / "*" / "coasthf.csv"), "format": "coasthf", "error_sd": buoy_sd,
-                     "fluorescence_calibration": {"SYNTH01": [2.0, 0.0]}, "name": "buoy",
-                     "offsets": {"oxygen": {"sd": 0.05, "timescale_days": 3650}}}],
-        "emulator": {"checkpoint": str(CHECKPOINT)},
-        "filter": {"members": 16, "inflation": 1.05},
-        "hindcast": {"start": START, "end": end, "forcing_mode": "causal", "forecast_days": 5},
-        "alerts": [{"variable": "chlorophyll", "site": "SYNTH-B", "threshold": 1.0, "direction": "above",
-                    "horizon_days": 5, "probability": 0.3}],
-    }
-
-
-@pytest.fixture(scope="module")
-def daily(tmp_path_factory):
-    root = tmp_path_factory.mktemp("daily")
-    spec = ExperimentSpec(site="SYNTH-B", platform="SYNTH01", latitude=43.68, longitude=7.32,
-                          start=np.datetime64(START), num_days=DAYS, seed=3, fluorescence_slope=2.0,
-                          buoy_gap_fraction=0.0)  # a file every day: one call per calendar day
-    _, days = write_daily_experiment(root / "all", spec)
-    return root, days
-
-
-def _new_store(root: Path, name: str, days=None) -> Path:
-    store = root / name
-    (root / f"{name}-incoming").mkdir(exist_ok=True)
-    init_store(store, parse_config(_config(root / f"{name}-incoming")), quiet=True)
-    return store
-
-
-def _feed(store: Path, days, first: int, count: int) -> list[dict]:
-    return [run_cycle(store, data=(str(paths[0].parent),), quiet=True) for _, paths in days[first:first + count]]
-
-
-def _day_number(day: str) -> int:
-    return int((np.datetime64(day) - np.datetime64(START)) / np.timedelta64(1, "D"))
-
-
-def _members(store: Path) -> np.ndarray:
-    s = Store(store)
-    return s.load_arrays(s.manifest()["files"]["state"])["members"]
 
 
 @pytest.fixture(scope="module")
@@ -194,70 +131,6 @@ def test_corrupt_file_is_reported_and_retried(daily, tmp_path):
     again = run_cycle(store, data=(str(bad),), quiet=True)
     assert [e["file"] for e in again["errors"]] == [str(bad)]  # tried again, still reported
     assert store_status(store)["ledger"]["rows"] == rows          # nothing already stored was lost
-
-
-def _cycle_command(store: Path, data: Path) -> list[str]:
-    return [sys.executable, "-m", "twin.cli", "cycle", str(store), "--data", str(data), "--quiet", "--json"]
-
-
-# A scheduled cycle process, as in operations: with the store's compilation cache.
-CYCLE_ENV = {k: v for k, v in os.environ.items() if k != "TWIN_COMPILATION_CACHE"}
-
-
-def test_sigkill_at_random_points_leaves_a_consistent_store(daily, tmp_path):
-    """Kill ``twin cycle`` with SIGKILL at random moments (>= 50 trials); every time the store opens and is
-    consistent, and the next cycle ends exactly where an uninterrupted one does.
-
-    The first trials start from a store without compiled programs, so kills also land while the cycle
-    exports its programs and fills the compilation cache; the others from one with them, as operations
-    run on most days (and faster: the CI's time)."""
-    _, days = daily
-    trials = int(os.environ.get("TWIN_FAULT_TRIALS", "50"))
-    cold_trials = trials // 5
-    base = _new_store(tmp_path, "base")
-    _feed(base, days, 0, 3)
-    shutil.rmtree(base / "programs", ignore_errors=True)  # _feed's in-process cycles exported them
-    data = days[3][1][0].parent
-
-    def timed_cycle(source: Path, name: str) -> tuple[Path, float]:
-        store = tmp_path / name
-        shutil.copytree(source, store)
-        started = time.perf_counter()
-        assert subprocess.run(_cycle_command(store, data), capture_output=True, env=CYCLE_ENV).returncode == 0
-        return store, time.perf_counter() - started
-
-    reference, full_cold = timed_cycle(base, "reference")
-    warm_base = tmp_path / "warm-base"
-    shutil.copytree(base, warm_base)
-    for compiled in ("jax-cache", "programs"):
-        shutil.copytree(reference / compiled, warm_base / compiled)
-    warm_reference, full_warm = timed_cycle(warm_base, "warm-reference")
-    expected = _members(reference)
-    assert np.array_equal(_members(warm_reference), expected)
-    rng = np.random.default_rng(0)
-    outcomes = {"killed": 0, "finished": 0}
-    for trial in range(trials):
-        store = tmp_path / f"trial-{trial}"
-        cold = trial < cold_trials
-        shutil.copytree(base if cold else warm_base, store)
-        proc = subprocess.Popen(_cycle_command(store, data), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env=CYCLE_ENV)
-        time.sleep(rng.uniform(0.0, full_cold if cold else full_warm))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            outcomes["killed"] += 1
-        else:
-            outcomes["finished"] += 1
-        proc.wait()
-        s = Store(store)
-        assert s.check() == [], f"trial {trial}: {s.check()}"
-        done = s.manifest()["cycles_done"]
-        assert done in (_day_number(days[2][0]), _day_number(days[3][0])), f"trial {trial}: {done} cycles"
-        run_cycle(store, data=(str(data),), quiet=True)  # completes what was killed (or finds nothing new)
-        assert np.array_equal(_members(store), expected), f"trial {trial}"
-        assert json.loads((store / "manifest.json").read_text())["cycles_done"] == _day_number(days[3][0])
-        shutil.rmtree(store)
-    assert outcomes["killed"] >= trials // 2, outcomes
 
 
 def test_status_reports_the_ledger_and_health(operated):
