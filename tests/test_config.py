@@ -179,3 +179,13 @@ def test_emulator_error_sd_is_scaled_per_tracer_in_every_layer():
     expected = 2.0 * log_sd
     expected[oxygen] = 8.0 * log_sd[oxygen]
     np.testing.assert_array_equal(sd, expected)
+
+
+def test_process_error_per_tracer_and_the_oxygen_rule():
+    one = parse_config({"model": {"process_log_error_sd": 0.2}}).model
+    assert [one.process_error_sd(t) for t in ("nitrate", "oxygen")] == [0.2, 0.2 / 10]
+    each = parse_config({"model": {"process_log_error_sd": {"default": 0.2, "phytoplankton": 0.1}}}).model
+    assert [each.process_error_sd(t) for t in ("nitrate", "phytoplankton", "oxygen")] == [0.2, 0.1, 0.2 / 10]
+    assert parse_config({"model": {"process_log_error_sd": {"oxygen": 0.05}}}).model.process_error_sd("oxygen") == 0.05
+    with pytest.raises(ConfigError, match=r"model\.process_log_error_sd: unknown tracer\(s\) \['phyto'\]"):
+        parse_config({"model": {"process_log_error_sd": {"phyto": 0.1}}})

@@ -267,8 +267,9 @@ class BiasConfig(Frozen):
 class ModelConfig(Frozen):
     """Which model moves the ensemble: the neural emulator (default) or the process model itself."""
     kind: Literal["emulator", "process"] = "emulator"
-    process_log_error_sd: PositiveFloat = Field(
-        default=0.05, description="multiplicative model error per day of the process model (log sd)")
+    process_log_error_sd: PositiveFloat | dict[str, PositiveFloat] = Field(
+        default=0.05, description="multiplicative model error per day of the process model (log sd): one number "
+                                  "(a tenth of it for oxygen), or one per tracer with 'default' for the others")
     emulator_error_scale: PositiveFloat | dict[str, PositiveFloat] = Field(
         default=1.0, description="scales the emulator's own model-error estimate: one number, or one per tracer "
                                  "with 'default' for the others (e.g. {default: 2.0, oxygen: 4.0})")
@@ -289,9 +290,9 @@ class ModelConfig(Frozen):
             raise ValueError(f"unknown tracer(s) {unknown}; valid: {list(OFFSHORE_TRACERS)}")
         return v
 
-    @field_validator("emulator_error_scale", mode="before")
+    @field_validator("emulator_error_scale", "process_log_error_sd", mode="before")
     @classmethod
-    def _scale_per_tracer(cls, v):
+    def _per_tracer(cls, v):
         # Checked here rather than by the union type, whose errors would name both of its branches.
         def positive(x, where):
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0:
@@ -312,6 +313,16 @@ class ModelConfig(Frozen):
         """The factor on the emulator's model-error estimate for this tracer."""
         scale = self.emulator_error_scale
         return float(scale.get(tracer, scale.get("default", 1.0)) if isinstance(scale, dict) else scale)
+
+    def process_error_sd(self, tracer: str) -> float:
+        """The process model's daily log error sd for this tracer. Oxygen, unless named, gets a tenth of the
+        default: it sits near saturation and varies by percents, the nutrients by factors."""
+        sd = self.process_log_error_sd
+        if isinstance(sd, dict):
+            if tracer in sd:
+                return float(sd[tracer])
+            sd = sd.get("default", 0.05)
+        return float(sd) / (10.0 if tracer == "oxygen" else 1.0)
 
 
 class PretrainConfig(Frozen):

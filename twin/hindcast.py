@@ -250,12 +250,11 @@ def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):
 
 
 def process_log_error_sd(config: TwinConfig, layout: StateLayout) -> np.ndarray:
-    """Daily multiplicative model error of the process model: the configured sd, a tenth of it for oxygen
-    (oxygen is near saturation and varies by percents, nutrients by factors)."""
+    """Daily multiplicative model error of the process model per model-state element of a site
+    (``model.process_log_error_sd``, per tracer)."""
     from emulators.parameters import TRACERS
-    sd = np.full(layout.model_dim, config.model.process_log_error_sd, np.float32)
-    sd[[i for i in range(layout.model_dim) if TRACERS[i % len(TRACERS)] == "oxygen"]] /= 10
-    return sd
+    return np.array([config.model.process_error_sd(TRACERS[i % len(TRACERS)]) for i in range(layout.model_dim)],
+                    np.float32)
 
 
 def filter_params(config: TwinConfig) -> FilterParams:
