@@ -65,6 +65,39 @@ def test_metrics_have_truth_and_validation_structure(run):
     assert 0.0 <= v["twin"]["coverage_90"] <= 1.0 and v["twin"]["crps"] >= 0
     # assimilating weekly nitrate beats the free run at the observed surface nitrate
     assert truth["nitrate@SYNTH-B/surface"]["twin"]["rmse"] < truth["nitrate@SYNTH-B/surface"]["free_run"]["rmse"]
+    # innovation statistics per series and source: the bottles and the buoy apart, counts from the ledger
+    by_series = metrics["innovations"]["by_series"]
+    bottles = by_series["nitrate@SYNTH-B/surface"]
+    assert len(bottles) == 1 and next(iter(bottles.values()))["n"] > 5
+    assert len(by_series["oxygen@SYNTH-B/surface"]) == 2   # the buoy's and the bottles'
+    assert all(e["desroziers_error_sd"] >= 0 and e["consistency"] > 0
+               for per in by_series.values() for e in per.values())
+
+
+def test_desroziers_estimate_recovers_the_observation_error():
+    """A scalar linear-Gaussian analysis (B = 4, R = 1, K = B / (B + R)): E[(y - a)(y - f)] = R exactly, and
+    E[(y - f)^2] = B + R; rows not assimilated are left out. Tolerance: 3 % at n = 40000 (sampling error
+    about 1 % on the mean of the products)."""
+    from twin.products import innovation_statistics
+    rng = np.random.default_rng(0)
+    n, b, r = 40_000, 4.0, 1.0
+    truth = 10.0 + rng.normal(0, 3, n)
+    forecast = truth + rng.normal(0, np.sqrt(b), n)
+    y = truth + rng.normal(0, np.sqrt(r), n)
+    analysis = forecast + b / (b + r) * (y - forecast)
+    codes = np.where(np.arange(n) % 10 == 0, disp.BAD_QC, disp.ASSIMILATED)
+    y[codes == disp.BAD_QC] += 1e3   # not assimilated: must not count
+    ds = xr.Dataset({"obs_value": ("obs", y), "obs_forecast": ("obs", forecast), "obs_analysis": ("obs", analysis),
+                     "obs_error_sd": ("obs", np.full(n, 2.0)), "obs_forecast_sd": ("obs", np.full(n, 2.0)),
+                     "obs_disposition": ("obs", codes), "obs_variable": ("obs", np.full(n, "nitrate", object)),
+                     "obs_site": ("obs", np.full(n, "A", object)), "obs_layer": ("obs", np.full(n, "surface", object)),
+                     "obs_source": ("obs", np.full(n, "/data/x/bottles.csv", object))})
+    e = innovation_statistics(ds)["nitrate@A/surface"]["bottles.csv"]
+    assert e["n"] == 36_000
+    np.testing.assert_allclose(e["desroziers_error_sd"], np.sqrt(r), rtol=0.03)
+    np.testing.assert_allclose(e["rms"], np.sqrt(b + r), rtol=0.03)
+    assert abs(e["mean"]) < 0.05 and e["error_sd"] == 2.0
+    np.testing.assert_allclose(e["consistency"], np.sqrt(b + r) / np.hypot(2.0, 2.0), rtol=0.03)
 
 
 def test_report_embeds_its_figures(run):

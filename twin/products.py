@@ -101,6 +101,34 @@ def _ledger(prepared, outputs, dispositions) -> dict:
     }
 
 
+def innovation_statistics(ds: xr.Dataset) -> dict:
+    """Per series (``variable@site/layer``) and source file, over the assimilated observations: the count, the
+    mean and RMS of the innovations y - Hx_f, the RMS of the assumed error sd and of the forecast spread, their
+    consistency ``rms / sqrt(spread^2 + error^2)`` (about 1 when both are right), and the observation error sd
+    the data imply, sqrt(E[(y - Hx_a)(y - Hx_f)]) (Desroziers et al. 2005; 0 when that mean is negative):
+    what a modeller reads to check or tune each source's ``error_sd``. Values in canonical units."""
+    assimilated = ds["obs_disposition"].values == disp.ASSIMILATED
+    y, f, a = (ds[k].values.astype(np.float64) for k in ("obs_value", "obs_forecast", "obs_analysis"))
+    e, s = ds["obs_error_sd"].values.astype(np.float64), ds["obs_forecast_sd"].values.astype(np.float64)
+    ok = assimilated & np.isfinite(y) & np.isfinite(f) & np.isfinite(a) & np.isfinite(e) & np.isfinite(s)
+    series = np.char.add(np.char.add(np.char.add(ds["obs_variable"].values.astype(str), "@"),
+                                     np.char.add(ds["obs_site"].values.astype(str), "/")),
+                         ds["obs_layer"].values.astype(str))
+    sources = np.array([Path(x).name for x in ds["obs_source"].values.astype(str)])
+    out: dict = {}
+    for key in sorted(set(series[ok])):
+        for source in sorted(set(sources[ok & (series == key)])):
+            rows = ok & (series == key) & (sources == source)
+            d = y[rows] - f[rows]
+            error, spread = float(np.sqrt(np.mean(e[rows] ** 2))), float(np.sqrt(np.mean(s[rows] ** 2)))
+            rms = float(np.sqrt(np.mean(d**2)))
+            out.setdefault(key, {})[source] = {
+                "n": int(rows.sum()), "mean": float(np.mean(d)), "rms": rms, "error_sd": error,
+                "forecast_sd": spread, "consistency": rms / float(np.hypot(error, spread)),
+                "desroziers_error_sd": float(np.sqrt(max(np.mean((y[rows] - a[rows]) * d), 0.0)))}
+    return out
+
+
 def validation_scores(prepared, outputs) -> dict:
     """Twin forecast of each withheld value (from the last analysis before it) against persistence and the
     day-of-year climatology of the training observations, per ``variable@site/layer``."""
@@ -323,7 +351,8 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
         "dispositions": counts,
         "innovations": {"mean": float(np.mean(np.asarray(diag.innovation_mean))),
                         "normalized_mean": float(np.nanmean(np.asarray(diag.normalized_innovation))),
-                        "diverged_cycles": int(np.asarray(diag.diverged).sum())},
+                        "diverged_cycles": int(np.asarray(diag.diverged).sum()),
+                        "by_series": innovation_statistics(ds)},
         "forcing": prepared.forcing_report,
         "timings": timings,
     }

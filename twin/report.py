@@ -288,6 +288,16 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
         parts.append(_site_figure(prepared, outputs, dispositions, baselines, site))
     parts += _bias_and_offset_sections(prepared, outputs, metrics)
     parts += ["<h2>Innovation statistics</h2>", _diagnostics_figure(prepared, outputs)]
+    by_series = metrics["innovations"].get("by_series", {})
+    if by_series:
+        rows = [[k, src, e["n"], e["mean"], e["rms"], e["forecast_sd"], e["error_sd"], e["desroziers_error_sd"],
+                 e["consistency"]] for k, per in by_series.items() for src, e in per.items()]
+        parts += ["<p>Per series and source, over the assimilated observations: innovations y - Hx<sub>f</sub>, "
+                  "the forecast spread and the assumed error at the observations, the error the data imply "
+                  "(Desroziers et al. 2005) and rms / sqrt(spread&sup2; + error&sup2;), about 1 when both are "
+                  "right.</p>",
+                  html_table(rows, ["series", "source", "n", "mean innovation", "RMS innovation", "forecast spread",
+                                    "assumed error", "error the data imply", "consistency"])]
     parts += ["<h2>Observation ledger</h2>",
               html_table([[k, v] for k, v in metrics["dispositions"].items()], ["disposition", "count"])]
     lineage = metrics.get("emulator_lineage", [])
