@@ -343,7 +343,8 @@ def predict_observations(members: Array, observations: Observations,
 def analysis(ensemble: Ensemble, observations: Observations, key: Array, params: FilterParams = FilterParams(),
              inflation_state: InflationState | None = None, localization: Localization | None = None,
              log_mask: Array | None = None, obs_operator: ObsOperator | None = None,
-             obs_perturbations: Array | None = None, inflation_mask: Array | None = None) -> AnalysisResult:
+             obs_perturbations: Array | None = None, inflation_mask: Array | None = None,
+             update_weight: Array | None = None) -> AnalysisResult:
     """One analysis: checks, transforms, inflation, the ``params.method`` kernel, RTPS, diagnostics.
 
     Order: dispositions of empty/bad/out-of-domain slots; log transform of the state and of the observations
@@ -367,6 +368,12 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
             adaptive) acts on; None: all. Augmented parameters whose spread their own model sets (an AR(1)
             bias) are left out: inflated every cycle they are not observed, their spread would grow without
             bound (Ruiz et al. 2013 treat parameter spread apart for the same reason).
+        update_weight: (n,) weights in [0, 1], or None (all 1): variable localization. Element i of every
+            member moves by ``w_i`` times its analysis increment from its (uninflated) forecast, in the
+            analysis space. Without inflation, for an element no observation sees, this is the Kalman gain
+            with that element's covariances tapered by ``w_i`` (Kang et al. 2011, JGR 116, D09110, who cut
+            the covariances between variables not physically related); ``w_i = 0`` leaves the forecast as it
+            is, inflation included (else an element no observation corrects grows by the factor each cycle).
 
     Returns:
         :class:`AnalysisResult`.
@@ -448,6 +455,8 @@ def analysis(ensemble: Ensemble, observations: Observations, key: Array, params:
         Za = relax_to_prior_spread(Zf, Za, params.rtps_alpha)
     if params.random_rotation:
         Za = random_rotation(Za, jax.random.fold_in(key, 1))
+    if update_weight is not None:
+        Za = Z + jnp.asarray(update_weight, dtype) * (Za - Z)
     Ea = jnp.where(any_active, from_transformed(Za, log_mask), E)
 
     # Diagnostics, in the analysis space, innovations of the (inflated) prior.

@@ -3,8 +3,9 @@
 A synthetic hindcast with no data files: two sites, two layers (state of 36: 16 tracers and 2 chlorophylls
 per site), ``--years`` of daily cycles with ``--members`` members, the demo emulator checkpoint
 (``configs/emulators/demo``, one site: the twin steps every site with site index 0) and the demo filter
-(``configs/demo.yaml``: ETKF, prior inflation 1.05, gross-error check at 4 sd, every element analysed in log
-space as ``twin.hindcast.run_windows`` does). Forcing is ``emulators.forcing.synthetic_forcing`` per site.
+(``configs/demo.yaml``: ETKF, prior inflation 1.05, gross-error check at 4 sd, its variable localization,
+every element analysed in log space as ``twin.hindcast.run_windows`` does). Forcing is
+``emulators.forcing.synthetic_forcing`` per site.
 
 Observations (28 slots a cycle): weekly bottles (nitrate, ammonium, phosphate, silicate, chlorophyll,
 oxygen at surface and bottom of both sites, both sites sampled the same day) and the hourly buoy at each
@@ -176,13 +177,14 @@ def run_twin(problem: Problem, num_days: int) -> tuple[WindowOutputs, list[float
     state = EngineState(problem.members0, initial_inflation_state())
     params = filter_params(problem.config)
     log_mask = jnp.ones(problem.layout.dim, bool)
+    update_weight = problem.layout.update_weight(problem.config.filter.variable_localization)
     parts, seconds = [], []
     for start, stop in window_bounds(num_days, problem.config.hindcast.window_days):
         t0 = time.perf_counter()
         obs_w = jax.tree.map(lambda a: jnp.asarray(a[start:stop]), problem.observations)
         forcing_w = jax.tree.map(lambda a: a[start:stop], problem.forcing)
         state, out = run_window(problem.forecast, state, obs_w, forcing_w, cycle_key(problem), params, log_mask,
-                                start, problem.emulator.weights)
+                                start, problem.emulator.weights, update_weight=update_weight)
         parts.append(jax.device_get(out))
         seconds.append(time.perf_counter() - t0)
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts), seconds
@@ -215,6 +217,7 @@ class NumpyModel(NamedTuple):
     diag_idx: np.ndarray                           # (S, L)
     layer_thickness: np.ndarray                    # (S, L)
     params: FilterParams
+    update_weight: np.ndarray | None               # (n,) variable localization (filter.variable_localization)
 
 
 def numpy_model(problem: Problem) -> NumpyModel:
@@ -234,7 +237,8 @@ def numpy_model(problem: Problem) -> NumpyModel:
         norm=jax.tree.map(np.asarray, problem.emulator.normalisation),
         log_error_sd=np.asarray(problem.log_error_sd, np.float32),
         model_idx=problem.layout.model_slices(), diag_idx=problem.layout.diagnostic_slices(),
-        layer_thickness=np.asarray(problem.sites.layer_thickness), params=params)
+        layer_thickness=np.asarray(problem.sites.layer_thickness), params=params,
+        update_weight=problem.layout.update_weight(problem.config.filter.variable_localization))
 
 
 def numpy_emulator_step(model: NumpyModel, x: np.ndarray, features: np.ndarray, doy: np.ndarray) -> np.ndarray:
@@ -314,6 +318,8 @@ def numpy_analysis(model: NumpyModel, E: np.ndarray, obs: Observations):
     W = V @ ((V.T @ (Y @ dy)) / eigval) + (V * np.sqrt(n1 / eigval)) @ V.T   # Hunt et al. 2007, eqs. 21-24
     zf_mean = Zf.mean(axis=0)
     Za = zf_mean + W @ (Zf - zf_mean)
+    if model.update_weight is not None:
+        Za = Z + model.update_weight * (Za - Z)
     Ea = np.exp(Za) if any_active else E
 
     denom = max(int(active.sum()), 1)

@@ -189,3 +189,23 @@ def test_process_error_per_tracer_and_the_oxygen_rule():
     assert parse_config({"model": {"process_log_error_sd": {"oxygen": 0.05}}}).model.process_error_sd("oxygen") == 0.05
     with pytest.raises(ConfigError, match=r"model\.process_log_error_sd: unknown tracer\(s\) \['phyto'\]"):
         parse_config({"model": {"process_log_error_sd": {"phyto": 0.1}}})
+
+
+def test_variable_localization_names_state_variables_and_weights_in_0_1():
+    import numpy as np
+
+    from twin.state_layout import StateLayout
+    with pytest.raises(ConfigError, match=r"filter\.variable_localization: unknown state variable\(s\) \['zoo'\]"):
+        parse_config({"filter": {"variable_localization": {"zoo": 0.0}}})
+    with pytest.raises(ConfigError, match=r"filter\.variable_localization\.detritus"):
+        parse_config({"filter": {"variable_localization": {"detritus": 1.5}}})
+    weights = parse_config({"filter": {"variable_localization": {"zooplankton": 0.0, "chlorophyll": 0.5}}}
+                           ).filter.variable_localization
+    layout = StateLayout(("A", "B"), 2, biased=("oxygen",))
+    w = layout.update_weight(weights)
+    names = layout.names()
+    assert w.shape == (layout.dim,) and len(names) == layout.dim
+    for name, value in zip(names, w):   # every site and layer; the bias elements keep theirs
+        assert value == {"zooplankton": 0.0, "chlorophyll": 0.5}.get(name.split("@")[0], 1.0), name
+    assert np.sum(w == 0.0) == 4 and np.sum(w == 0.5) == 4
+    assert layout.update_weight({}) is None

@@ -345,7 +345,8 @@ def verify_in_twin_experiment(store_dir: str | Path, target: str, horizon: int, 
         obs_w = jax.tree.map(lambda a: jnp.asarray(a[done:c]), cobs.obs)
         forcing_w = jax.tree.map(lambda a: jnp.asarray(a[done:c]), forcing)
         state, _ = run_window(forecast, state, obs_w, forcing_w, cycle_key, params, log_mask, done, weights,
-                              inflation_mask=layout.inflation_mask())
+                              inflation_mask=layout.inflation_mask(),
+                              update_weight=layout.update_weight(config.filter.variable_localization))
         done = c
         E = _forecast_matrix(forecast, state.members, forcing, c, horizon,
                              jax.random.fold_in(key, FORECAST_KEY + c), weights)

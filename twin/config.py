@@ -361,6 +361,19 @@ class FilterConfig(Frozen):
     outlier_threshold: PositiveFloat = 4.0
     initial_spread: float = Field(default=0.3, gt=0, le=2)
     representativeness_fraction: float = Field(default=0.7, ge=0, le=1)
+    variable_localization: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict,
+        description="variable localization: {state variable: share of its analysis increment it takes, 0-1}, "
+                    "1 for those not named; 0 keeps a variable no observation sees (zooplankton, detritus) "
+                    "from being moved through its sampled correlations with the observed ones")
+
+    @field_validator("variable_localization")
+    @classmethod
+    def _state_variables(cls, v):
+        unknown = [k for k in v if k not in OFFSHORE_TRACERS + ("chlorophyll",)]
+        if unknown:
+            raise ValueError(f"unknown state variable(s) {unknown}; valid: {list(OFFSHORE_TRACERS + ('chlorophyll',))}")
+        return v
 
 
 class RefitConfig(Frozen):

@@ -138,8 +138,8 @@ ALERT_KEY = 0xA1E27  # folded into a cycle's key for its alert forecast; the cyc
 def run_window(forecast, state: EngineState, observations: Observations, forcing: Any, key: jax.Array,
                params: FilterParams, log_mask: jax.Array, first_cycle: jax.Array | int = 0,
                model_params: Any = None, alerts: tuple[AlertSpec, ...] | None = None,
-               forcing_ahead: Any = None, inflation_mask: jax.Array | None = None
-               ) -> tuple[EngineState, WindowOutputs]:
+               forcing_ahead: Any = None, inflation_mask: jax.Array | None = None,
+               update_weight: jax.Array | None = None) -> tuple[EngineState, WindowOutputs]:
     """Run T cycles (T = observations.value.shape[0]); ``forcing`` has a leading (T,) axis.
 
     ``key`` is the run's key and ``first_cycle`` the number of the window's first cycle (see
@@ -154,6 +154,8 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
     None, the window's last day is repeated (a forecast past the end of the known forcing).
 
     ``inflation_mask``: (n,) bool, the elements inflation acts on (``analysis``); None: all.
+    ``update_weight``: (n,) variable localization, the share of its analysis increment each element takes
+    (``analysis``); None: all of it.
     """
     num_cycles = observations.value.shape[0]
     keys = cycle_keys(key, first_cycle, num_cycles)
@@ -201,7 +203,7 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
         else:
             prior = forecast.with_noise(carry.members, forcing_t, noise_t, model_params)
         result = analysis(Ensemble(prior), obs_t, key_a, params, carry.inflation, None, log_mask,
-                          obs_perturbations=eps_t, inflation_mask=inflation_mask)
+                          obs_perturbations=eps_t, inflation_mask=inflation_mask, update_weight=update_weight)
         post = result.ensemble.members
         idx = jnp.clip(obs_t.state_index, 0, prior.shape[1] - 1)
         out = WindowOutputs(

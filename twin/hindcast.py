@@ -307,6 +307,7 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
     params = filter_params(config)
     log_mask = jnp.asarray(layout.log_mask())
     inflation_mask = layout.inflation_mask()
+    update_weight = layout.update_weight(config.filter.variable_localization)
     obs_all = prepared.cycle_obs.obs
     T = prepared.num_days
     # Windows end where a refit is due and are at most window_days long, counted from the last refit: with
@@ -326,7 +327,7 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
         t0 = time.perf_counter()
         state, out = run_window(forecast, state, obs_w, forcing_w, cycle_key, params, log_mask, start,
                                 model_params, alerts, _forcing_ahead(prepared.forcing, stop, horizon),
-                                inflation_mask)
+                                inflation_mask, update_weight)
         jax.block_until_ready(out)
         timings.append({"window": w, "days": stop - start, "seconds": time.perf_counter() - t0})
         parts.append(out)

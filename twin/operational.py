@@ -601,11 +601,13 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     state = EngineState(members, inflation)
     programs = store.path("programs")
 
-    inflation_mask = layout.inflation_mask()  # a constant of the stored program (its key holds the config)
+    # Constants of the stored program (its key holds the config).
+    inflation_mask = layout.inflation_mask()
+    update_weight = layout.update_weight(config.filter.variable_localization)
 
     def window(state, obs, forcing, key, log_mask, first_cycle, weights):
         return run_window(forecast, state, obs, forcing, key, params, log_mask, first_cycle, weights,
-                          inflation_mask=inflation_mask)
+                          inflation_mask=inflation_mask, update_weight=update_weight)
     outs = []
     _log(f"cycling {target - done} day(s): {str(day0 + np.timedelta64(done + 1, 'D'))[:10]} .. "
          f"{str(day0 + np.timedelta64(target, 'D'))[:10]}", quiet)

@@ -199,6 +199,17 @@ class StateLayout(NamedTuple):
         and sensor offsets, whose spread their AR(1) sets; None when the layout has none of those."""
         return self._not_ar1() if self.biased or self.sensors else None
 
+    def update_weight(self, weights: dict[str, float]) -> np.ndarray | None:
+        """(dim,) float32, the share of its analysis increment each element takes (variable localization,
+        ``filter.variable_localization``): ``weights[variable]`` for the state variables named, at every site
+        and layer, 1 elsewhere; None when none is named."""
+        if not weights:
+            return None
+        unknown = sorted(set(weights) - set(STATE_VARIABLES))
+        if unknown:
+            raise ValueError(f"variable localization names {unknown}, not state variables {list(STATE_VARIABLES)}")
+        return np.array([weights.get(v, 1.0) for v, _, _ in self.variables()], np.float32)
+
     def site_of_state(self) -> np.ndarray:
         """Site number of every state element, shape (dim,) (the localization domain)."""
         return np.repeat(np.arange(len(self.sites)), self.site_dim)
