@@ -367,6 +367,21 @@ class FilterConfig(Frozen):
                     "1 for those not named; 0 keeps a variable no observation sees (zooplankton, detritus) "
                     "from being moved through its sampled correlations with the observed ones")
 
+    localization_radius_km: PositiveFloat | None = Field(
+        default=None,
+        description="method letkf: Gaspari-Cohn half-width between sites, km (taper 0.21 at this distance, 0 "
+                    "beyond twice it; each site is one local domain, twin.localization)")
+
+    @model_validator(mode="after")
+    def _radius_with_letkf(self):
+        if self.method == "letkf" and self.localization_radius_km is None:
+            raise ValueError("method letkf needs localization_radius_km (the Gaspari-Cohn half-width between "
+                             "sites, km)")
+        if self.method != "letkf" and self.localization_radius_km is not None:
+            raise ValueError(f"localization_radius_km is for method letkf; method {self.method} analyses every "
+                             f"site with every observation")
+        return self
+
     @field_validator("variable_localization")
     @classmethod
     def _state_variables(cls, v):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from assimilation import Diagnostics, Ensemble, FilterParams, InflationState, Observations, analysis
+from twin.localization import SiteTaper, local_observations
 
 QUANTILES = (0.05, 0.5, 0.95)
 
@@ -139,7 +140,8 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
                params: FilterParams, log_mask: jax.Array, first_cycle: jax.Array | int = 0,
                model_params: Any = None, alerts: tuple[AlertSpec, ...] | None = None,
                forcing_ahead: Any = None, inflation_mask: jax.Array | None = None,
-               update_weight: jax.Array | None = None) -> tuple[EngineState, WindowOutputs]:
+               update_weight: jax.Array | None = None, localization: SiteTaper | None = None
+               ) -> tuple[EngineState, WindowOutputs]:
     """Run T cycles (T = observations.value.shape[0]); ``forcing`` has a leading (T,) axis.
 
     ``key`` is the run's key and ``first_cycle`` the number of the window's first cycle (see
@@ -156,6 +158,7 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
     ``inflation_mask``: (n,) bool, the elements inflation acts on (``analysis``); None: all.
     ``update_weight``: (n,) variable localization, the share of its analysis increment each element takes
     (``analysis``); None: all of it.
+    ``localization``: the LETKF's taper between sites (``twin.localization``), for ``params.method`` letkf.
     """
     num_cycles = observations.value.shape[0]
     keys = cycle_keys(key, first_cycle, num_cycles)
@@ -202,7 +205,8 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
             prior = forecast(carry.members, forcing_t, key_f, model_params)
         else:
             prior = forecast.with_noise(carry.members, forcing_t, noise_t, model_params)
-        result = analysis(Ensemble(prior), obs_t, key_a, params, carry.inflation, None, log_mask,
+        local = None if localization is None else local_observations(localization, obs_t.state_index)
+        result = analysis(Ensemble(prior), obs_t, key_a, params, carry.inflation, local, log_mask,
                           obs_perturbations=eps_t, inflation_mask=inflation_mask, update_weight=update_weight)
         post = result.ensemble.members
         idx = jnp.clip(obs_t.state_index, 0, prior.shape[1] - 1)

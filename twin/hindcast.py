@@ -40,6 +40,7 @@ from twin.forecast import (
     state_ar1,
 )
 from twin.ingest import ingest, sensor_of_rows
+from twin.localization import site_taper
 from twin.qc import apply_qc
 from twin.state_layout import StateLayout
 
@@ -308,6 +309,7 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
     log_mask = jnp.asarray(layout.log_mask())
     inflation_mask = layout.inflation_mask()
     update_weight = layout.update_weight(config.filter.variable_localization)
+    localization = site_taper(config, layout)
     obs_all = prepared.cycle_obs.obs
     T = prepared.num_days
     # Windows end where a refit is due and are at most window_days long, counted from the last refit: with
@@ -327,7 +329,7 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
         t0 = time.perf_counter()
         state, out = run_window(forecast, state, obs_w, forcing_w, cycle_key, params, log_mask, start,
                                 model_params, alerts, _forcing_ahead(prepared.forcing, stop, horizon),
-                                inflation_mask, update_weight)
+                                inflation_mask, update_weight, localization)
         jax.block_until_ready(out)
         timings.append({"window": w, "days": stop - start, "seconds": time.perf_counter() - t0})
         parts.append(out)

@@ -573,6 +573,7 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     from twin.cycle_obs import build_cycle_observations, row_dispositions
     from twin.engine import EngineState, free_forecast, run_window
     from twin.hindcast import filter_params
+    from twin.localization import site_taper
     from twin.programs import stored_call
     sites = store_sites(config, layout)
     forecast_days = config.hindcast.forecast_days
@@ -604,10 +605,11 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     # Constants of the stored program (its key holds the config).
     inflation_mask = layout.inflation_mask()
     update_weight = layout.update_weight(config.filter.variable_localization)
+    localization = site_taper(config, layout)
 
     def window(state, obs, forcing, key, log_mask, first_cycle, weights):
         return run_window(forecast, state, obs, forcing, key, params, log_mask, first_cycle, weights,
-                          inflation_mask=inflation_mask, update_weight=update_weight)
+                          inflation_mask=inflation_mask, update_weight=update_weight, localization=localization)
     outs = []
     _log(f"cycling {target - done} day(s): {str(day0 + np.timedelta64(done + 1, 'D'))[:10]} .. "
          f"{str(day0 + np.timedelta64(target, 'D'))[:10]}", quiet)
