@@ -209,3 +209,12 @@ def test_variable_localization_names_state_variables_and_weights_in_0_1():
         assert value == {"zooplankton": 0.0, "chlorophyll": 0.5}.get(name.split("@")[0], 1.0), name
     assert np.sum(w == 0.0) == 4 and np.sum(w == 0.5) == 4
     assert layout.update_weight({}) is None
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("_")))
+def test_every_shipped_config_validates(name):
+    """Each top-level config loads (its data need not be here: paths are resolved, not opened)."""
+    config = load_config(CONFIGS / name)
+    assert config.name and config.filter.members >= 3
+    if config.filter.method == "letkf":   # the network: both stations, their coordinates for the taper
+        assert len(config.sites) >= 2 and config.filter.localization_radius_km > 0
