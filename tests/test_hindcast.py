@@ -369,3 +369,30 @@ def test_letkf_hindcast_of_one_site_is_the_etkf_hindcast(run, tmp_path):
         for v in ("nitrate", "zooplankton", "oxygen", "chlorophyll"):
             np.testing.assert_allclose(letkf[v].values, etkf[v].values, rtol=1e-3)
         np.testing.assert_array_equal(letkf["obs_disposition"].values, etkf["obs_disposition"].values)
+
+
+def test_withheld_values_follow_the_observation_not_its_row():
+    """The withheld set of a station is the same alone and in a network; replicates go with their value;
+    the fraction is the configured one (20000 draws: 0.2 +- 0.01, 3.5 binomial sd)."""
+    from twin import flags
+    from twin.hindcast import _withhold
+    from twin.state_layout import StateLayout
+
+    def table(sites, days=2500):
+        rows = [(s, layer, v, np.datetime64("2000-01-01T09:00", "ns") + np.timedelta64(d, "D"))
+                for s in sites for d in range(days) for layer in ("surface", "bottom") for v in ("nitrate", "oxygen")]
+        site, layer, variable, time = (np.array(c) for c in zip(*rows))
+        return xr.Dataset({"site": ("obs", site.astype(object)), "layer": ("obs", layer.astype(object)),
+                           "variable": ("obs", variable.astype(object)), "time": ("obs", time),
+                           "qc": ("obs", np.full(len(rows), flags.GOOD, np.int8)),
+                           "value": ("obs", np.ones(len(rows)))})
+    alone, network = table(["A"]), table(["B", "A"])
+    w_alone = _withhold(alone, StateLayout(("A",), 2), 0.2, seed=7)
+    w_net = _withhold(network, StateLayout(("B", "A"), 2), 0.2, seed=7)
+    assert abs(w_alone.mean() - 0.2) < 0.01
+    in_a = network["site"].values == "A"
+    np.testing.assert_array_equal(w_net[in_a], w_alone)            # rows of A keep their draws
+    assert not np.array_equal(_withhold(alone, StateLayout(("A",), 2), 0.2, seed=8), w_alone)
+    doubled = xr.concat([alone, alone], dim="obs")                 # every value with a replicate
+    w_doubled = _withhold(doubled, StateLayout(("A",), 2), 0.2, seed=7)
+    np.testing.assert_array_equal(w_doubled[:alone.sizes["obs"]], w_doubled[alone.sizes["obs"]:])

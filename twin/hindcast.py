@@ -133,7 +133,11 @@ def _layer_layout(config: TwinConfig) -> int:
 
 
 def _withhold(table: xr.Dataset, layout: StateLayout, fraction: float, seed: int) -> np.ndarray:
-    """A seeded random ``fraction`` of the usable observations of state variables from non-buoy sources."""
+    """A seeded random ``fraction`` of the usable observations of state variables from non-buoy sources.
+
+    Each observation's draw comes from its identity (seed, site, layer, variable, time), not from its row:
+    a station's withheld values are the same whether it is run alone or in a network, and replicates of a
+    withheld value (same site, layer, variable and time) are withheld with it, not assimilated beside it."""
     n = table.sizes["obs"]
     if fraction <= 0 or n == 0:
         return np.zeros(n, bool)
@@ -142,8 +146,18 @@ def _withhold(table: xr.Dataset, layout: StateLayout, fraction: float, seed: int
               set(zip(table["variable"].values, table["site"].values, table["layer"].values))}
     eligible &= np.array([lookup[k] for k in zip(table["variable"].values, table["site"].values,
                                                  table["layer"].values)])
-    rng = np.random.default_rng(seed)
-    return eligible & (rng.random(n) < fraction)
+    return eligible & (identity_uniform(table, seed) < fraction)
+
+
+def identity_uniform(table: xr.Dataset, seed: int) -> np.ndarray:
+    """(obs,) uniform draws in [0, 1), one per observation identity (seed, site, layer, variable, time):
+    the first 8 bytes of its BLAKE2b digest over 2^64."""
+    import hashlib
+    keys = zip(table["site"].values.astype(str), table["layer"].values.astype(str),
+               table["variable"].values.astype(str), table["time"].values.astype("datetime64[ns]").astype(np.int64))
+    prefix = f"{int(seed)}|".encode()
+    digests = [hashlib.blake2b(prefix + f"{s}|{l}|{v}|{t}".encode(), digest_size=8).digest() for s, l, v, t in keys]
+    return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.float64) / 2.0**64
 
 
 def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
