@@ -71,7 +71,7 @@ from twin.config import TwinConfig, load_config  # noqa: E402
 from twin.engine import QUANTILES, EngineState, WindowOutputs, cycle_keys, free_forecast, run_window  # noqa: E402
 from twin.forecast import (emulator_log_error_sd, emulator_stepper, initial_ensemble, make_forecast,  # noqa: E402
                            stack_sites)
-from twin.hindcast import filter_params  # noqa: E402
+from twin.hindcast import filter_arrays, filter_params  # noqa: E402
 from twin.osse import BOTTLE_ERROR, BOTTLE_RELATIVE_ERROR, BUOY_ERROR  # noqa: E402
 from twin.state_layout import StateLayout  # noqa: E402
 
@@ -177,14 +177,14 @@ def run_twin(problem: Problem, num_days: int) -> tuple[WindowOutputs, list[float
     state = EngineState(problem.members0, initial_inflation_state())
     params = filter_params(problem.config)
     log_mask = jnp.ones(problem.layout.dim, bool)
-    update_weight = problem.layout.update_weight(problem.config.filter.variable_localization)
+    filter_args = filter_arrays(problem.config, problem.layout)
     parts, seconds = [], []
     for start, stop in window_bounds(num_days, problem.config.hindcast.window_days):
         t0 = time.perf_counter()
         obs_w = jax.tree.map(lambda a: jnp.asarray(a[start:stop]), problem.observations)
         forcing_w = jax.tree.map(lambda a: a[start:stop], problem.forcing)
         state, out = run_window(problem.forecast, state, obs_w, forcing_w, cycle_key(problem), params, log_mask,
-                                start, problem.emulator.weights, update_weight=update_weight)
+                                start, problem.emulator.weights, **filter_args)
         parts.append(jax.device_get(out))
         seconds.append(time.perf_counter() - t0)
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts), seconds

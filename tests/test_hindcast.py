@@ -226,11 +226,13 @@ def test_boundary_from_data_takes_the_station_medians():
 
 def test_offshore_water_keys_are_checked():
     from emulators.parameters import TRACERS
-    from twin.config import OBSERVED_STATE, OFFSHORE_TRACERS, parse_config
+    from twin.config import OBSERVED_STATE, OFFSHORE_TRACERS, STATE_VARIABLES, parse_config
     from twin.errors import ConfigError
     from twin.state_layout import OBSERVABLE
+    from twin.state_layout import STATE_VARIABLES as LAYOUT_STATE_VARIABLES
     assert OFFSHORE_TRACERS == TRACERS
     assert set(OBSERVED_STATE) == set(OBSERVABLE.values())
+    assert STATE_VARIABLES == LAYOUT_STATE_VARIABLES
     with pytest.raises(ConfigError, match=r"sites\.0\.offshore_water.*'nitrat/bottom'"):
         parse_config({"sites": [{"name": "x", "latitude": 43, "longitude": 7,
                                  "offshore_water": {"nitrat/bottom": 2.0}}]})

@@ -301,9 +301,8 @@ def verify_in_twin_experiment(store_dir: str | Path, target: str, horizon: int, 
     from twin.cycle_obs import build_cycle_observations
     from twin.engine import EngineState, run_window
     from twin.forecast import initial_ensemble, state_ar1
-    from twin.hindcast import filter_params
+    from twin.hindcast import filter_arrays, filter_params
     from twin.ingest import ingest, sensor_of_rows
-    from twin.localization import site_taper
     from twin.operational import (load_store_config, store_forcing, store_layout, store_model, store_sites)
     from twin.qc import apply_qc
     from assimilation import initial_inflation_state
@@ -337,6 +336,7 @@ def verify_in_twin_experiment(store_dir: str | Path, target: str, horizon: int, 
     state = EngineState(members, initial_inflation_state())
     params = filter_params(config)
     log_mask = jnp.asarray(layout.log_mask())
+    filter_args = filter_arrays(config, layout)
     cycle_key = jax.random.fold_in(key, 1)   # the store's cycles' key (twin.operational)
     rngs = np.random.default_rng(seed).spawn(len(cycles) * int(random_draws))
     done = 0
@@ -346,9 +346,7 @@ def verify_in_twin_experiment(store_dir: str | Path, target: str, horizon: int, 
         obs_w = jax.tree.map(lambda a: jnp.asarray(a[done:c]), cobs.obs)
         forcing_w = jax.tree.map(lambda a: jnp.asarray(a[done:c]), forcing)
         state, _ = run_window(forecast, state, obs_w, forcing_w, cycle_key, params, log_mask, done, weights,
-                              inflation_mask=layout.inflation_mask(),
-                              update_weight=layout.update_weight(config.filter.variable_localization),
-                              localization=site_taper(config, layout))
+                              **filter_args)
         done = c
         E = _forecast_matrix(forecast, state.members, forcing, c, horizon,
                              jax.random.fold_in(key, FORECAST_KEY + c), weights)

@@ -45,6 +45,8 @@ OFFSHORE_TRACERS = ("nitrate", "ammonium", "phosphate", "silicate", "phytoplankt
 # The state variables an observation sees (twin.state_layout.OBSERVABLE's values, repeated for the same
 # reason; the same test keeps them equal).
 OBSERVED_STATE = ("nitrate", "ammonium", "phosphate", "silicate", "oxygen", "chlorophyll")
+# The state variables of a site and layer (twin.state_layout.STATE_VARIABLES: the tracers and chlorophyll).
+STATE_VARIABLES = OFFSHORE_TRACERS + ("chlorophyll",)
 
 
 class RiverConfig(Frozen):
@@ -385,9 +387,9 @@ class FilterConfig(Frozen):
     @field_validator("variable_localization")
     @classmethod
     def _state_variables(cls, v):
-        unknown = [k for k in v if k not in OFFSHORE_TRACERS + ("chlorophyll",)]
+        unknown = [k for k in v if k not in STATE_VARIABLES]
         if unknown:
-            raise ValueError(f"unknown state variable(s) {unknown}; valid: {list(OFFSHORE_TRACERS + ('chlorophyll',))}")
+            raise ValueError(f"unknown state variable(s) {unknown}; valid: {list(STATE_VARIABLES)}")
         return v
 
 

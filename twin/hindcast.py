@@ -10,6 +10,7 @@ run killed midway leaves the previous complete run (or nothing) in the output di
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 import sys
 import tempfile
@@ -152,7 +153,6 @@ def _withhold(table: xr.Dataset, layout: StateLayout, fraction: float, seed: int
 def identity_uniform(table: xr.Dataset, seed: int) -> np.ndarray:
     """(obs,) uniform draws in [0, 1), one per observation identity (seed, site, layer, variable, time):
     the first 8 bytes of its BLAKE2b digest over 2^64."""
-    import hashlib
     keys = zip(table["site"].values.astype(str), table["layer"].values.astype(str),
                table["variable"].values.astype(str), table["time"].values.astype("datetime64[ns]").astype(np.int64))
     prefix = f"{int(seed)}|".encode()
@@ -278,6 +278,15 @@ def filter_params(config: TwinConfig) -> FilterParams:
                         adaptive_inflation=f.adaptive_inflation, outlier_threshold=f.outlier_threshold)
 
 
+def filter_arrays(config: TwinConfig, layout: StateLayout) -> dict[str, Any]:
+    """The configured filter's per-element arrays, as keyword arguments of ``run_window``: the elements
+    inflation acts on, the variable localization's shares and the LETKF's taper between sites (each None
+    where the config has none)."""
+    return {"inflation_mask": layout.inflation_mask(),
+            "update_weight": layout.update_weight(config.filter.variable_localization),
+            "localization": site_taper(config, layout)}
+
+
 def alert_specs(prepared: Prepared) -> tuple[AlertSpec, ...]:
     """The configured alerts as the engine computes them: first each alert with its observation error (the
     probability it issues, verified against observations), then, in a twin experiment, each again with no
@@ -321,9 +330,7 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
     state = EngineState(members, initial_inflation_state())
     params = filter_params(config)
     log_mask = jnp.asarray(layout.log_mask())
-    inflation_mask = layout.inflation_mask()
-    update_weight = layout.update_weight(config.filter.variable_localization)
-    localization = site_taper(config, layout)
+    filter_args = filter_arrays(config, layout)
     obs_all = prepared.cycle_obs.obs
     T = prepared.num_days
     # Windows end where a refit is due and are at most window_days long, counted from the last refit: with
@@ -342,8 +349,7 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
         forcing_w = jax.tree.map(lambda a: a[start:stop], prepared.forcing)
         t0 = time.perf_counter()
         state, out = run_window(forecast, state, obs_w, forcing_w, cycle_key, params, log_mask, start,
-                                model_params, alerts, _forcing_ahead(prepared.forcing, stop, horizon),
-                                inflation_mask, update_weight, localization)
+                                model_params, alerts, _forcing_ahead(prepared.forcing, stop, horizon), **filter_args)
         jax.block_until_ready(out)
         timings.append({"window": w, "days": stop - start, "seconds": time.perf_counter() - t0})
         parts.append(out)

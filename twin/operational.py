@@ -572,8 +572,7 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     """Cycles ``done`` .. ``target - 1``, the forecast and the alerts."""
     from twin.cycle_obs import build_cycle_observations, row_dispositions
     from twin.engine import EngineState, free_forecast, run_window
-    from twin.hindcast import filter_params
-    from twin.localization import site_taper
+    from twin.hindcast import filter_arrays, filter_params
     from twin.programs import stored_call
     sites = store_sites(config, layout)
     forecast_days = config.hindcast.forecast_days
@@ -602,14 +601,11 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     state = EngineState(members, inflation)
     programs = store.path("programs")
 
-    # Constants of the stored program (its key holds the config).
-    inflation_mask = layout.inflation_mask()
-    update_weight = layout.update_weight(config.filter.variable_localization)
-    localization = site_taper(config, layout)
+    filter_args = filter_arrays(config, layout)  # constants of the stored program (its key holds the config)
 
     def window(state, obs, forcing, key, log_mask, first_cycle, weights):
         return run_window(forecast, state, obs, forcing, key, params, log_mask, first_cycle, weights,
-                          inflation_mask=inflation_mask, update_weight=update_weight, localization=localization)
+                          **filter_args)
     outs = []
     _log(f"cycling {target - done} day(s): {str(day0 + np.timedelta64(done + 1, 'D'))[:10]} .. "
          f"{str(day0 + np.timedelta64(target, 'D'))[:10]}", quiet)
