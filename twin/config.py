@@ -116,15 +116,19 @@ class SourceConfig(Frozen):
     mapping: str | None = Field(default=None, description="YAML mapping for format 'csv'")
     sites: tuple[str, ...] | None = Field(default=None, description="keep only these sites")
     error_sd: dict[Variable, PositiveFloat] = Field(default_factory=dict)
+    relative_error: dict[Variable, Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        default_factory=dict, description="variable -> fraction of each value added in quadrature to its error "
+                                          "sd: a representativeness error that scales with the value, so that "
+                                          "low values stay informative in log space")
     fluorescence_calibration: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="site -> (slope, offset): chlorophyll = slope * fluo + offset")
     utc_offset_hours: float | None = Field(default=None, ge=-14, le=14)
     radius_km: PositiveFloat | None = Field(default=None, description="gridded products: pixel radius")
 
-    @field_validator("error_sd")
+    @field_validator("error_sd", "relative_error")
     @classmethod
-    def _known_error_vars(cls, v):
-        _check_variables(v, "error_sd")
+    def _known_error_vars(cls, v, info):
+        _check_variables(v, info.field_name)
         return v
 
     @model_validator(mode="after")
@@ -373,16 +377,35 @@ class FilterConfig(Frozen):
         default=None,
         description="method letkf: Gaspari-Cohn half-width between sites, km (taper 0.21 at this distance, 0 "
                     "beyond twice it; each site is one local domain, twin.localization)")
+    cross_variable_localization: dict[str, dict[str, Annotated[float, Field(ge=0.0, le=1.0)]]] = Field(
+        default_factory=dict,
+        description="method letkf: {observed variable: {state variable: taper 0-1}} on the observations of "
+                    "the first in the analysis of the second (Kang et al. 2011), 1 for pairs not named; e.g. "
+                    "{ammonium: {nitrate: 0}}: an ammonium sample does not move nitrate")
 
     @model_validator(mode="after")
     def _radius_with_letkf(self):
-        if self.method == "letkf" and self.localization_radius_km is None:
+        if self.method == "letkf" and self.localization_radius_km is None and not self.cross_variable_localization:
             raise ValueError("method letkf needs localization_radius_km (the Gaspari-Cohn half-width between "
-                             "sites, km)")
-        if self.method != "letkf" and self.localization_radius_km is not None:
-            raise ValueError(f"localization_radius_km is for method letkf; method {self.method} analyses every "
-                             f"site with every observation")
+                             "sites, km) or cross_variable_localization")
+        if self.method != "letkf":
+            for name in ("localization_radius_km", "cross_variable_localization"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} is for method letkf; method {self.method} analyses every element "
+                                     f"with every observation")
         return self
+
+    @field_validator("cross_variable_localization")
+    @classmethod
+    def _observed_and_state_variables(cls, v):
+        unknown = [k for k in v if k not in OBSERVED_STATE]
+        if unknown:
+            raise ValueError(f"unknown observed variable(s) {unknown}; valid: {list(OBSERVED_STATE)}")
+        for observed, shares in v.items():
+            unknown = [k for k in shares if k not in STATE_VARIABLES]
+            if unknown:
+                raise ValueError(f"{observed}: unknown state variable(s) {unknown}; valid: {list(STATE_VARIABLES)}")
+        return v
 
     @field_validator("variable_localization")
     @classmethod

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from assimilation import Diagnostics, Ensemble, FilterParams, InflationState, Observations, analysis
-from twin.localization import SiteTaper, local_observations
+from twin.localization import LocalTaper, local_observations
 
 QUANTILES = (0.05, 0.5, 0.95)
 
@@ -140,7 +140,7 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
                params: FilterParams, log_mask: jax.Array, first_cycle: jax.Array | int = 0,
                model_params: Any = None, alerts: tuple[AlertSpec, ...] | None = None,
                forcing_ahead: Any = None, inflation_mask: jax.Array | None = None,
-               update_weight: jax.Array | None = None, localization: SiteTaper | None = None
+               update_weight: jax.Array | None = None, localization: LocalTaper | None = None
                ) -> tuple[EngineState, WindowOutputs]:
     """Run T cycles (T = observations.value.shape[0]); ``forcing`` has a leading (T,) axis.
 
@@ -158,7 +158,7 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
     ``inflation_mask``: (n,) bool, the elements inflation acts on (``analysis``); None: all.
     ``update_weight``: (n,) variable localization, the share of its analysis increment each element takes
     (``analysis``); None: all of it.
-    ``localization``: the LETKF's taper between sites (``twin.localization``), for ``params.method`` letkf.
+    ``localization``: the LETKF's local domains and tapers (``twin.localization``), for ``params.method`` letkf.
     """
     num_cycles = observations.value.shape[0]
     keys = cycle_keys(key, first_cycle, num_cycles)

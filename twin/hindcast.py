@@ -41,7 +41,7 @@ from twin.forecast import (
     state_ar1,
 )
 from twin.ingest import ingest, sensor_of_rows
-from twin.localization import site_taper
+from twin.localization import local_taper
 from twin.qc import apply_qc
 from twin.state_layout import StateLayout
 
@@ -280,11 +280,11 @@ def filter_params(config: TwinConfig) -> FilterParams:
 
 def filter_arrays(config: TwinConfig, layout: StateLayout) -> dict[str, Any]:
     """The configured filter's per-element arrays, as keyword arguments of ``run_window``: the elements
-    inflation acts on, the variable localization's shares and the LETKF's taper between sites (each None
+    inflation acts on, the variable localization's shares and the LETKF's local domains and tapers (each None
     where the config has none)."""
     return {"inflation_mask": layout.inflation_mask(),
             "update_weight": layout.update_weight(config.filter.variable_localization),
-            "localization": site_taper(config, layout)}
+            "localization": local_taper(config, layout)}
 
 
 def alert_specs(prepared: Prepared) -> tuple[AlertSpec, ...]:

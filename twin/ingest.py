@@ -74,17 +74,37 @@ def reader_options(source: SourceConfig, fmt: str, config: TwinConfig | None = N
     return options
 
 
+def with_relative_error(table: xr.Dataset, relative_error) -> xr.Dataset:
+    """``error_sd`` of each row of a variable in ``relative_error`` raised to hypot(error_sd, fraction *
+    |value|): the reader's error is the analytical one, the fraction the patchiness a bottle samples, which
+    grows with the value. Without it a fixed error of 0.3 mmol m-3 makes a summer nitrate of 0.05 worth
+    almost nothing in log space (lognormal sd 1.9), and the ensemble's log spread grows unchecked."""
+    if not relative_error:
+        return table
+    error = table["error_sd"].values.astype(np.float64).copy()
+    value = np.abs(table["value"].values.astype(np.float64))
+    variable = table["variable"].values.astype(str)
+    for name, fraction in relative_error.items():
+        rows = (variable == name) & np.isfinite(value)
+        error[rows] = np.hypot(error[rows], fraction * value[rows])
+    return table.assign(error_sd=(OBS_DIM, error, table["error_sd"].attrs))
+
+
+def read_source_file(path: str | Path, source: SourceConfig, config: TwinConfig | None = None,
+                     fmt: str | None = None) -> xr.Dataset:
+    """One file of a source, read with the source's options and errors, filtered to its sites."""
+    fmt = fmt or source.format or detect_format(path)
+    table = read_observations(path, fmt, **reader_options(source, fmt, config))
+    table = with_relative_error(table, source.relative_error)
+    if source.sites is not None:
+        keep = np.isin(table["site"].values.astype(str), list(source.sites))
+        table = table.isel({OBS_DIM: np.flatnonzero(keep)})
+    return table
+
+
 def read_source(source: SourceConfig, config: TwinConfig | None = None) -> xr.Dataset:
     """All files of one source, filtered to its sites."""
-    tables = []
-    for path in expand_paths(source.path):
-        fmt = source.format or detect_format(path)
-        table = read_observations(path, fmt, **reader_options(source, fmt, config))
-        if source.sites is not None:
-            keep = np.isin(table["site"].values.astype(str), list(source.sites))
-            table = table.isel({OBS_DIM: np.flatnonzero(keep)})
-        tables.append(table)
-    return concat_observations(tables)
+    return concat_observations([read_source_file(path, source, config) for path in expand_paths(source.path)])
 
 
 def canonical_site_names(table: xr.Dataset, config: TwinConfig) -> xr.Dataset:

@@ -1,15 +1,21 @@
-"""LETKF localization between the sites of a network (``filter.method: letkf``).
+"""LETKF localization (``filter.method: letkf``): between the sites of a network, and between variables.
 
-Each site's state elements form one local domain (Hunt et al. 2007): its ETKF transform is computed from
-every observation of the cycle, each with its R^-1 multiplied by the Gaspari-Cohn taper of the distance
-between the domain's site and the observation's site (great circle, km). ``filter.localization_radius_km``
-is the taper's half-width ``c`` (``assimilation.localization``'s "half_width" convention, DART's cutoff):
-1 at the same site, 0.208 at ``c``, 0 beyond ``2 c``, where a site's observations no longer reach another
-site. Within a site nothing is localized (the layers and variables of a station share their water); a
-single site gives the ETKF.
+The analysis is local (Hunt et al. 2007): the state elements are grouped into local domains, and each
+domain's ETKF transform is computed from every observation of the cycle, each with its R^-1 multiplied by
+a taper for that domain. Two tapers multiply:
 
-The taper depends only on which state element an observation sees, so it is computed once per run as a
-(sites, state elements) table; each cycle picks its columns for its observation slots.
+- between sites (``filter.localization_radius_km``): the Gaspari-Cohn taper of the great-circle distance
+  between the domain's site and the observation's site, with the radius as half-width ``c``
+  (``assimilation.localization``'s "half_width" convention, DART's cutoff): 1 at the same site, 0.208 at
+  ``c``, 0 beyond ``2 c``. Without a radius the sites are not localized.
+- between variables (``filter.cross_variable_localization``, Kang et al. 2011):
+  ``{observed variable: {state variable: taper}}``, e.g. ``{ammonium: {nitrate: 0}}``: an ammonium sample
+  does not move nitrate through their ensemble correlation, while both still take their own samples. Pairs
+  not named take 1.
+
+The elements whose taper rows are equal form one domain, so a network with no cross-variable taper has one
+domain per site, and one site with one zeroed pair has two: the taper is computed once per run as a
+(domains, state elements) table, and each cycle picks its columns for its observation slots.
 """
 from __future__ import annotations
 
@@ -21,13 +27,13 @@ import numpy as np
 
 from assimilation import Localization, gaspari_cohn
 from twin.readers.gridded import haversine_km
-from twin.state_layout import StateLayout
+from twin.state_layout import StateLayout, seen_name
 
 
-class SiteTaper(NamedTuple):
-    """The LETKF's localization between sites, as data for the compiled cycle."""
-    taper: jax.Array            # (S, n): taper on R^-1 of an observation of element j in site s's analysis
-    domain_of_state: jax.Array  # (n,) int32: the site (local domain) of each state element
+class LocalTaper(NamedTuple):
+    """The LETKF's local domains, as data for the compiled cycle."""
+    taper: jax.Array            # (D, n): taper on R^-1 of an observation of element j in domain d's analysis
+    domain_of_state: jax.Array  # (n,) int32: the local domain of each state element
 
 
 def site_distances_km(config, layout: StateLayout) -> np.ndarray:
@@ -42,21 +48,42 @@ def site_distances_km(config, layout: StateLayout) -> np.ndarray:
     return haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :])
 
 
-def site_taper(config, layout: StateLayout) -> SiteTaper | None:
+def observed_variable_of_state(layout: StateLayout) -> list[str]:
+    """(n,) the variable an observation of each element measures: the element's own variable, or for a
+    sensor's reading of a variable (``oxygen_buoy``), that variable."""
+    seen = {seen_name(v, s): v for s, v in layout.sensors}
+    return [seen.get(v, v) for v, _, _ in layout.variables()]
+
+
+def local_taper(config, layout: StateLayout) -> LocalTaper | None:
     """The localization of ``config.filter`` for ``layout``; None unless the method is the LETKF."""
-    if config.filter.method != "letkf":
+    flt = config.filter
+    if flt.method != "letkf":
         return None
-    distance = site_distances_km(config, layout)                     # (S, S)
-    site = layout.site_of_state()                                     # (n,)
-    taper = gaspari_cohn(jnp.asarray(distance[:, site], jnp.float32), float(config.filter.localization_radius_km))
-    return SiteTaper(taper.astype(jnp.float32), jnp.asarray(site, jnp.int32))
+    site = layout.site_of_state()                                                     # (n,)
+    if flt.localization_radius_km is None:
+        between_sites = np.ones((len(layout.sites),) * 2)
+    else:
+        between_sites = np.asarray(gaspari_cohn(jnp.asarray(site_distances_km(config, layout)),
+                                                float(flt.localization_radius_km)), np.float64)
+    state_variable = [v for v, _, _ in layout.variables()]
+    observed = observed_variable_of_state(layout)
+    pairs = flt.cross_variable_localization
+    between_variables = np.array([[pairs.get(obs, {}).get(var, 1.0) for obs in observed]
+                                  for var in state_variable])                          # (n, n)
+    rows = (between_sites[site][:, site] * between_variables).astype(np.float32)     # element i's taper row
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)                                # domains numbered in state order (site 0 first)
+    number = np.empty_like(order)
+    number[order] = np.arange(order.size)
+    return LocalTaper(jnp.asarray(rows[first[order]]), jnp.asarray(number[np.reshape(inverse, -1)], jnp.int32))
 
 
-def local_observations(localization: SiteTaper, state_index: jax.Array) -> Localization:
-    """The cycle's local observation sets: every slot in every domain, tapered by the site distance
-    (slots with no state element get element 0's column; their R^-1 is 0 anyway)."""
+def local_observations(localization: LocalTaper, state_index: jax.Array) -> Localization:
+    """The cycle's local observation sets: every slot in every domain, tapered for that domain (slots with
+    no state element get element 0's column; their R^-1 is 0 anyway)."""
     n = localization.taper.shape[1]
     column = jnp.clip(state_index, 0, n - 1)
-    taper = localization.taper[:, column]                             # (S, m)
+    taper = localization.taper[:, column]                             # (D, m)
     slots = jnp.broadcast_to(jnp.arange(state_index.shape[0], dtype=jnp.int32), taper.shape)
     return Localization(slots, taper, localization.domain_of_state)

@@ -282,9 +282,8 @@ def _candidate_files(config: TwinConfig, data: tuple[str, ...]) -> list[Path]:
 
 def read_new_rows(config: TwinConfig, manifest, ledger: xr.Dataset, data: tuple[str, ...], seq: int):
     """New rows from files not yet registered; returns (table or None, registrations, errors)."""
-    from twin.ingest import canonical_site_names, reader_options
+    from twin.ingest import canonical_site_names, read_source_file
     from twin.observations import concat_observations
-    from twin.readers import detect_format, read_observations
     registry = manifest["registry"]
     tables, registered, errors = [], {}, []
     known = set(ledger["row_key"].values.tolist())
@@ -298,13 +297,10 @@ def read_new_rows(config: TwinConfig, manifest, ledger: xr.Dataset, data: tuple[
             continue
         source = _source_for(path, config)
         try:
-            fmt = source.format or detect_format(path)
-            table = read_observations(path, fmt, **reader_options(source, fmt, config))
+            table = read_source_file(path, source, config)
         except Exception as err:  # noqa: BLE001 - any reader failure: report, retry next cycle
             errors.append({"file": str(path), "error": str(err)})
             continue
-        if source.sites is not None:
-            table = table.isel(obs=np.flatnonzero(np.isin(table["site"].values.astype(str), list(source.sites))))
         table = canonical_site_names(table, config)
         keys = row_keys(table)
         new = ~np.isin(keys, list(known)) if known else np.ones(keys.size, bool)
