@@ -216,5 +216,6 @@ def test_every_shipped_config_validates(name):
     """Each top-level config loads (its data need not be here: paths are resolved, not opened)."""
     config = load_config(CONFIGS / name)
     assert config.name and config.filter.members >= 3
-    if config.filter.method == "letkf":   # the network: both stations, their coordinates for the taper
-        assert len(config.sites) >= 2 and config.filter.localization_radius_km > 0
+    if config.filter.method == "letkf":   # a radius between several sites, or a taper between variables
+        assert (len(config.sites) >= 2 and config.filter.localization_radius_km > 0) or \
+            config.filter.cross_variable_localization
