@@ -323,6 +323,72 @@ def test_chlorophyll_scale_multiplies_the_diagnostic():
     np.testing.assert_array_equal(b[:, model], a[:, model])
 
 
+def test_seasonal_chlorophyll_factor_multiplies_the_diagnostic_by_its_harmonic():
+    """sites[].chlorophyll_seasonal (a, b): the diagnostic times c exp(a cos(w d) + b sin(w d)) on day d,
+    w = 2 pi / 365.25, per site and layer (float32, rtol 1e-5); a layer not given gets (0, 0)."""
+    import jax
+    import jax.numpy as jnp
+
+    from emulators.forcing import synthetic_forcing
+    from emulators.parameters import ProcessParams, default_site
+    from emulators.process_model import initial_state
+    from twin.forecast import chlorophyll_scales, make_forecast, process_stepper, stack_sites
+    from twin.state_layout import StateLayout
+    config = parse_config({"sites": [
+        {"name": "A", "latitude": 43, "longitude": 7, "chlorophyll_scale": {"surface": 2.0},
+         "chlorophyll_seasonal": {"surface": [0.3, -0.2], "bottom": [0.0, 0.5]}},
+        {"name": "B", "latitude": 44, "longitude": 7}]})
+    layout = StateLayout(("A", "B"), 2)
+    factors = chlorophyll_scales(config.sites, layout)
+    np.testing.assert_allclose(factors, [[[2.0, 0.3, -0.2], [1.0, 0.0, 0.5]], [[1.0, 0, 0], [1.0, 0, 0]]],
+                               rtol=1e-7)   # float32
+    sites = stack_sites([default_site(2, 43.0), default_site(2, 44.0)])
+    forcing = jax.tree.map(lambda a: a[100], stack_sites([synthetic_forcing(200), synthetic_forcing(200)]))
+    members = jnp.zeros((3, layout.dim)).at[:, layout.model_slices()].set(
+        jnp.tile(jnp.asarray(initial_state(2)), (3, 2, 1)))
+    zero = np.zeros(layout.model_dim, np.float32)
+    stepper = process_stepper(ProcessParams(), sites)
+    key = jax.random.PRNGKey(0)
+    plain = np.asarray(make_forecast(stepper, layout, sites, zero)(members, forcing, key))
+    seasonal = np.asarray(make_forecast(stepper, layout, sites, zero, chlorophyll_scale=factors)(members, forcing, key))
+    w = 2 * np.pi * np.asarray(forcing.day_of_year, np.float64)[:, None] / 365.25       # (S, 1)
+    expected = factors[..., 0] * np.exp(factors[..., 1] * np.cos(w) + factors[..., 2] * np.sin(w))
+    diag = layout.diagnostic_slices()
+    np.testing.assert_allclose(seasonal[:, diag], plain[:, diag] * expected[None], rtol=1e-5)
+    assert abs(float(forcing.day_of_year[0]) - 100) < 1 and not np.allclose(expected[0], [2.0, 1.0], rtol=0.05)
+
+
+def test_seasonal_chlorophyll_ratio_recovers_the_harmonic_of_the_forecast_error():
+    """Forecasts low by exp(0.4 cos(w d) - 0.25 sin(w d) + 0.3) at two years of weekly samples: the harmonic
+    (0.4, -0.25) comes back to 1e-9 (an exact fit), the mean (0.3) left to the scale; samples not offered to
+    the filter, with wild forecasts, do not count."""
+    from types import SimpleNamespace
+
+    from assimilation import dispositions as dsp
+    from emulators.forcing import day_of_year_of
+    from twin.hindcast import chlorophyll_seasonal_ratio, harmonic_fit
+    from twin.state_layout import StateLayout
+    layout = StateLayout(("A",), 1)
+    T = 730
+    day0 = np.datetime64("2001-01-01")
+    index = np.full((T, 1), layout.index("chlorophyll", "A", "surface"))
+    d = day_of_year_of(day0 + np.arange(T) * np.timedelta64(1, "D"))   # 0 on each 1 January
+    value = (1.0 + 0.5 * np.sin(np.arange(T) / 9.0))[:, None]
+    error = 0.4 * np.cos(2 * np.pi * d / 365.25) - 0.25 * np.sin(2 * np.pi * d / 365.25) + 0.3
+    forecast = value / np.exp(error)[:, None]
+    disposition = np.full((T, 1), dsp.MISSING)
+    disposition[::7] = dsp.ASSIMILATED
+    forecast[3::7] = 100.0                          # not offered to the filter (withheld): not counted
+    prepared = SimpleNamespace(layout=layout, day0=day0,
+                               cycle_obs=SimpleNamespace(obs=SimpleNamespace(state_index=index, value=value)))
+    harmonic = chlorophyll_seasonal_ratio(prepared, SimpleNamespace(obs_forecast=forecast, disposition=disposition))
+    np.testing.assert_allclose(harmonic[0, 0], [0.4, -0.25], atol=1e-9)
+    np.testing.assert_allclose(harmonic_fit(np.array([0.0, 91.3, 182.6, 273.9]), [1.0, 1.0, 1.0, 1.0]), [0, 0],
+                               atol=1e-12)
+    with pytest.raises(Exception, match="calibrate_chlorophyll_seasonal needs calibrate_chlorophyll"):
+        parse_config({"hindcast": {"calibrate_chlorophyll_seasonal": True}})
+
+
 def test_chlorophyll_scale_layers_are_checked():
     from twin.errors import ConfigError
     with pytest.raises(ConfigError, match=r"sites\.0\.chlorophyll_scale"):

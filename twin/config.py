@@ -84,6 +84,13 @@ class SiteConfig(Frozen):
         description="factor on the chlorophyll diagnostic (the model's Chl:N ratio) per layer, 1 when not given; "
                     "hindcast.calibrate_chlorophyll estimates it from the assimilated chlorophyll (a run's "
                     "resolved config lists the values)")
+    chlorophyll_seasonal: dict[Literal["surface", "bottom"],
+                               tuple[Annotated[float, Field(ge=-2.0, le=2.0)], Annotated[float, Field(ge=-2.0, le=2.0)]]
+                               ] = Field(
+        default_factory=dict,
+        description="per layer (a, b): the chlorophyll factor times exp(a cos(2 pi d / 365.25) + b sin(2 pi d / "
+                    "365.25)), d the day of the year from 1 January: a seasonal error of the model's Chl:N ratio; "
+                    "hindcast.calibrate_chlorophyll_seasonal estimates it")
 
     @field_validator("offshore_water")
     @classmethod
@@ -447,6 +454,16 @@ class HindcastConfig(Frozen):
         default=0, ge=0, le=8,
         description="passes of the whole cycle that estimate sites[].chlorophyll_scale per site and layer, so "
                     "that the chlorophyll forecasts at the assimilated samples are unbiased (0: none)")
+    calibrate_chlorophyll_seasonal: bool = Field(
+        default=False, description="the calibration passes also estimate an annual harmonic of the factor "
+                                   "(sites[].chlorophyll_seasonal), so that the forecasts are unbiased in every "
+                                   "season, not only over the year")
+
+    @model_validator(mode="after")
+    def _seasonal_needs_passes(self):
+        if self.calibrate_chlorophyll_seasonal and not self.calibrate_chlorophyll:
+            raise ValueError("calibrate_chlorophyll_seasonal needs calibrate_chlorophyll passes (e.g. 3)")
+        return self
 
 
 class AlertConfig(Frozen):

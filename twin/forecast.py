@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emulators.forcing import Forcing
+from emulators.forcing import DAYS_PER_YEAR, Forcing
 from emulators.parameters import ProcessParams, Site
 from emulators.process_model import chlorophyll
 from emulators.process_model import step as process_step
@@ -191,7 +191,8 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         persistence = jnp.asarray(bias.persistence)
         innovation_sd = jnp.asarray(bias.innovation_sd)
     scale = np.ones((len(layout.sites), layout.num_layers), np.float32) if chlorophyll_scale is None \
-        else np.asarray(chlorophyll_scale, np.float32).reshape(len(layout.sites), layout.num_layers)
+        else np.asarray(chlorophyll_scale, np.float32).reshape(len(layout.sites), layout.num_layers, -1)
+    scale = scale[..., 0] if scale.ndim == 3 and scale.shape[-1] == 1 else scale   # (S, L) or (S, L, 3)
     sd = jnp.asarray(log_error_sd, jnp.float32)
     chl = jax.vmap(jax.vmap(lambda x, f, s: chlorophyll(x, f, chlorophyll_params, s), in_axes=(0, 0, 0)),
                    in_axes=(0, None, None))
@@ -222,7 +223,9 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
             members = members.at[:, bias_idx].set(persistence * b + innovation_sd * noise[..., d:d + nb])
         out = members.at[:, model_idx].set(x_next)
         chl_next = chl(x_next, forcing_t, sites)
-        out = out.at[:, diag_idx].set(chl_next if chlorophyll_scale is None else chl_next * scale)
+        if chlorophyll_scale is not None:
+            chl_next = chl_next * chlorophyll_factor(jnp.asarray(scale), forcing_t.day_of_year)
+        out = out.at[:, diag_idx].set(chl_next)
         if offset_idx.size:
             c_next = offset_persistence * members[:, offset_idx] + offset_innovation_sd * noise[..., d + nb:]
             out = out.at[:, offset_idx].set(c_next).at[:, seen_idx].set(out[:, made_of] * jnp.exp(c_next))
@@ -257,13 +260,30 @@ def site_struct(site_config, num_layers: int) -> Site:
 
 
 def chlorophyll_scales(site_configs, layout: StateLayout):
-    """(S, L) factors on the chlorophyll diagnostic from the configured ``sites[].chlorophyll_scale`` (1 where
-    not given), in the layout's site and layer order; None when no site gives one (no product traced)."""
+    """The factors on the chlorophyll diagnostic per site and layer, in the layout's order: (S, L) from the
+    configured ``sites[].chlorophyll_scale`` (1 where not given), or (S, L, 3) (scale, a, b) when a site gives
+    ``chlorophyll_seasonal`` (:func:`chlorophyll_factor`); None when no site gives either (no product traced)."""
     by_name = {site.name: site for site in site_configs}
-    chosen = [by_name[name].chlorophyll_scale if name in by_name else {} for name in layout.sites]
-    if not any(chosen):
+    sites = [by_name.get(name) for name in layout.sites]
+    scale = [site.chlorophyll_scale if site is not None else {} for site in sites]
+    seasonal = [site.chlorophyll_seasonal if site is not None else {} for site in sites]
+    if not any(scale) and not any(seasonal):
         return None
-    return np.asarray([[scale.get(layer, 1.0) for layer in layout.layers] for scale in chosen], np.float32)
+    out = np.asarray([[scale_s.get(layer, 1.0) for layer in layout.layers] for scale_s in scale], np.float32)
+    if not any(seasonal):
+        return out
+    harmonic = np.asarray([[season.get(layer, (0.0, 0.0)) for layer in layout.layers] for season in seasonal],
+                          np.float32)
+    return np.concatenate([out[..., None], harmonic], axis=-1)
+
+
+def chlorophyll_factor(scale: jax.Array, day_of_year: jax.Array) -> jax.Array:
+    """The factor on the chlorophyll diagnostic on a day: ``scale`` (S, L), or (S, L, 3) holding (c, a, b) for
+    c exp(a cos(w d) + b sin(w d)), w = 2 pi / 365.25; ``day_of_year`` (S,) zero-based. Returns (S, L)."""
+    if scale.ndim == 2:
+        return scale
+    angle = (2.0 * np.pi / DAYS_PER_YEAR) * day_of_year[:, None]
+    return scale[..., 0] * jnp.exp(scale[..., 1] * jnp.cos(angle) + scale[..., 2] * jnp.sin(angle))
 
 
 def stack_sites(items):

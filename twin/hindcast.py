@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 
 from assimilation import FilterParams, initial_inflation_state
+from emulators.forcing import DAYS_PER_YEAR
 from emulators.parameters import ProcessParams
 from emulators.process_model import initial_state
 from twin import flags
@@ -404,6 +405,38 @@ def chlorophyll_forecast_ratio(prepared: Prepared, outputs: WindowOutputs) -> np
     return ratio
 
 
+def chlorophyll_seasonal_ratio(prepared: Prepared, outputs: WindowOutputs) -> np.ndarray:
+    """(S, L, 2) the annual harmonic (a, b) of log(sample / forecast) at the samples of
+    :func:`chlorophyll_forecast_ratio`, its mean removed (the scale carries that): least squares of
+    ``log r = c + a cos(w d) + b sin(w d)``, d the day of the year; 0 where a layer has fewer samples than
+    ``CALIBRATION_MIN_SAMPLES``."""
+    from assimilation import dispositions as disp
+    from emulators.forcing import day_of_year_of
+    layout = prepared.layout
+    obs = prepared.cycle_obs.obs
+    index, value = np.asarray(obs.state_index), np.asarray(obs.value)
+    forecast = np.asarray(outputs.obs_forecast)
+    used = (np.isin(np.asarray(outputs.disposition), (disp.ASSIMILATED, disp.REJECTED_OUTLIER))
+            & (value > 0) & (forecast > 0))
+    days = prepared.day0 + np.arange(index.shape[0]) * np.timedelta64(1, "D")
+    day = np.broadcast_to(day_of_year_of(days)[:, None], index.shape)                      # (T, m)
+    out = np.zeros((len(layout.sites), layout.num_layers, 2))
+    for s, site in enumerate(layout.sites):
+        for li, layer in enumerate(layout.layers):
+            mask = used & (index == layout.index("chlorophyll", site, layer))
+            if mask.sum() >= CALIBRATION_MIN_SAMPLES:
+                out[s, li] = harmonic_fit(day[mask], np.log(value[mask] / forecast[mask]))
+    return out
+
+
+def harmonic_fit(day_of_year: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(a, b) of the least-squares fit ``values = c + a cos(w d) + b sin(w d)``, w = 2 pi / 365.25."""
+    angle = 2.0 * np.pi * np.asarray(day_of_year, np.float64) / DAYS_PER_YEAR
+    design = np.stack([np.ones_like(angle), np.cos(angle), np.sin(angle)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, np.asarray(values, np.float64), rcond=None)
+    return coef[1:]
+
+
 def next_chlorophyll_scale(scale: np.ndarray, ratio: np.ndarray, previous=None) -> np.ndarray:
     """The next estimate of the scales whose forecasts are unbiased (ratio 1), by the secant method in log
     space from ``previous`` = (scale, ratio) of the pass before (first pass: scale * ratio). The response
@@ -431,23 +464,45 @@ def calibrate_chlorophyll(prepared: Prepared, forecast_for, key, model_params, q
     calibrate: it takes the factors its config gives (a hindcast's resolved config lists them).
     """
     layout, config = prepared.layout, prepared.config
-    scale = chlorophyll_scales(config.sites, layout)
-    scale = np.ones((len(layout.sites), layout.num_layers)) if scale is None else scale.astype(np.float64)
+    seasonal = config.hindcast.calibrate_chlorophyll_seasonal
+    given = chlorophyll_scales(config.sites, layout)
+    shape = (len(layout.sites), layout.num_layers)
+    given = np.ones(shape) if given is None else given.astype(np.float64)
+    scale = given[..., 0] if given.ndim == 3 else given
+    harmonic = given[..., 1:] if given.ndim == 3 else np.zeros(shape + (2,))
     history, previous = [], None
 
     def per_layer(values: np.ndarray) -> dict[str, float]:
-        return {f"{s}/{layer}": float(values[i, j]) for i, s in enumerate(layout.sites)
-                for j, layer in enumerate(layout.layers)}
+        return {f"{s}/{layer}": (float(values[i, j]) if values.ndim == 2 else [float(v) for v in values[i, j]])
+                for i, s in enumerate(layout.sites) for j, layer in enumerate(layout.layers)}
+
+    def factors():
+        return np.concatenate([scale[..., None], harmonic], axis=-1) if harmonic.any() else scale
     for k in range(config.hindcast.calibrate_chlorophyll):
         _log(f"chlorophyll calibration, pass {k + 1} of {config.hindcast.calibrate_chlorophyll}", quiet)
-        _, outputs, _, _ = run_windows(prepared, forecast_for(scale), key, True, model_params)
+        _, outputs, _, _ = run_windows(prepared, forecast_for(factors()), key, True, model_params)
         ratio = chlorophyll_forecast_ratio(prepared, outputs)
-        history.append({"pass": k + 1, "scale": per_layer(scale), "observed_over_forecast": per_layer(ratio)})
+        entry = {"pass": k + 1, "scale": per_layer(scale), "observed_over_forecast": per_layer(ratio)}
+        if seasonal:
+            # The harmonic's error, added to it (a fixed-point step: the filter damps the response, so the
+            # passes approach it from one side, as the scale's secant steps do).
+            residual = chlorophyll_seasonal_ratio(prepared, outputs)
+            entry.update(seasonal=per_layer(harmonic), seasonal_residual=per_layer(residual))
+            harmonic = np.clip(harmonic + residual, -2.0, 2.0)
+        history.append(entry)
         scale, previous = next_chlorophyll_scale(scale, ratio, previous), (scale, ratio)
-    sites = tuple(site.model_copy(update={"chlorophyll_scale": {
-                      layer: round(float(scale[layout.sites.index(site.name), j]), 4)
-                      for j, layer in enumerate(layout.layers)}}) if site.name in layout.sites else site
-                  for site in config.sites)
+
+    def update(site):
+        if site.name not in layout.sites:
+            return site
+        i = layout.sites.index(site.name)
+        fields = {"chlorophyll_scale": {layer: round(float(scale[i, j]), 4) for j, layer in enumerate(layout.layers)}}
+        if seasonal:
+            fields["chlorophyll_seasonal"] = {layer: (round(float(harmonic[i, j, 0]), 4),
+                                                      round(float(harmonic[i, j, 1]), 4))
+                                              for j, layer in enumerate(layout.layers)}
+        return site.model_copy(update=fields)
+    sites = tuple(update(site) for site in config.sites)
     return dataclasses.replace(prepared, config=config.model_copy(update={"sites": sites})), history
 
 

@@ -316,6 +316,16 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
                   html_table([[h["pass"], *(f"{h['scale'][k]:.3g}" for k in keys),
                                *(f"{h['observed_over_forecast'][k]:.3g}" for k in keys)] for h in calibration],
                              ["pass", *(f"factor {k}" for k in keys), *(f"samples / forecast {k}" for k in keys)])]
+        if "seasonal" in calibration[0]:
+            def pair(ab):
+                return f"{ab[0]:+.3f}, {ab[1]:+.3f}"
+            parts += ["<p>Its annual harmonic (<code>sites[].chlorophyll_seasonal</code>): the factor times "
+                      "exp(a cos(2&pi;d/365.25) + b sin(2&pi;d/365.25)), d the day of the year; and the harmonic "
+                      "of log(sample / forecast) left at the samples with it (0, 0 is unbiased in every "
+                      "season).</p>",
+                      html_table([[h["pass"], *(pair(h["seasonal"][k]) for k in keys),
+                                   *(pair(h["seasonal_residual"][k]) for k in keys)] for h in calibration],
+                                 ["pass", *(f"(a, b) {k}" for k in keys), *(f"left {k}" for k in keys)])]
     refit = metrics.get("refit")
     if refit:
         parts += [f"<h3>Refit history (every {refit['interval_days']} days)</h3>",
