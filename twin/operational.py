@@ -106,7 +106,9 @@ def init_store(store_dir: str | Path, config: TwinConfig, *, from_hindcast: str 
         if config.hindcast.calibrate_chlorophyll:
             # Calibration needs passes over a history the store does not have yet.
             _log("hindcast.calibrate_chlorophyll is a hindcast option: the store takes sites[].chlorophyll_scale "
-                 "as given (" + "; ".join(f"{s.name} {dict(s.chlorophyll_scale) or 'none'}" for s in config.sites)
+                 "and chlorophyll_seasonal as given (" + "; ".join(
+                     f"{s.name} {dict(s.chlorophyll_scale) or 'none'}, {dict(s.chlorophyll_seasonal) or 'none'}"
+                     for s in config.sites)
                  + "); initialise it from a hindcast's resolved_config.yaml to use that run's estimate", quiet)
         day0 = _day0(config)
         emulator = obtain_emulator(config, None, quiet) if config.model.kind == "emulator" else None
