@@ -224,6 +224,61 @@ def test_boundary_from_data_takes_the_station_medians():
     assert few.sites[0].offshore_water == {"oxygen/bottom": 230.0} and report["Point B boundary"] == {}
 
 
+def test_seasonal_boundary_is_the_annual_harmonic_of_the_log_and_multiplies_the_offshore_water():
+    """boundary_seasonal: (a, b) of log nitrate = c + a cos(w d) + b sin(w d) over three years of weekly
+    bottom samples, recovered to 1e-6 (an exact fit), given keys kept; the process stepper then relaxes to the
+    offshore water times exp(a cos(w d) + b sin(w d)) on day d: the same step as the process model with that
+    offshore water (float32, rtol 1e-6). The emulator cannot take it."""
+    import jax
+    import jax.numpy as jnp
+
+    from emulators.forcing import day_of_year_of, synthetic_forcing
+    from emulators.parameters import TRACERS, ProcessParams, default_site
+    from emulators.process_model import initial_state
+    from emulators.process_model import step as process_step
+    from twin.config import ModelConfig, SiteConfig, TwinConfig
+    from twin.errors import ConfigError
+    from twin.forecast import offshore_seasonal, process_stepper, stack_sites
+    from twin.hindcast import resolve_boundaries
+    from twin.observations import make_observations
+    from twin.state_layout import StateLayout
+    n = 156
+    times = pd.date_range("2020-01-01", periods=n, freq="7D").values
+    w = 2 * np.pi * day_of_year_of(times) / 365.25
+    values = np.exp(0.5 + 0.8 * np.cos(w) - 0.3 * np.sin(w))
+    table = make_observations(
+        time=times, site=["Point B"] * n, variable=["nitrate"] * n, value=values, qc=np.ones(n, np.int8),
+        native_qc=["2"] * n, source="fixture.csv", layer="bottom", layer_code="F", depth=50.0, error_sd=0.1)
+    site = SiteConfig(name="Point B", latitude=43.68, longitude=7.32, bottom_depth_m=60, boundary_from_data=True,
+                      boundary_seasonal=True, offshore_seasonal={"oxygen/bottom": (0.01, 0.0)})
+    config, report = resolve_boundaries(TwinConfig(sites=(site,), model=ModelConfig(kind="process")), table,
+                                        ("surface", "bottom"))
+    np.testing.assert_allclose(config.sites[0].offshore_seasonal["nitrate/bottom"], (0.8, -0.3), atol=1e-4)
+    assert config.sites[0].offshore_seasonal["oxygen/bottom"] == (0.01, 0.0)
+    assert set(report["Point B seasonal boundary"]) == {"nitrate/bottom"}
+
+    layout = StateLayout(("Point B",), 2)
+    harmonic = offshore_seasonal(config.sites, layout)                                 # (1, 2 * T, 2)
+    k = len(TRACERS) + TRACERS.index("nitrate")
+    np.testing.assert_allclose(harmonic[0, k], (0.8, -0.3), atol=1e-4)
+    sites = stack_sites([default_site(2, 43.68)])
+    forcing = jax.tree.map(lambda a: a[40:41], synthetic_forcing(60))                  # one site, day 40
+    x = jnp.asarray(initial_state(2))[None, None]
+    seasonal = np.asarray(process_stepper(ProcessParams(), sites, 4, harmonic)(x, forcing))
+    day = float(forcing.day_of_year[0])
+    factor = np.exp(harmonic[0, :, 0] * np.cos(2 * np.pi * day / 365.25)
+                    + harmonic[0, :, 1] * np.sin(2 * np.pi * day / 365.25))
+    site0 = jax.tree.map(lambda a: a[0], sites)
+    expected = process_step(x[0, 0], jax.tree.map(lambda a: a[0], forcing), ProcessParams(),
+                            site0._replace(offshore_state=site0.offshore_state * factor), substeps=4)
+    np.testing.assert_allclose(seasonal[0, 0], np.asarray(expected), rtol=1e-6)
+    plain = np.asarray(process_stepper(ProcessParams(), sites, 4)(x, forcing))
+    assert not np.allclose(seasonal, plain, rtol=1e-4)
+    with pytest.raises(ConfigError, match="seasonal offshore water .* is for model.kind process"):
+        parse_config({"sites": [{"name": "A", "latitude": 43, "longitude": 7, "boundary_from_data": True,
+                                 "boundary_seasonal": True}], "model": {"kind": "emulator"}})
+
+
 def test_offshore_water_keys_are_checked():
     from emulators.parameters import TRACERS
     from twin.config import OBSERVED_STATE, OFFSHORE_TRACERS, STATE_VARIABLES, parse_config

@@ -73,7 +73,15 @@ class SiteConfig(Frozen):
     boundary_from_data: bool = Field(
         default=False, description="process model: offshore water of each layer = the median of the site's "
                                    "observed nutrients and oxygen in that layer (instead of a generic shelf)")
+    boundary_seasonal: bool = Field(
+        default=False, description="with boundary_from_data: also an annual harmonic of each tracer's log from the "
+                                   "same observations (offshore_seasonal), so that winter water is richer")
     river: RiverConfig | None = Field(default=None, description="a river into the surface layer (none: no river)")
+    offshore_seasonal: dict[str, tuple[Annotated[float, Field(ge=-3.0, le=3.0)],
+                                       Annotated[float, Field(ge=-3.0, le=3.0)]]] = Field(
+        default_factory=dict,
+        description="process model: per 'tracer/layer' (a, b), the offshore water times exp(a cos(2 pi d / 365.25) "
+                    "+ b sin(2 pi d / 365.25)), d the day of the year; boundary_seasonal fills it from the data")
     offshore_water: dict[str, NonNegativeFloat] = Field(
         default_factory=dict,
         description="process model: offshore water per 'tracer/layer', mmol m-3 (e.g. nitrate/bottom: 2.1); given "
@@ -92,7 +100,7 @@ class SiteConfig(Frozen):
                     "365.25)), d the day of the year from 1 January: a seasonal error of the model's Chl:N ratio; "
                     "hindcast.calibrate_chlorophyll_seasonal estimates it")
 
-    @field_validator("offshore_water")
+    @field_validator("offshore_water", "offshore_seasonal")
     @classmethod
     def _offshore_keys(cls, v):
         bad = [k for k in v if k.count("/") != 1 or k.split("/")[0] not in OFFSHORE_TRACERS
@@ -542,6 +550,14 @@ class TwinConfig(Frozen):
         if self.model.process_params == "truth" and self.experiment is None:
             raise ValueError("model.process_params 'truth' needs an 'experiment' section: only a twin experiment "
                              "knows its truth's parameters")
+        return self
+
+    @model_validator(mode="after")
+    def _seasonal_boundary_needs_the_process_model(self):
+        seasonal = [s.name for s in self.sites if s.offshore_seasonal or s.boundary_seasonal]
+        if seasonal and self.model.kind != "process":
+            raise ValueError(f"sites {seasonal}: a seasonal offshore water (offshore_seasonal, boundary_seasonal) "
+                             f"is for model.kind process; the emulator learnt a constant one")
         return self
 
 

@@ -42,15 +42,34 @@ ModelKind = Literal["emulator", "process"]
 Stepper = Callable[[jax.Array, Forcing, Any], jax.Array]
 
 
-def process_stepper(params: ProcessParams, sites: Site, substeps: int = 12) -> Stepper:
+def process_stepper(params: ProcessParams, sites: Site, substeps: int = 12, offshore_seasonal=None) -> Stepper:
     """The process model (``emulators.process_model.step``) for every member and site; ``model_params``
-    (a ProcessParams), when given, replaces ``params``."""
-    def one(x, f, site, p):
+    (a ProcessParams), when given, replaces ``params``. ``offshore_seasonal`` (S, L * NUM_TRACERS, 2), or None:
+    each day the offshore water is multiplied by exp(a cos(w d) + b sin(w d)) (:func:`offshore_seasonal`)."""
+    season = None if offshore_seasonal is None else jnp.asarray(offshore_seasonal, jnp.float32)
+
+    def one(x, f, site, p, harmonic):
+        if harmonic is not None:
+            angle = (2.0 * np.pi / DAYS_PER_YEAR) * f.day_of_year
+            factor = jnp.exp(harmonic[:, 0] * jnp.cos(angle) + harmonic[:, 1] * jnp.sin(angle))
+            site = site._replace(offshore_state=site.offshore_state * factor)
         return process_step(x, f, p, site, substeps=substeps)
-    per_site = jax.vmap(one, in_axes=(0, 0, 0, None))
-    members = jax.vmap(per_site, in_axes=(0, None, None, None))  # members share forcing and sites
+    per_site = jax.vmap(one, in_axes=(0, 0, 0, None, None if season is None else 0))
+    members = jax.vmap(per_site, in_axes=(0, None, None, None, None))  # members share forcing and sites
     return lambda x, forcing_t, model_params=None: members(x, forcing_t, sites,
-                                                           params if model_params is None else model_params)
+                                                           params if model_params is None else model_params, season)
+
+
+def offshore_seasonal(site_configs, layout: StateLayout) -> np.ndarray | None:
+    """(S, L * NUM_TRACERS, 2) the configured ``sites[].offshore_seasonal`` harmonics in the process model's
+    state order ((0, 0) where not given); None when no site gives one."""
+    from emulators.parameters import TRACERS
+    by_name = {site.name: site for site in site_configs}
+    chosen = [by_name[name].offshore_seasonal if name in by_name else {} for name in layout.sites]
+    if not any(chosen):
+        return None
+    return np.asarray([[harmonic.get(f"{tracer}/{layer}", (0.0, 0.0)) for layer in layout.layers
+                        for tracer in TRACERS] for harmonic in chosen], np.float32)
 
 
 class EmulatorModelParams(NamedTuple):

@@ -34,6 +34,7 @@ from twin.engine import AlertSpec, EngineState, WindowOutputs, free_forecast, ru
 from twin.forcing_builder import build_site_forcing
 from twin.forecast import (
     chlorophyll_scales,
+    offshore_seasonal,
     initial_ensemble,
     make_forecast,
     process_stepper,
@@ -208,23 +209,43 @@ def truth_on_layout(states: np.ndarray, truth_names, layout: StateLayout) -> np.
     return out
 
 
-def data_offshore_water(table: xr.Dataset, site_name: str, layers: tuple[str, ...],
-                        exclude: np.ndarray | None = None) -> dict[str, float]:
-    """A site's offshore water taken from its own data: per layer, the median of the usable observations of
-    each observed tracer with at least 10 of them (rows marked in ``exclude`` left out), as
-    ``{"tracer/layer": value}``."""
+def station_tracer_rows(table: xr.Dataset, site_name: str, layers: tuple[str, ...], exclude: np.ndarray | None,
+                        minimum: int, positive: bool = False):
+    """``("tracer/layer", rows)`` for each layer and observed tracer of a site with at least ``minimum``
+    usable observations (positive ones only if asked; rows marked in ``exclude`` left out)."""
     from emulators.parameters import TRACERS
-    used = {}
-    usable = np.isin(table["qc"].values, flags.USABLE_QC) & np.isfinite(table["value"].values)
+    value = table["value"].values
+    usable = np.isin(table["qc"].values, flags.USABLE_QC) & np.isfinite(value) & ((value > 0) | (not positive))
     if exclude is not None:
         usable &= ~exclude
     at_site = usable & (table["site"].values == site_name)
     for layer in layers:
         for tracer in TRACERS:
-            sel = at_site & (table["layer"].values == layer) & (table["variable"].values == tracer)
-            if sel.sum() >= 10:
-                used[f"{tracer}/{layer}"] = float(np.median(table["value"].values[sel]))
-    return used
+            rows = at_site & (table["layer"].values == layer) & (table["variable"].values == tracer)
+            if rows.sum() >= minimum:
+                yield f"{tracer}/{layer}", rows
+
+
+def data_offshore_water(table: xr.Dataset, site_name: str, layers: tuple[str, ...],
+                        exclude: np.ndarray | None = None) -> dict[str, float]:
+    """A site's offshore water taken from its own data: per layer, the median of the usable observations of
+    each observed tracer with at least 10 of them (rows marked in ``exclude`` left out), as
+    ``{"tracer/layer": value}``."""
+    return {key: float(np.median(table["value"].values[rows]))
+            for key, rows in station_tracer_rows(table, site_name, layers, exclude, 10)}
+
+
+def data_offshore_seasonal(table: xr.Dataset, site_name: str, layers: tuple[str, ...],
+                           exclude: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+    """A site's seasonal offshore water from its own data: per layer and observed tracer with at least 20
+    positive usable observations (rows in ``exclude`` left out), the annual harmonic (a, b) of the log of
+    the values (:func:`harmonic_fit`), as ``{"tracer/layer": (a, b)}``."""
+    from emulators.forcing import day_of_year_of
+    out = {}
+    for key, rows in station_tracer_rows(table, site_name, layers, exclude, 20, positive=True):
+        a, b = harmonic_fit(day_of_year_of(table["time"].values[rows]), np.log(table["value"].values[rows]))
+        out[key] = (round(float(np.clip(a, -3, 3)), 4), round(float(np.clip(b, -3, 3)), 4))
+    return out
 
 
 def resolve_boundaries(config: TwinConfig, table: xr.Dataset, layers: tuple[str, ...],
@@ -239,6 +260,11 @@ def resolve_boundaries(config: TwinConfig, table: xr.Dataset, layers: tuple[str,
                      if k not in s.offshore_water}
             report[f"{s.name} boundary"] = found
             s = s.model_copy(update={"offshore_water": {**found, **s.offshore_water}})
+            if s.boundary_seasonal:
+                seasonal = {k: v for k, v in data_offshore_seasonal(table, s.name, layers, exclude).items()
+                            if k not in s.offshore_seasonal}
+                report[f"{s.name} seasonal boundary"] = seasonal
+                s = s.model_copy(update={"offshore_seasonal": {**seasonal, **s.offshore_seasonal}})
         sites.append(s)
     return config.model_copy(update={"sites": tuple(sites)}), report
 
@@ -256,7 +282,8 @@ def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):
     """(stepper, log_error_sd (d,), emulator or None) for the configured model."""
     from twin.forecast import emulator_log_error_sd, emulator_stepper
     if config.model.kind == "process":
-        stepper = process_stepper(model_process_params(config, prepared), prepared.sites, config.model.substeps)
+        stepper = process_stepper(model_process_params(config, prepared), prepared.sites, config.model.substeps,
+                                  offshore_seasonal(config.sites, prepared.layout))
         return stepper, process_log_error_sd(config, prepared.layout), None
     from twin.emulator_source import obtain_emulator
     emulator = obtain_emulator(config, prepared, quiet)
@@ -600,7 +627,8 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
                 runs["process_model"] = runs["free_run"]  # the same model: one run serves both
             else:
                 process = make_forecast(process_stepper(ProcessParams(), prepared.sites,
-                                                        prepared.config.model.substeps),
+                                                        prepared.config.model.substeps,
+                                                        offshore_seasonal(prepared.config.sites, prepared.layout)),
                                         prepared.layout, prepared.sites,
                                         process_log_error_sd(prepared.config, prepared.layout),
                                         chlorophyll_scale=chl_scale, **ar1)

@@ -412,14 +412,15 @@ _MODELS: dict[str, tuple] = {}
 def _store_model(root: str, emulator_name: str | None, key: str, config, layout, sites):
     from emulators.parameters import ProcessParams
     from twin.forecast import (chlorophyll_scales, emulator_log_error_sd, emulator_stepper, make_forecast,
-                               process_stepper, state_ar1)
+                               offshore_seasonal, process_stepper, state_ar1)
     from twin.hindcast import process_log_error_sd
     if key in _MODELS:
         return _MODELS[key]
     if len(_MODELS) >= 4:
         _MODELS.pop(next(iter(_MODELS)))
     if config.model.kind == "process":
-        stepper = process_stepper(ProcessParams(), sites, config.model.substeps)
+        stepper = process_stepper(ProcessParams(), sites, config.model.substeps,
+                                  offshore_seasonal(config.sites, layout))
         model = make_forecast(stepper, layout, sites, process_log_error_sd(config, layout),
                               chlorophyll_scale=chlorophyll_scales(config.sites, layout),
                               **state_ar1(config, layout)), None, None

@@ -320,9 +320,9 @@ def _conditioned_stepper(emulator):
 def _process_forecast(config, layout, sites):
     """The process model's forecast (parameters as its model_params), with the hindcast's model error."""
     from emulators.parameters import default_params
-    from twin.forecast import chlorophyll_scales, make_forecast, process_stepper, state_ar1
+    from twin.forecast import chlorophyll_scales, make_forecast, offshore_seasonal, process_stepper, state_ar1
     from twin.hindcast import process_log_error_sd
-    stepper = process_stepper(default_params(), sites, config.model.substeps)
+    stepper = process_stepper(default_params(), sites, config.model.substeps, offshore_seasonal(config.sites, layout))
     return make_forecast(stepper, layout, sites, process_log_error_sd(config, layout),
                          chlorophyll_scale=chlorophyll_scales(config.sites, layout),
                          **state_ar1(config, layout))
