@@ -351,22 +351,31 @@ def test_chlorophyll_ratio_counts_only_assimilated_samples():
     assert ratio[0, 0] == pytest.approx(2.0) and np.isnan(ratio[0, 1])
 
 
-def test_chlorophyll_scale_multiplies_the_diagnostic():
+def _two_site_process_day(day: int, num_days: int):
+    """Two two-layer sites A and B of the process model, three members at its initial state, and the forcing
+    of ``day`` of a ``num_days`` synthetic year: (layout, sites, forcing, members, stepper, zero model error)."""
     import jax
     import jax.numpy as jnp
 
     from emulators.forcing import synthetic_forcing
     from emulators.parameters import ProcessParams, default_site
     from emulators.process_model import initial_state
-    from twin.forecast import make_forecast, process_stepper, stack_sites
+    from twin.forecast import process_stepper, stack_sites
     from twin.state_layout import StateLayout
     layout = StateLayout(("A", "B"), 2)
     sites = stack_sites([default_site(2, 43.0), default_site(2, 44.0)])
-    forcing = jax.tree.map(lambda a: a[0], stack_sites([synthetic_forcing(3), synthetic_forcing(3)]))
+    forcing = jax.tree.map(lambda a: a[day], stack_sites([synthetic_forcing(num_days), synthetic_forcing(num_days)]))
     members = jnp.zeros((3, layout.dim)).at[:, layout.model_slices()].set(
         jnp.tile(jnp.asarray(initial_state(2)), (3, 2, 1)))
-    zero = np.zeros(layout.model_dim, np.float32)
-    stepper = process_stepper(ProcessParams(), sites)
+    return layout, sites, forcing, members, process_stepper(ProcessParams(), sites), \
+        np.zeros(layout.model_dim, np.float32)
+
+
+def test_chlorophyll_scale_multiplies_the_diagnostic():
+    import jax
+
+    from twin.forecast import make_forecast
+    layout, sites, forcing, members, stepper, zero = _two_site_process_day(0, 3)
     plain = make_forecast(stepper, layout, sites, zero)
     scale = np.array([[2.0, 0.5], [1.0, 3.0]], np.float32)
     scaled = make_forecast(stepper, layout, sites, zero, chlorophyll_scale=scale)
@@ -382,27 +391,16 @@ def test_seasonal_chlorophyll_factor_multiplies_the_diagnostic_by_its_harmonic()
     """sites[].chlorophyll_seasonal (a, b): the diagnostic times c exp(a cos(w d) + b sin(w d)) on day d,
     w = 2 pi / 365.25, per site and layer (float32, rtol 1e-5); a layer not given gets (0, 0)."""
     import jax
-    import jax.numpy as jnp
 
-    from emulators.forcing import synthetic_forcing
-    from emulators.parameters import ProcessParams, default_site
-    from emulators.process_model import initial_state
-    from twin.forecast import chlorophyll_scales, make_forecast, process_stepper, stack_sites
-    from twin.state_layout import StateLayout
+    from twin.forecast import chlorophyll_scales, make_forecast
     config = parse_config({"sites": [
         {"name": "A", "latitude": 43, "longitude": 7, "chlorophyll_scale": {"surface": 2.0},
          "chlorophyll_seasonal": {"surface": [0.3, -0.2], "bottom": [0.0, 0.5]}},
         {"name": "B", "latitude": 44, "longitude": 7}]})
-    layout = StateLayout(("A", "B"), 2)
+    layout, sites, forcing, members, stepper, zero = _two_site_process_day(100, 200)
     factors = chlorophyll_scales(config.sites, layout)
     np.testing.assert_allclose(factors, [[[2.0, 0.3, -0.2], [1.0, 0.0, 0.5]], [[1.0, 0, 0], [1.0, 0, 0]]],
                                rtol=1e-7)   # float32
-    sites = stack_sites([default_site(2, 43.0), default_site(2, 44.0)])
-    forcing = jax.tree.map(lambda a: a[100], stack_sites([synthetic_forcing(200), synthetic_forcing(200)]))
-    members = jnp.zeros((3, layout.dim)).at[:, layout.model_slices()].set(
-        jnp.tile(jnp.asarray(initial_state(2)), (3, 2, 1)))
-    zero = np.zeros(layout.model_dim, np.float32)
-    stepper = process_stepper(ProcessParams(), sites)
     key = jax.random.PRNGKey(0)
     plain = np.asarray(make_forecast(stepper, layout, sites, zero)(members, forcing, key))
     seasonal = np.asarray(make_forecast(stepper, layout, sites, zero, chlorophyll_scale=factors)(members, forcing, key))

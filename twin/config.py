@@ -29,6 +29,13 @@ class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+def _require_known(names, valid, kind: str, prefix: str = ""):
+    """ValueError naming the ``names`` not in ``valid`` (each a ``kind``) and the valid ones."""
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(f"{prefix}unknown {kind}(s) {unknown}; valid: {list(valid)}")
+
+
 def _check_variables(names, where: str):
     unknown = [n for n in names if n not in CANONICAL_UNITS]
     if unknown:
@@ -413,21 +420,15 @@ class FilterConfig(Frozen):
     @field_validator("cross_variable_localization")
     @classmethod
     def _observed_and_state_variables(cls, v):
-        unknown = [k for k in v if k not in OBSERVED_STATE]
-        if unknown:
-            raise ValueError(f"unknown observed variable(s) {unknown}; valid: {list(OBSERVED_STATE)}")
+        _require_known(v, OBSERVED_STATE, "observed variable")
         for observed, shares in v.items():
-            unknown = [k for k in shares if k not in STATE_VARIABLES]
-            if unknown:
-                raise ValueError(f"{observed}: unknown state variable(s) {unknown}; valid: {list(STATE_VARIABLES)}")
+            _require_known(shares, STATE_VARIABLES, "state variable", f"{observed}: ")
         return v
 
     @field_validator("variable_localization")
     @classmethod
     def _state_variables(cls, v):
-        unknown = [k for k in v if k not in STATE_VARIABLES]
-        if unknown:
-            raise ValueError(f"unknown state variable(s) {unknown}; valid: {list(STATE_VARIABLES)}")
+        _require_known(v, STATE_VARIABLES, "state variable")
         return v
 
 

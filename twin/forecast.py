@@ -45,14 +45,12 @@ Stepper = Callable[[jax.Array, Forcing, Any], jax.Array]
 def process_stepper(params: ProcessParams, sites: Site, substeps: int = 12, offshore_seasonal=None) -> Stepper:
     """The process model (``emulators.process_model.step``) for every member and site; ``model_params``
     (a ProcessParams), when given, replaces ``params``. ``offshore_seasonal`` (S, L * NUM_TRACERS, 2), or None:
-    each day the offshore water is multiplied by exp(a cos(w d) + b sin(w d)) (:func:`offshore_seasonal`)."""
+    each day the offshore water is multiplied by :func:`annual_factor` (:func:`offshore_seasonal`)."""
     season = None if offshore_seasonal is None else jnp.asarray(offshore_seasonal, jnp.float32)
 
     def one(x, f, site, p, harmonic):
         if harmonic is not None:
-            angle = (2.0 * np.pi / DAYS_PER_YEAR) * f.day_of_year
-            factor = jnp.exp(harmonic[:, 0] * jnp.cos(angle) + harmonic[:, 1] * jnp.sin(angle))
-            site = site._replace(offshore_state=site.offshore_state * factor)
+            site = site._replace(offshore_state=site.offshore_state * annual_factor(harmonic, f.day_of_year))
         return process_step(x, f, p, site, substeps=substeps)
     per_site = jax.vmap(one, in_axes=(0, 0, 0, None, None if season is None else 0))
     members = jax.vmap(per_site, in_axes=(0, None, None, None, None))  # members share forcing and sites
@@ -296,13 +294,19 @@ def chlorophyll_scales(site_configs, layout: StateLayout):
     return np.concatenate([out[..., None], harmonic], axis=-1)
 
 
+def annual_factor(harmonic: jax.Array, day_of_year: jax.Array) -> jax.Array:
+    """exp(a cos(w d) + b sin(w d)), w = 2 pi / 365.25, for ``harmonic`` (..., 2) holding (a, b) and
+    ``day_of_year`` d (zero-based) broadcasting against ``harmonic[..., 0]``."""
+    angle = (2.0 * np.pi / DAYS_PER_YEAR) * day_of_year
+    return jnp.exp(harmonic[..., 0] * jnp.cos(angle) + harmonic[..., 1] * jnp.sin(angle))
+
+
 def chlorophyll_factor(scale: jax.Array, day_of_year: jax.Array) -> jax.Array:
     """The factor on the chlorophyll diagnostic on a day: ``scale`` (S, L), or (S, L, 3) holding (c, a, b) for
-    c exp(a cos(w d) + b sin(w d)), w = 2 pi / 365.25; ``day_of_year`` (S,) zero-based. Returns (S, L)."""
+    c :func:`annual_factor` ((a, b), d); ``day_of_year`` (S,) zero-based. Returns (S, L)."""
     if scale.ndim == 2:
         return scale
-    angle = (2.0 * np.pi / DAYS_PER_YEAR) * day_of_year[:, None]
-    return scale[..., 0] * jnp.exp(scale[..., 1] * jnp.cos(angle) + scale[..., 2] * jnp.sin(angle))
+    return scale[..., 0] * annual_factor(scale[..., 1:], day_of_year[:, None])
 
 
 def stack_sites(items):

@@ -412,10 +412,11 @@ def refit_summary(prepared: Prepared, refitter, stepper, outputs) -> dict:
 CALIBRATION_MIN_SAMPLES = 20  # assimilated chlorophyll samples a layer needs for its scale to be estimated
 
 
-def chlorophyll_forecast_ratio(prepared: Prepared, outputs: WindowOutputs) -> np.ndarray:
-    """(S, L) mean of the assimilated chlorophyll over the mean of the forecast at those samples (the factor
-    the forecasts are low by); NaN where a layer has fewer than ``CALIBRATION_MIN_SAMPLES``. Samples the
-    gross-error check rejected count too: a biased diagnostic is what makes good samples look like outliers."""
+def chlorophyll_samples(prepared: Prepared, outputs: WindowOutputs):
+    """(value (T, m), forecast (T, m), masks {(s, l): (T, m) bool}): the chlorophyll samples
+    offered to the filter (assimilated or rejected as outliers) with a finite value and forecast, per site and
+    layer. Samples the gross-error check rejected count: a biased diagnostic is what makes good samples look
+    like outliers; withheld ones never do."""
     from assimilation import dispositions as disp
     layout = prepared.layout
     obs = prepared.cycle_obs.obs
@@ -423,36 +424,39 @@ def chlorophyll_forecast_ratio(prepared: Prepared, outputs: WindowOutputs) -> np
     forecast = np.asarray(outputs.obs_forecast)
     used = (np.isin(np.asarray(outputs.disposition), (disp.ASSIMILATED, disp.REJECTED_OUTLIER))
             & np.isfinite(value) & np.isfinite(forecast))
-    ratio = np.full((len(layout.sites), layout.num_layers), np.nan)
-    for s, site in enumerate(layout.sites):
-        for li, layer in enumerate(layout.layers):
-            mask = used & (index == layout.index("chlorophyll", site, layer))
-            if mask.sum() >= CALIBRATION_MIN_SAMPLES and forecast[mask].mean() > 0:
-                ratio[s, li] = value[mask].mean() / forecast[mask].mean()
+    masks = {(s, li): used & (index == layout.index("chlorophyll", site, layer))
+             for s, site in enumerate(layout.sites) for li, layer in enumerate(layout.layers)}
+    return value, forecast, masks
+
+
+def chlorophyll_forecast_ratio(prepared: Prepared, outputs: WindowOutputs) -> np.ndarray:
+    """(S, L) mean of the assimilated chlorophyll over the mean of the forecast at those samples
+    (:func:`chlorophyll_samples`: the factor the forecasts are low by); NaN where a layer has fewer than
+    ``CALIBRATION_MIN_SAMPLES``."""
+    value, forecast, masks = chlorophyll_samples(prepared, outputs)
+    ratio = np.full((len(prepared.layout.sites), prepared.layout.num_layers), np.nan)
+    for (s, li), mask in masks.items():
+        if mask.sum() >= CALIBRATION_MIN_SAMPLES and forecast[mask].mean() > 0:
+            ratio[s, li] = value[mask].mean() / forecast[mask].mean()
     return ratio
 
 
 def chlorophyll_seasonal_ratio(prepared: Prepared, outputs: WindowOutputs) -> np.ndarray:
-    """(S, L, 2) the annual harmonic (a, b) of log(sample / forecast) at the samples of
-    :func:`chlorophyll_forecast_ratio`, its mean removed (the scale carries that): least squares of
+    """(S, L, 2) the annual harmonic (a, b) of log(sample / forecast) at the positive samples of
+    :func:`chlorophyll_samples`, its mean removed (the scale carries that): least squares of
     ``log r = c + a cos(w d) + b sin(w d)``, d the day of the year; 0 where a layer has fewer samples than
     ``CALIBRATION_MIN_SAMPLES``."""
-    from assimilation import dispositions as disp
     from emulators.forcing import day_of_year_of
-    layout = prepared.layout
-    obs = prepared.cycle_obs.obs
-    index, value = np.asarray(obs.state_index), np.asarray(obs.value)
-    forecast = np.asarray(outputs.obs_forecast)
-    used = (np.isin(np.asarray(outputs.disposition), (disp.ASSIMILATED, disp.REJECTED_OUTLIER))
-            & (value > 0) & (forecast > 0))
-    days = prepared.day0 + np.arange(index.shape[0]) * np.timedelta64(1, "D")
-    day = np.broadcast_to(day_of_year_of(days)[:, None], index.shape)                      # (T, m)
-    out = np.zeros((len(layout.sites), layout.num_layers, 2))
-    for s, site in enumerate(layout.sites):
-        for li, layer in enumerate(layout.layers):
-            mask = used & (index == layout.index("chlorophyll", site, layer))
-            if mask.sum() >= CALIBRATION_MIN_SAMPLES:
-                out[s, li] = harmonic_fit(day[mask], np.log(value[mask] / forecast[mask]))
+    value, forecast, masks = chlorophyll_samples(prepared, outputs)
+    days = prepared.day0 + np.arange(value.shape[0]) * np.timedelta64(1, "D")
+    day = np.broadcast_to(day_of_year_of(days)[:, None], value.shape)                      # (T, m)
+    out = np.zeros((len(prepared.layout.sites), prepared.layout.num_layers, 2))
+    with np.errstate(invalid="ignore"):
+        positive = (value > 0) & (forecast > 0)
+    for (s, li), mask in masks.items():
+        mask = mask & positive
+        if mask.sum() >= CALIBRATION_MIN_SAMPLES:
+            out[s, li] = harmonic_fit(day[mask], np.log(value[mask] / forecast[mask]))
     return out
 
 
