@@ -46,6 +46,7 @@ __all__ = [
     "synthetic_forcing",
     "RIVER_WATER",
     "river_discharge_climatology",
+    "salinity_river_discharge",
     "apply_change",
     "apply_changes",
     "day_of_year_of",
@@ -370,6 +371,18 @@ def river_discharge_climatology(day_of_year: np.ndarray, mean_discharge: float, 
     ``peak_day_of_year`` (late-winter floods of a Mediterranean river by default)."""
     phase = 2.0 * np.pi * (np.asarray(day_of_year, np.float64) - peak_day_of_year) / DAYS_PER_YEAR
     return mean_discharge * (1.0 + amplitude * np.cos(phase))
+
+
+def salinity_river_discharge(surface_salinity: np.ndarray, offshore_salinity: float, exchange_per_day: float,
+                             river_volume: float, max_fraction: float = 0.5) -> np.ndarray:
+    """River discharge, m3 s-1, that the surface layer's salinity tells: its freshwater fraction
+    f = 1 - S / S_offshore (clipped to [0, ``max_fraction``]) is held by a river dilution rate
+    d = k f / (1 - f) against the offshore exchange k (``exchange_per_day``), the salt balance
+    d S = k (S_offshore - S) of a layer renewed by offshore water and river water. At steady state each
+    nutrient then sits on the mixing line f C_river + (1 - f) C_offshore. Returned as the discharge that gives
+    d through ``river_volume`` (m3; d = discharge * 86400 / river_volume)."""
+    fresh = np.clip(1.0 - np.asarray(surface_salinity, np.float64) / offshore_salinity, 0.0, max_fraction)
+    return exchange_per_day * fresh / (1.0 - fresh) * river_volume / 86400.0
 
 
 def synthetic_forcing(

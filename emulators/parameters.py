@@ -244,7 +244,8 @@ class Site(NamedTuple):
     Attributes:
         latitude: degrees north (clear-sky PAR is computed from it by :mod:`emulators.forcing`).
         layer_thickness: shape ``(num_layers,)``, m; surface layer first.
-        offshore_exchange_rate: d-1; fraction of each layer renewed by offshore water per day (0 closes it).
+        offshore_exchange_rate: d-1; fraction of each layer renewed by offshore water per day (0 closes it):
+            one rate, or shape ``(num_layers,)``.
         offshore_state: shape ``(num_layers * NUM_TRACERS,)``, mmol m-3; concentrations of the offshore
             water in the state layout.
         river_volume: m3; volume of the surface layer that the river discharge dilutes into (dilution rate

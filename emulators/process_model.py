@@ -398,8 +398,9 @@ def _flows(content: jax.Array, forcing_t: Forcing, params: ProcessParams, site: 
 
     # Offshore boundary: every layer relaxes toward the offshore water.
     offshore = site.offshore_state.reshape(num_layers, NUM_TRACERS)
-    source = source + site.offshore_exchange_rate * offshore
-    loss = loss + site.offshore_exchange_rate * c
+    exchange = jnp.reshape(site.offshore_exchange_rate, (-1, 1))  # one rate, or one per layer
+    source = source + exchange * offshore
+    loss = loss + exchange * c
 
     # River: dilution of the surface layer by river water (nutrients from the forcing, O2 at saturation,
     # no organic matter).

@@ -33,6 +33,10 @@ def test_bad_river_names_its_field():
         parse_config({"sites": [{**site, "river": {"mean_discharge_m3s": 5, "nitrat": 100}}]})
     with pytest.raises(ConfigError, match=r"sites\.0\.river\.seasonal_amplitude: .*less than 1"):
         parse_config({"sites": [{**site, "river": {"mean_discharge_m3s": 5, "seasonal_amplitude": 1.2}}]})
+    with pytest.raises(ConfigError, match=r"sites\.0\.river: .*needs mean_discharge_m3s .* or discharge_from_salin"):
+        parse_config({"sites": [{**site, "river": {"nitrate": 50}}]})
+    with pytest.raises(ConfigError, match=r"sites\.0\.offshore_exchange_per_day\.surface: .*greater than 0"):
+        parse_config({"sites": [{**site, "offshore_exchange_per_day": {"surface": 0}}]})
 
 
 def test_wrong_type_and_unknown_variable():

@@ -59,3 +59,45 @@ def test_site_river_gives_its_climatology_and_water_and_no_river_gives_zeros():
     assert {k: getattr(RiverConfig(mean_discharge_m3s=1.0), k) for k in RIVER_WATER} == RIVER_WATER
     bare, _ = build_site_forcing(table, "Point B", 43.68, ("surface", "bottom"), day0, 365)
     assert not np.any(np.asarray(bare.river_discharge)) and not np.any(np.asarray(bare.river_nitrate))
+
+
+def test_river_from_salinity_holds_the_observed_freshwater_fraction_on_the_mixing_line():
+    """The discharge taken from the surface salinity gives the dilution d = k f / (1 - f) of the salt balance:
+    at steady state against the offshore exchange k, a nutrient sits on the mixing line f C_river + (1 - f)
+    C_offshore (to 1e-4: the forcing is float32 and f a small difference); water saltier than offshore gives no
+    river."""
+    from twin.config import RiverConfig
+    day0, table = _weekly_temperature(years=1)   # surface salinity 38 +- 0.2 (maximum in August)
+    river = RiverConfig(discharge_from_salinity=True, offshore_salinity=38.1, nitrate=40.0)
+    k, volume = 0.3, 2.0e9
+    forcing, _ = build_site_forcing(table, "Point B", 43.68, ("surface", "bottom"), day0, 365, river=river,
+                                    surface_exchange_per_day=k, river_volume=volume)
+    salinity = np.asarray(forcing.salinity)[:, 0]
+    dilution = np.asarray(forcing.river_discharge, np.float64) * 86400.0 / volume
+    fresh = np.clip(1.0 - salinity / 38.1, 0.0, None)
+    assert np.all(dilution[salinity >= 38.1] == 0.0) and np.all(dilution[salinity < 38.05] > 0.0)
+    offshore = 0.3
+    steady = (dilution * 40.0 + k * offshore) / (dilution + k)     # d (C_r - C) + k (C_off - C) = 0
+    np.testing.assert_allclose(steady, fresh * 40.0 + (1.0 - fresh) * offshore, rtol=1e-4)
+    np.testing.assert_array_equal(np.asarray(forcing.river_nitrate), 40.0)
+    with pytest.raises(ValueError, match="offshore_salinity is not resolved"):
+        build_site_forcing(table, "Point B", 43.68, ("surface", "bottom"), day0, 365,
+                           river=RiverConfig(discharge_from_salinity=True))
+
+
+def test_offshore_salinity_is_resolved_from_the_site_surface_salinity():
+    from twin.config import parse_config
+    from twin.hindcast import resolve_boundaries
+    _, table = _weekly_temperature(years=2)
+    site = {"name": "Point B", "latitude": 43.68, "longitude": 7.32,
+            "river": {"discharge_from_salinity": True, "nitrate": 40.0}}
+    config, report = resolve_boundaries(parse_config({"sites": [site]}), table, ("surface", "bottom"))
+    surface = table["value"].values[(table["variable"].values == "salinity") & (table["layer"].values == "surface")]
+    assert config.sites[0].river.offshore_salinity == round(float(np.quantile(surface, 0.9)), 3)
+    assert report["Point B river offshore salinity"] == config.sites[0].river.offshore_salinity
+    given = {**site, "river": {**site["river"], "offshore_salinity": 37.0}}
+    config, _ = resolve_boundaries(parse_config({"sites": [given]}), table, ("surface", "bottom"))
+    assert config.sites[0].river.offshore_salinity == 37.0
+    bare = table.isel(obs=np.flatnonzero(table["variable"].values != "salinity"))
+    with pytest.raises(ValueError, match=r"'Point B': river.discharge_from_salinity needs .* \(found 0\)"):
+        resolve_boundaries(parse_config({"sites": [site]}), bare, ("surface", "bottom"))

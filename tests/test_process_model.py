@@ -296,3 +296,19 @@ def test_sample_params_stays_in_range_and_respects_fixed_fields():
     np.testing.assert_allclose(np.asarray(partial.half_sat_nitrate), pa.ProcessParams().half_sat_nitrate)
     with pytest.raises(ValueError, match="valid names"):
         pa.sample_params(jax.random.key(5), 8, names=("growth",))
+
+
+def test_offshore_exchange_per_layer_adds_its_own_relaxation_to_each_layer(year_forcing):
+    """A rate per layer: equal rates give the one-rate tendencies (to 1e-6), and raising one layer's rate by
+    dk adds exactly dk (offshore - c) to that layer's tendencies and nothing to the other layer's."""
+    forcing_t = fo.forcing_at(year_forcing, 40)
+    params, state = pa.ProcessParams(), pm.initial_state(2)
+    site = pa.default_site(2)
+    one = pm.tendencies(state, forcing_t, params, site)
+    same = pm.tendencies(state, forcing_t, params, site._replace(offshore_exchange_rate=jnp.asarray([0.02, 0.02])))
+    np.testing.assert_allclose(np.asarray(same), np.asarray(one), rtol=1e-6, atol=1e-9)
+    faster = pm.tendencies(state, forcing_t, params, site._replace(offshore_exchange_rate=jnp.asarray([0.52, 0.02])))
+    n = pm.NUM_TRACERS
+    expected = 0.5 * (np.asarray(site.offshore_state[:n]) - np.asarray(state[:n]))
+    np.testing.assert_allclose(np.asarray(faster - one)[:n], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(faster - one)[n:], 0.0, atol=1e-6)

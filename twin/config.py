@@ -59,14 +59,32 @@ STATE_VARIABLES = OFFSHORE_TRACERS + ("chlorophyll",)
 class RiverConfig(Frozen):
     """A river entering the surface layer of a site: a seasonal discharge climatology and the nutrients of its
     water (defaults: the nitrate-rich river of the emulator's training runs, ``emulators.forcing.RIVER_WATER``).
-    Scenarios scale or shift these series (``forcing.river_nitrate``, ``forcing.river_discharge``)."""
-    mean_discharge_m3s: PositiveFloat
+    Scenarios scale or shift these series (``forcing.river_nitrate``, ``forcing.river_discharge``).
+
+    ``discharge_from_salinity`` takes the discharge from the surface salinity forcing instead of a climatology
+    (``emulators.forcing.salinity_river_discharge``): where a plume's freshening is sampled, its nutrients come
+    with it."""
+    mean_discharge_m3s: PositiveFloat | None = Field(default=None, description="m3 s-1; needed unless "
+                                                                               "discharge_from_salinity")
+    discharge_from_salinity: bool = Field(
+        default=False, description="the discharge that holds the surface layer's observed freshwater fraction "
+                                   "1 - S / offshore_salinity against its offshore exchange")
+    offshore_salinity: PositiveFloat | None = Field(
+        default=None, description="with discharge_from_salinity: the salinity of offshore water (none: the 0.9 "
+                                  "quantile of the site's surface salinity observations; a run's resolved config "
+                                  "lists it)")
     seasonal_amplitude: float = Field(default=0.6, ge=0, lt=1, description="relative, of the annual cosine")
     peak_day_of_year: float = Field(default=60.0, ge=0, lt=366, description="day of the discharge maximum")
     nitrate: NonNegativeFloat = Field(default=150.0, description="mmol m-3 in river water")
     ammonium: NonNegativeFloat = Field(default=5.0, description="mmol m-3 in river water")
     phosphate: NonNegativeFloat = Field(default=1.5, description="mmol m-3 in river water")
     silicate: NonNegativeFloat = Field(default=120.0, description="mmol m-3 in river water")
+
+    @model_validator(mode="after")
+    def _discharge_given(self):
+        if self.mean_discharge_m3s is None and not self.discharge_from_salinity:
+            raise ValueError("a river needs mean_discharge_m3s (a climatology) or discharge_from_salinity: true")
+        return self
 
 
 class SiteConfig(Frozen):
@@ -84,6 +102,10 @@ class SiteConfig(Frozen):
         default=False, description="with boundary_from_data: also an annual harmonic of each tracer's log from the "
                                    "same observations (offshore_seasonal), so that winter water is richer")
     river: RiverConfig | None = Field(default=None, description="a river into the surface layer (none: no river)")
+    offshore_exchange_per_day: dict[Literal["surface", "bottom"], PositiveFloat] = Field(
+        default_factory=dict,
+        description="process model: fraction of each layer renewed by offshore water per day (default 0.02, a "
+                    "sheltered shelf; an open bay's surface water is renewed within days)")
     offshore_seasonal: dict[str, tuple[Annotated[float, Field(ge=-3.0, le=3.0)],
                                        Annotated[float, Field(ge=-3.0, le=3.0)]]] = Field(
         default_factory=dict,

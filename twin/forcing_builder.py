@@ -25,6 +25,7 @@ from emulators.forcing import (
     fit_harmonic_climatology,
     make_forcing,
     river_discharge_climatology,
+    salinity_river_discharge,
 )
 from twin import flags
 
@@ -141,7 +142,8 @@ def _causal_series(raw, usable, variable, layers, day0, num_days, max_gap_days, 
 def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tuple[str, ...],
                        day0: np.datetime64, num_days: int, *, cloudiness: float = 0.25,
                        max_gap_days: float = 20.0, wind_speed: float = 5.0,
-                       mode: str = "interpolate", river=None) -> tuple[Forcing, ForcingReport]:
+                       mode: str = "interpolate", river=None, surface_exchange_per_day: float = 0.02,
+                       river_volume: float = 5.0e9) -> tuple[Forcing, ForcingReport]:
     """Forcing of one site on ``num_days`` daily steps from ``day0``.
 
     Args:
@@ -150,6 +152,8 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
         cloudiness: mean fractional reduction of clear-sky PAR.
         mode: "interpolate" or "causal" (see :func:`observed_daily_series`).
         river: the site's ``twin.config.RiverConfig``, or None (no river).
+        surface_exchange_per_day, river_volume: the surface layer's offshore exchange (d-1) and the volume the
+            river dilutes into (m3), for a discharge taken from salinity.
     """
     temperature, filled_t, borrowed_t = observed_daily_series(
         table, site, "temperature", layers, day0, num_days, max_gap_days, mode=mode)
@@ -161,8 +165,15 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
     rivers = {}
     if river is not None:
         rivers = {f"river_{nutrient}": getattr(river, nutrient) for nutrient in RIVER_WATER}
-        rivers["river_discharge"] = river_discharge_climatology(doy + 0.5, river.mean_discharge_m3s,
-                                                                river.seasonal_amplitude, river.peak_day_of_year)
+        if river.discharge_from_salinity:
+            if river.offshore_salinity is None:
+                raise ValueError(f"site {site!r}: river.offshore_salinity is not resolved (twin.hindcast."
+                                 f"resolve_rivers fills it from the data)")
+            rivers["river_discharge"] = salinity_river_discharge(salinity[:, 0], river.offshore_salinity,
+                                                                 surface_exchange_per_day, river_volume)
+        else:
+            rivers["river_discharge"] = river_discharge_climatology(
+                doy + 0.5, river.mean_discharge_m3s, river.seasonal_amplitude, river.peak_day_of_year)
     forcing = make_forcing(temperature=temperature, salinity=salinity, day_of_year=doy, par=par,
                            wind_speed=wind_speed, **rivers)
     return forcing, ForcingReport({**filled_t, **filled_s}, {**borrowed_t, **borrowed_s})

@@ -260,11 +260,16 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
 
 def site_struct(site_config, num_layers: int) -> Site:
     """The process model's description of a configured station: a 10 m surface layer over the rest of the
-    water column (the SOMLIT sampling depths), and the generic shelf's offshore water except where the site
-    gives its own (``offshore_water``, which ``twin.hindcast.resolve_boundaries`` fills from the data)."""
+    water column (the SOMLIT sampling depths), and the generic shelf's offshore water and exchange except where
+    the site gives its own (``offshore_water``, which ``twin.hindcast.resolve_boundaries`` fills from the data;
+    ``offshore_exchange_per_day``)."""
     from emulators.parameters import LAYERS, TRACERS, default_site
     thickness = (10.0, max(site_config.bottom_depth_m - 10.0, 1.0)) if num_layers == 2 else (10.0,)
     site = default_site(num_layers, site_config.latitude, thickness)
+    # One rate per layer for every configured site, so that a network's sites stack.
+    exchange = [site_config.offshore_exchange_per_day.get(layer, float(site.offshore_exchange_rate))
+                for layer in LAYERS[:num_layers]]
+    site = site._replace(offshore_exchange_rate=jnp.asarray(exchange, jnp.float32))
     if not site_config.offshore_water:
         return site
     offshore = np.asarray(site.offshore_state, np.float32).copy()
@@ -274,6 +279,13 @@ def site_struct(site_config, num_layers: int) -> Site:
         if li < num_layers:
             offshore[li * len(TRACERS) + TRACERS.index(tracer)] = value
     return site._replace(offshore_state=jnp.asarray(offshore))
+
+
+def river_dilution_of(site: Site) -> dict[str, float]:
+    """The surface layer's offshore exchange (d-1) and river volume (m3) of a site, which a river driven by
+    salinity needs (keywords of ``twin.forcing_builder.build_site_forcing``)."""
+    return {"surface_exchange_per_day": float(np.ravel(site.offshore_exchange_rate)[0]),
+            "river_volume": float(site.river_volume)}
 
 
 def chlorophyll_scales(site_configs, layout: StateLayout):

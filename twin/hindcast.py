@@ -38,6 +38,7 @@ from twin.forecast import (
     initial_ensemble,
     make_forecast,
     process_stepper,
+    river_dilution_of,
     site_struct,
     stack_sites,
     state_ar1,
@@ -181,11 +182,13 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
     config, report = resolve_boundaries(config, table, layout.layers, exclude=withheld)
     forcings, structs = [], []
     for s in config.sites:
+        struct = site_struct(s, num_layers)
         f, rep = build_site_forcing(table, s.name, s.latitude, layout.layers, day0, num_days,
                                     max_gap_days=config.hindcast.forcing_max_gap_days,
-                                    mode=config.hindcast.forcing_mode, river=s.river)
+                                    mode=config.hindcast.forcing_mode, river=s.river,
+                                    **river_dilution_of(struct))
         forcings.append(f)
-        structs.append(site_struct(s, num_layers))
+        structs.append(struct)
         report[s.name] = {"filled_fraction": rep.filled_fraction, "borrowed": rep.borrowed}
     cycle_obs = build_cycle_observations(table, layout, day0, num_days, withheld=withheld,
                                          sensor=sensor_of_rows(table, config.sources),
@@ -248,13 +251,31 @@ def data_offshore_seasonal(table: xr.Dataset, site_name: str, layers: tuple[str,
     return out
 
 
+def data_offshore_salinity(table: xr.Dataset, site_name: str, quantile: float = 0.9) -> float:
+    """The salinity of a site's offshore water from its own data: the ``quantile`` of its usable surface
+    salinity observations (the sea when no plume is there; the highest values are often evaporated summer
+    water or errors)."""
+    value = table["value"].values
+    rows = (np.isin(table["qc"].values, flags.USABLE_QC) & np.isfinite(value) & (table["site"].values == site_name)
+            & (table["layer"].values == "surface") & (table["variable"].values == "salinity"))
+    if rows.sum() < 10:
+        raise ValueError(f"site {site_name!r}: river.discharge_from_salinity needs river.offshore_salinity or at "
+                         f"least 10 usable surface salinity observations (found {int(rows.sum())})")
+    return round(float(np.quantile(value[rows], quantile)), 3)
+
+
 def resolve_boundaries(config: TwinConfig, table: xr.Dataset, layers: tuple[str, ...],
                        exclude: np.ndarray | None = None):
     """The config with each ``boundary_from_data`` site's ``offshore_water`` filled from ``table`` (values the
-    config gives are kept), so the resolved config, and a store made from it, carry the boundary itself.
-    Returns (config, {"<site> boundary": the values taken from the data})."""
+    config gives are kept), and each salinity-driven river's ``offshore_salinity``, so the resolved config, and
+    a store made from it, carry the boundary itself. Returns (config, {"<site> boundary": the values taken from
+    the data})."""
     sites, report = [], {}
     for s in config.sites:
+        if s.river is not None and s.river.discharge_from_salinity and s.river.offshore_salinity is None:
+            salinity = data_offshore_salinity(table, s.name)
+            report[f"{s.name} river offshore salinity"] = salinity
+            s = s.model_copy(update={"river": s.river.model_copy(update={"offshore_salinity": salinity})})
         if s.boundary_from_data:
             found = {k: v for k, v in data_offshore_water(table, s.name, layers, exclude).items()
                      if k not in s.offshore_water}
