@@ -101,3 +101,29 @@ def test_offshore_salinity_is_resolved_from_the_site_surface_salinity():
     bare = table.isel(obs=np.flatnonzero(table["variable"].values != "salinity"))
     with pytest.raises(ValueError, match=r"'Point B': river.discharge_from_salinity needs .* \(found 0\)"):
         resolve_boundaries(parse_config({"sites": [site]}), bare, ("surface", "bottom"))
+
+
+def test_river_water_from_data_is_the_mixing_line_end_member():
+    """Surface nutrients made on an exact mixing line (river 40, offshore 0.3) with samples off it at the
+    withheld rows: the end member comes back to 1e-6 and the withheld rows do not count."""
+    from twin.config import parse_config
+    from twin.hindcast import data_river_water, resolve_boundaries
+    rng = np.random.default_rng(3)
+    times = np.datetime64("2018-01-01T09", "ns") + np.arange(60) * np.timedelta64(7, "D")
+    salinity = 38.0 - rng.uniform(0.0, 3.0, times.size)
+    nitrate = 40.0 * (1 - salinity / 38.0) + 0.3 * (salinity / 38.0)
+    nitrate[:5] += 10.0    # withheld below
+    table = make_observations(time=np.concatenate([times, times]), site="Point B",
+                              variable=["salinity"] * times.size + ["nitrate"] * times.size, layer="surface",
+                              value=np.concatenate([salinity, nitrate]), qc=np.ones(2 * times.size, np.int8),
+                              native_qc="2", source="f")
+    withheld = np.zeros(2 * times.size, bool)
+    withheld[times.size:times.size + 5] = True
+    assert data_river_water(table, "Point B", 38.0, withheld) == {"nitrate": pytest.approx(40.0, abs=1e-3)}
+    assert abs(data_river_water(table, "Point B", 38.0)["nitrate"] - 40.0) > 1.0   # with them it is off
+    site = {"name": "Point B", "latitude": 43.68, "longitude": 7.32,
+            "river": {"discharge_from_salinity": True, "offshore_salinity": 38.0, "nutrients_from_data": True}}
+    config, report = resolve_boundaries(parse_config({"sites": [site]}), table, ("surface",), exclude=withheld)
+    river = config.sites[0].river
+    assert river.nitrate == pytest.approx(40.0, abs=1e-3) and not river.nutrients_from_data
+    assert river.silicate == 120.0 and report["Point B river water"] == {"nitrate": river.nitrate}

@@ -73,6 +73,12 @@ class RiverConfig(Frozen):
         default=None, description="with discharge_from_salinity: the salinity of offshore water (none: the 0.9 "
                                   "quantile of the site's surface salinity observations; a run's resolved config "
                                   "lists it)")
+    nutrients_from_data: bool = Field(
+        default=False, description="with discharge_from_salinity: each nutrient of the river water from the "
+                                   "site's surface samples, the mixing line's value at freshwater fraction 1 (a "
+                                   "least-squares line of the nutrient against 1 - S / offshore_salinity on the "
+                                   "samples with a salinity; withheld ones left out; a run's resolved config "
+                                   "lists them)")
     seasonal_amplitude: float = Field(default=0.6, ge=0, lt=1, description="relative, of the annual cosine")
     peak_day_of_year: float = Field(default=60.0, ge=0, lt=366, description="day of the discharge maximum")
     nitrate: NonNegativeFloat = Field(default=150.0, description="mmol m-3 in river water")
@@ -84,6 +90,9 @@ class RiverConfig(Frozen):
     def _discharge_given(self):
         if self.mean_discharge_m3s is None and not self.discharge_from_salinity:
             raise ValueError("a river needs mean_discharge_m3s (a climatology) or discharge_from_salinity: true")
+        if self.nutrients_from_data and not self.discharge_from_salinity:
+            raise ValueError("nutrients_from_data needs discharge_from_salinity: true (the mixing line is in "
+                             "salinity)")
         return self
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from assimilation import FilterParams, initial_inflation_state
@@ -264,6 +265,34 @@ def data_offshore_salinity(table: xr.Dataset, site_name: str, quantile: float = 
     return round(float(np.quantile(value[rows], quantile)), 3)
 
 
+def data_river_water(table: xr.Dataset, site_name: str, offshore_salinity: float,
+                     exclude: np.ndarray | None = None, minimum: int = 20) -> dict[str, float]:
+    """A river's nutrients from a site's surface samples: per nutrient with at least ``minimum`` samples that
+    have a salinity at the same time (rows in ``exclude`` left out), the value at freshwater fraction 1 of the
+    least-squares line of the nutrient against f = 1 - S / ``offshore_salinity`` (clipped at 0): the river
+    end member of the mixing line, as ``{nutrient: mmol m-3}``."""
+    from emulators.forcing import RIVER_WATER
+    value = table["value"].values
+    usable = np.isin(table["qc"].values, flags.USABLE_QC) & np.isfinite(value) & (table["site"].values == site_name)
+    usable &= table["layer"].values == "surface"
+    if exclude is not None:
+        usable &= ~exclude
+    variable, times = table["variable"].values, table["time"].values
+    rows = usable & (variable == "salinity")
+    salinity = pd.Series(value[rows], index=times[rows]).groupby(level=0).mean()
+    out = {}
+    for nutrient in RIVER_WATER:
+        rows = usable & (variable == nutrient)
+        samples = pd.Series(value[rows], index=times[rows]).groupby(level=0).mean()
+        paired = pd.concat([samples, salinity], axis=1, join="inner").to_numpy()
+        if paired.shape[0] < minimum:
+            continue
+        fresh = 1.0 - paired[:, 1] / offshore_salinity
+        slope, intercept = np.polyfit(fresh, paired[:, 0], 1)
+        out[nutrient] = round(max(float(intercept + slope), 0.0), 3)
+    return out
+
+
 def resolve_boundaries(config: TwinConfig, table: xr.Dataset, layers: tuple[str, ...],
                        exclude: np.ndarray | None = None):
     """The config with each ``boundary_from_data`` site's ``offshore_water`` filled from ``table`` (values the
@@ -276,6 +305,11 @@ def resolve_boundaries(config: TwinConfig, table: xr.Dataset, layers: tuple[str,
             salinity = data_offshore_salinity(table, s.name)
             report[f"{s.name} river offshore salinity"] = salinity
             s = s.model_copy(update={"river": s.river.model_copy(update={"offshore_salinity": salinity})})
+        if s.river is not None and s.river.nutrients_from_data:
+            water = data_river_water(table, s.name, s.river.offshore_salinity, exclude)
+            report[f"{s.name} river water"] = water
+            # Fixed from here on: a store or a rerun of the resolved config keeps these values.
+            s = s.model_copy(update={"river": s.river.model_copy(update={**water, "nutrients_from_data": False})})
         if s.boundary_from_data:
             found = {k: v for k, v in data_offshore_water(table, s.name, layers, exclude).items()
                      if k not in s.offshore_water}
