@@ -7,6 +7,7 @@ import xarray as xr
 
 from twin import flags
 from twin.errors import InputError
+from twin.geodesy import haversine_km
 from twin.readers import gridded
 from twin.units import DEFAULT_ERROR_SD
 
@@ -39,13 +40,13 @@ def _write(tmp_path, ds, name="l3.nc"):
 
 def _pixels_in_radius(ds, lat, lon, radius):
     la, lo = np.meshgrid(ds["lat"].values, ds["lon"].values, indexing="ij")
-    return gridded.haversine_km(lat, lon, la, lo) <= radius
+    return haversine_km(lat, lon, la, lo) <= radius
 
 
 def test_haversine_reference():
     # one degree of latitude = pi R / 180 = 111.195 km; Paris-London 343.5 km (published great-circle)
-    assert gridded.haversine_km(0, 0, 1, 0) == pytest.approx(111.19508, rel=1e-6)
-    assert gridded.haversine_km(48.8566, 2.3522, 51.5074, -0.1278) == pytest.approx(343.5, abs=0.5)
+    assert haversine_km(0, 0, 1, 0) == pytest.approx(111.19508, rel=1e-6)
+    assert haversine_km(48.8566, 2.3522, 51.5074, -0.1278) == pytest.approx(343.5, abs=0.5)
 
 
 def test_median_in_log_space_and_product_uncertainty(tmp_path):
@@ -110,7 +111,7 @@ def test_model_output_curvilinear_with_depth_and_absolute_error(tmp_path):
     with pytest.raises(InputError, match=r"field 'thetao': variable has extra dimension 'depth'"):
         gridded.read(path, sites={"s": (43.5, 7.3)}, radius_km=4.0)
     out = gridded.read(path, sites={"s": (43.5, 7.3), "t": (43.45, 7.25)}, radius_km=4.0, select={"depth": 0})
-    mask = gridded.haversine_km(43.5, 7.3, lat, lon) <= 4.0
+    mask = haversine_km(43.5, 7.3, lat, lon) <= 4.0
     expected = np.median(temp_k[0, 0][mask]) - 273.15
     s_rows = out.isel(obs=np.flatnonzero(out["site"].values == "s"))
     np.testing.assert_allclose(s_rows["value"].values, expected)

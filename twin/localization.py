@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from assimilation import Localization, gaspari_cohn
-from twin.readers.gridded import haversine_km
+from twin.geodesy import haversine_km
 from twin.state_layout import StateLayout, seen_name
 
 

@@ -35,13 +35,13 @@ import xarray as xr
 
 from twin import flags
 from twin.errors import InputError
+from twin.geodesy import haversine_km
 from twin.observations import LAYERS, sort_observations
 from twin.observations import flag_duplicates, make_observations
 from twin.readers._common import variable_converter
 from twin.readers.oceansites import STANDARD_NAMES, _find_time, open_netcdf
 from twin.units import CANONICAL_UNITS, DEFAULT_ERROR_SD, converter
 
-EARTH_RADIUS_KM = 6371.0088
 GRIDDED_NAMES: dict[str, str] = {
     "chl": "chlorophyll", "chlor_a": "chlorophyll", "chla": "chlorophyll", "chl_oc5": "chlorophyll",
     "chl_oc4me": "chlorophyll", "analysed_sst": "temperature", "sst": "temperature",
@@ -53,14 +53,6 @@ _UNCERTAINTY_SUFFIXES = ("_uncertainty", "_error", "_stddev", "_std", "_err")
 _LAT_NAMES = ("lat", "latitude", "nav_lat")
 _LON_NAMES = ("lon", "longitude", "nav_lon")
 DEFAULT_SENTINELS = (-999.0, -9999.0, 99999.0, -99999.0, 999999.0, 9.96921e36)
-
-
-def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Great-circle distance in km between points given in degrees (broadcasting)."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dphi, dlmb = p2 - p1, np.radians(np.asarray(lon2) - np.asarray(lon1))
-    a = np.sin(dphi / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlmb / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
 def _coord(ds: xr.Dataset, names: tuple[str, ...], standard_name: str) -> str | None:
