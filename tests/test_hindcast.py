@@ -63,6 +63,7 @@ def test_metrics_have_truth_and_validation_structure(run):
     v = metrics["validation"]["nitrate@SYNTH-B/surface"]
     assert set(v) == {"n", "twin", "persistence", "climatology"}
     assert 0.0 <= v["twin"]["coverage_90"] <= 1.0 and v["twin"]["crps"] >= 0
+    assert 0.0 <= v["twin"]["coverage_90_lognormal"] <= 1.0 and 0.0 <= v["twin"]["normal_interval_below_zero"] <= 1
     # assimilating weekly nitrate beats the free run at the observed surface nitrate
     assert truth["nitrate@SYNTH-B/surface"]["twin"]["rmse"] < truth["nitrate@SYNTH-B/surface"]["free_run"]["rmse"]
     # innovation statistics per series and source: the bottles and the buoy apart, counts from the ledger

@@ -92,7 +92,9 @@ def _summary_lines(metrics: dict) -> list[str]:
     for name, e in metrics.get("validation", {}).items():
         lines.append(f"withheld {name:<34} n={e['n']:<5} rmse {e['twin']['rmse']:.4g} "
                      f"(persistence {e['persistence']['rmse']:.4g}, climatology {e['climatology']['rmse']:.4g}), "
-                     f"90% coverage {e['twin']['coverage_90']:.2f}")
+                     f"90% coverage {e['twin']['coverage_90']:.2f}"
+                     + (f" (lognormal {e['twin']['coverage_90_lognormal']:.2f})"
+                        if e['twin'].get('coverage_90_lognormal') is not None else ""))
     for name, e in metrics.get("model_bias", {}).items():
         lines.append(f"model bias {name}: {100 * e['mean']:+.2f} % per day on average (5-95 % over time "
                      f"{100 * e['q05']:+.2f} to {100 * e['q95']:+.2f}), last {100 * e['last']:+.2f}")

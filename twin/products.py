@@ -12,7 +12,8 @@ from twin import flags
 from twin.cycle_obs import cycle_of
 from twin.engine import QUANTILES
 from twin.observations import atomic_write, write_netcdf
-from twin.skill import climatology_forecast, gaussian_crps, persistence_forecast, rmse, truth_scores
+from twin.skill import (climatology_forecast, gaussian_crps, lognormal_interval, persistence_forecast, rmse,
+                        truth_scores)
 from twin.state_layout import OBSERVABLE, bias_name, offset_name, seen_name
 from twin.units import CF_STANDARD_NAMES
 
@@ -155,13 +156,20 @@ def validation_scores(prepared, outputs) -> dict:
         mu, sd = fmean[cyc[targets], idx], np.hypot(fsd[cyc[targets], idx], errors[targets])
         y = values[targets]
         inside = np.abs(y - mu) <= Z90 * sd
+        # The same moments as a lognormal, the filter's own error model for the concentrations it analyses in
+        # log space: the normal interval's lower end is below zero wherever the spread is large, and then it
+        # covers every low value whatever the forecast.
+        lo, hi = lognormal_interval(mu, sd, Z90)
+        in_lognormal = (y >= lo) & (y <= hi)
         series_train = train & series
         pers = persistence_forecast(times, values, series_train, targets)
         clim = climatology_forecast(times, values, series_train, targets)
         out[key] = {
             "n": int(targets.size),
             "twin": {"rmse": rmse(mu, y), "crps": float(np.mean(gaussian_crps(mu, sd, y))),
-                     "coverage_90": float(inside.mean())},
+                     "coverage_90": float(inside.mean()),
+                     "coverage_90_lognormal": float(in_lognormal.mean()) if layout.log_mask()[idx] else None,
+                     "normal_interval_below_zero": float(np.mean(mu - Z90 * sd < 0))},
             "persistence": {"rmse": rmse(pers, y)},
             "climatology": {"rmse": rmse(clim, y)},
         }

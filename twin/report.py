@@ -244,6 +244,10 @@ def _alerts_section(prepared, outputs, metrics: dict) -> list[str]:
     return parts
 
 
+def _or_nan(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def html_table(rows: list[list], header: list[str]) -> str:
     """An HTML table; floats to 4 significant digits, non-finite ones as '-'."""
     def fmt(x):
@@ -278,10 +282,17 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
                                 "obs. error", "spread / RMSE"])]
     if "validation" in metrics:
         rows = [[k, e["n"], e["twin"]["rmse"], e["persistence"]["rmse"], e["climatology"]["rmse"],
-                 e["twin"]["crps"], e["twin"]["coverage_90"]] for k, e in metrics["validation"].items()]
+                 e["twin"]["crps"], e["twin"]["coverage_90"],
+                 _or_nan(e["twin"].get("coverage_90_lognormal")), e["twin"].get("normal_interval_below_zero",
+                                                                              float("nan"))]
+                for k, e in metrics["validation"].items()]
         parts += ["<h2>Withheld observations</h2>",
+                  "<p>The 90 % interval of the forecast with the value's error: normal (mean +- 1.645 sd), and "
+                  "the lognormal of the same moments, the filter's own error model for concentrations. Where "
+                  "the normal interval's lower end is below zero (last column: the share of values where it "
+                  "is), it covers every low value; the lognormal interval does not.</p>",
                   html_table(rows, ["variable", "n", "RMSE twin", "RMSE persistence", "RMSE climatology", "CRPS twin",
-                                "90 % coverage"])]
+                                "90 % coverage", "lognormal 90 % coverage", "normal interval below 0"])]
     parts += _alerts_section(prepared, outputs, metrics)
     parts += ["<h2>Time series</h2>"]
     for site in prepared.layout.sites:

@@ -19,6 +19,17 @@ def gaussian_crps(mean, sd, obs) -> np.ndarray:
     return sd * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))
 
 
+def lognormal_interval(mean, sd, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """The central interval of +-``z`` log-space sd of the lognormal with this ``mean`` and ``sd`` (moment
+    matched: s^2 = log(1 + sd^2 / mean^2), median mean exp(-s^2 / 2)); NaN where mean <= 0."""
+    mean, sd = np.asarray(mean, float), np.asarray(sd, float)
+    positive = mean > 0
+    m = np.where(positive, mean, np.nan)
+    s2 = np.log1p((sd / m) ** 2)
+    median = m * np.exp(-0.5 * s2)
+    return median * np.exp(-z * np.sqrt(s2)), median * np.exp(z * np.sqrt(s2))
+
+
 def rmse(a, b) -> float:
     d = np.asarray(a, float) - np.asarray(b, float)
     d = d[np.isfinite(d)]
