@@ -106,6 +106,22 @@ def test_perfect_model_twin_runs_with_the_truth_parameters():
     assert model_process_params(default, SimpleNamespace(truth_params=truth)) == ProcessParams()
 
 
+def test_process_parameter_values_change_the_defaults_within_their_ranges():
+    from types import SimpleNamespace
+
+    from emulators.parameters import ProcessParams
+    from twin.hindcast import model_process_params
+    config = parse_config({"model": {"kind": "process", "process_params": {"half_sat_nitrate": 1.2}}})
+    assert model_process_params(config, SimpleNamespace(truth_params=None)) == \
+        ProcessParams()._replace(half_sat_nitrate=1.2)
+    with pytest.raises(ConfigError, match=r"model\.process_params: unknown process parameter\(s\) \['half_sat_nit"):
+        parse_config({"model": {"kind": "process", "process_params": {"half_sat_nitrat": 1.2}}})
+    with pytest.raises(ConfigError, match=r"half_sat_nitrate: 5\.0 is outside its range \[0\.1, 2\.0\]"):
+        parse_config({"model": {"kind": "process", "process_params": {"half_sat_nitrate": 5.0}}})
+    with pytest.raises(ConfigError, match="process_params as values needs model.kind 'process'"):
+        parse_config({"model": {"kind": "emulator", "process_params": {"half_sat_nitrate": 1.2}}})
+
+
 def test_missing_emulator_checkpoint_is_a_clear_error_before_any_work(tmp_path, capsys):
     config = tmp_path / "twin.yaml"
     config.write_text("name: x\nsites:\n  - {name: A, latitude: 43, longitude: 7}\nsources:\n  - path: none.csv\n"

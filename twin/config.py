@@ -333,11 +333,13 @@ class ModelConfig(Frozen):
         default=1.0, description="scales the emulator's own model-error estimate: one number, or one per tracer "
                                  "with 'default' for the others (e.g. {default: 2.0, oxygen: 4.0})")
     substeps: int = Field(default=12, ge=1, le=200)
-    process_params: Literal["default", "truth"] = Field(
+    process_params: Literal["default", "truth"] | dict[str, float] = Field(
         default="default",
-        description="parameters of the model: the defaults, or (a twin experiment only) the truth's own: with "
+        description="parameters of the model: the defaults; or (a twin experiment only) the truth's own: with "
                     "kind 'process', a perfect-model twin, the bound on what the observations can give; with the "
-                    "emulator, the truth's values of the parameters it takes as inputs (pretrain.varied_params)")
+                    "emulator, the truth's values of the parameters it takes as inputs (pretrain.varied_params); "
+                    "or, with kind 'process', the defaults with some values changed, {name: value} within the "
+                    "parameter's range (emulators.parameters.PARAM_RANGES)")
     bias: dict[str, BiasConfig] = Field(
         default_factory=dict, description="tracers whose persistent model error the filter estimates in the state")
 
@@ -367,6 +369,23 @@ class ModelConfig(Frozen):
             raise ValueError("expected a number or a mapping of tracer to number, e.g. {default: 2, oxygen: 8}")
         positive(v, "")
         return v
+
+    @field_validator("process_params")
+    @classmethod
+    def _params_in_range(cls, v):
+        if not isinstance(v, dict):
+            return v
+        from emulators.parameters import PARAM_RANGES
+        _require_known(v, tuple(PARAM_RANGES), "process parameter")
+        for name, value in v.items():
+            low, high = PARAM_RANGES[name]
+            if not low <= value <= high:
+                raise ValueError(f"{name}: {value} is outside its range [{low}, {high}]")
+        return v
+
+    def process_param_values(self) -> dict[str, float]:
+        """The parameter values the config changes from the defaults ({} for 'default' and 'truth')."""
+        return dict(self.process_params) if isinstance(self.process_params, dict) else {}
 
     def error_scale(self, tracer: str) -> float:
         """The factor on the emulator's model-error estimate for this tracer."""
@@ -582,6 +601,13 @@ class TwinConfig(Frozen):
         if self.model.process_params == "truth" and self.experiment is None:
             raise ValueError("model.process_params 'truth' needs an 'experiment' section: only a twin experiment "
                              "knows its truth's parameters")
+        return self
+
+    @model_validator(mode="after")
+    def _param_values_need_the_process_model(self):
+        if self.model.process_param_values() and self.model.kind != "process":
+            raise ValueError("model.process_params as values needs model.kind 'process' (the emulator takes its "
+                             "parameters from pretraining and refits)")
         return self
 
     @model_validator(mode="after")

@@ -330,7 +330,7 @@ def model_process_params(config: TwinConfig, prepared: Prepared) -> ProcessParam
         if prepared.truth_params is None:
             raise ValueError("model.process_params 'truth' needs a twin experiment (its truth's parameters)")
         return prepared.truth_params
-    return ProcessParams()
+    return ProcessParams()._replace(**config.model.process_param_values())
 
 
 def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):
@@ -682,7 +682,7 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
             runs["free_run"] = np.asarray(free_forecast(
                 forecast, members0, prepared.forcing, jax.random.fold_in(key, 10**6), prepared.num_days
             ).mean(axis=1))
-            if prepared.config.model.kind == "process" and prepared.config.model.process_params == "default":
+            if prepared.config.model.kind == "process" and prepared.config.model.process_params != "truth":
                 runs["process_model"] = runs["free_run"]  # the same model: one run serves both
             else:
                 process = make_forecast(process_stepper(ProcessParams(), prepared.sites,

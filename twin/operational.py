@@ -420,9 +420,9 @@ def _store_model(root: str, emulator_name: str | None, key: str, config, layout,
     if len(_MODELS) >= 4:
         _MODELS.pop(next(iter(_MODELS)))
     if config.model.kind == "process":
-        stepper = process_stepper(ProcessParams(), sites, config.model.substeps,
-                                  offshore_seasonal(config.sites, layout))
-        model = make_forecast(stepper, layout, sites, process_log_error_sd(config, layout),
+        params = ProcessParams()._replace(**config.model.process_param_values())
+        stepper = process_stepper(params, sites, config.model.substeps, offshore_seasonal(config.sites, layout))
+        model = make_forecast(stepper, layout, sites, process_log_error_sd(config, layout), params,
                               chlorophyll_scale=chlorophyll_scales(config.sites, layout),
                               **state_ar1(config, layout)), None, None
     else:
