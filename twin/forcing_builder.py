@@ -27,6 +27,7 @@ from emulators.forcing import (
     river_discharge_climatology,
     salinity_river_discharge,
 )
+from emulators.parameters import Site, default_site
 from twin import flags
 
 FORCING_VARIABLES = ("temperature", "salinity")
@@ -44,7 +45,8 @@ def days_since(times: np.ndarray, day0: np.datetime64) -> np.ndarray:
     return (np.asarray(times, "datetime64[ns]") - np.datetime64(day0, "ns")) / np.timedelta64(1, "D")
 
 
-def _series(table: xr.Dataset, site: str, variable: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
+def usable_series(table: xr.Dataset, site: str, variable: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """(times, values) of a site's usable observations of ``variable`` in ``layer`` (usable QC, finite)."""
     sel = ((table["site"].values == site) & (table["variable"].values == variable)
            & (table["layer"].values == layer) & np.isin(table["qc"].values, flags.USABLE_QC)
            & np.isfinite(table["value"].values))
@@ -83,7 +85,7 @@ def observed_daily_series(table: xr.Dataset, site: str, variable: str, layers: t
         ValueError: no layer of ``site`` has enough ``variable`` observations to fit a climatology.
     """
     days = np.arange(num_days, dtype=np.float64)
-    raw = {layer: _series(table, site, variable, layer) for layer in layers}
+    raw = {layer: usable_series(table, site, variable, layer) for layer in layers}
     need = 2 * n_harmonics + 2
     usable = {layer: v for layer, v in raw.items() if v[1].size >= need}
     if not usable:
@@ -142,8 +144,8 @@ def _causal_series(raw, usable, variable, layers, day0, num_days, max_gap_days, 
 def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tuple[str, ...],
                        day0: np.datetime64, num_days: int, *, cloudiness: float = 0.25,
                        max_gap_days: float = 20.0, wind_speed: float = 5.0,
-                       mode: str = "interpolate", river=None, surface_exchange_per_day: float = 0.02,
-                       river_volume: float = 5.0e9) -> tuple[Forcing, ForcingReport]:
+                       mode: str = "interpolate", river=None, model_site: Site | None = None
+                       ) -> tuple[Forcing, ForcingReport]:
     """Forcing of one site on ``num_days`` daily steps from ``day0``.
 
     Args:
@@ -152,8 +154,8 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
         cloudiness: mean fractional reduction of clear-sky PAR.
         mode: "interpolate" or "causal" (see :func:`observed_daily_series`).
         river: the site's ``twin.config.RiverConfig``, or None (no river).
-        surface_exchange_per_day, river_volume: the surface layer's offshore exchange (d-1) and the volume the
-            river dilutes into (m3), for a discharge taken from salinity.
+        model_site: the process model's ``emulators.parameters.Site`` of this station, whose surface exchange
+            and river volume a discharge taken from salinity needs (``default_site`` when None).
     """
     temperature, filled_t, borrowed_t = observed_daily_series(
         table, site, "temperature", layers, day0, num_days, max_gap_days, mode=mode)
@@ -168,9 +170,12 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
         if river.discharge_from_salinity:
             if river.offshore_salinity is None:
                 raise ValueError(f"site {site!r}: river.offshore_salinity is not resolved (twin.hindcast."
-                                 f"resolve_rivers fills it from the data)")
+                                 f"resolve_boundaries fills it from the data)")
+            if model_site is None:
+                model_site = default_site(len(layers), latitude)
+            surface_exchange = float(np.ravel(model_site.offshore_exchange_rate)[0])
             rivers["river_discharge"] = salinity_river_discharge(salinity[:, 0], river.offshore_salinity,
-                                                                 surface_exchange_per_day, river_volume)
+                                                                 surface_exchange, float(model_site.river_volume))
         else:
             rivers["river_discharge"] = river_discharge_climatology(
                 doy + 0.5, river.mean_discharge_m3s, river.seasonal_amplitude, river.peak_day_of_year)

@@ -281,13 +281,6 @@ def site_struct(site_config, num_layers: int) -> Site:
     return site._replace(offshore_state=jnp.asarray(offshore))
 
 
-def river_dilution_of(site: Site) -> dict[str, float]:
-    """The surface layer's offshore exchange (d-1) and river volume (m3) of a site, which a river driven by
-    salinity needs (keywords of ``twin.forcing_builder.build_site_forcing``)."""
-    return {"surface_exchange_per_day": float(np.ravel(site.offshore_exchange_rate)[0]),
-            "river_volume": float(site.river_volume)}
-
-
 def chlorophyll_scales(site_configs, layout: StateLayout):
     """The factors on the chlorophyll diagnostic per site and layer, in the layout's order: (S, L) from the
     configured ``sites[].chlorophyll_scale`` (1 where not given), or (S, L, 3) (scale, a, b) when a site gives

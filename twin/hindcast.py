@@ -32,14 +32,13 @@ from twin import flags
 from twin.config import RiverConfig, SiteConfig, SourceConfig, TwinConfig, write_resolved_config
 from twin.cycle_obs import build_cycle_observations, row_dispositions
 from twin.engine import AlertSpec, EngineState, WindowOutputs, free_forecast, run_window
-from twin.forcing_builder import build_site_forcing
+from twin.forcing_builder import build_site_forcing, usable_series
 from twin.forecast import (
     chlorophyll_scales,
     offshore_seasonal,
     initial_ensemble,
     make_forecast,
     process_stepper,
-    river_dilution_of,
     site_struct,
     stack_sites,
     state_ar1,
@@ -186,8 +185,7 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
         struct = site_struct(s, num_layers)
         f, rep = build_site_forcing(table, s.name, s.latitude, layout.layers, day0, num_days,
                                     max_gap_days=config.hindcast.forcing_max_gap_days,
-                                    mode=config.hindcast.forcing_mode, river=s.river,
-                                    **river_dilution_of(struct))
+                                    mode=config.hindcast.forcing_mode, river=s.river, model_site=struct)
         forcings.append(f)
         structs.append(struct)
         report[s.name] = {"filled_fraction": rep.filled_fraction, "borrowed": rep.borrowed}
@@ -256,13 +254,11 @@ def data_offshore_salinity(table: xr.Dataset, site_name: str, quantile: float = 
     """The salinity of a site's offshore water from its own data: the ``quantile`` of its usable surface
     salinity observations (the sea when no plume is there; the highest values are often evaporated summer
     water or errors)."""
-    value = table["value"].values
-    rows = (np.isin(table["qc"].values, flags.USABLE_QC) & np.isfinite(value) & (table["site"].values == site_name)
-            & (table["layer"].values == "surface") & (table["variable"].values == "salinity"))
-    if rows.sum() < 10:
+    _, values = usable_series(table, site_name, "salinity", "surface")
+    if values.size < 10:
         raise ValueError(f"site {site_name!r}: river.discharge_from_salinity needs river.offshore_salinity or at "
-                         f"least 10 usable surface salinity observations (found {int(rows.sum())})")
-    return round(float(np.quantile(value[rows], quantile)), 3)
+                         f"least 10 usable surface salinity observations (found {values.size})")
+    return round(float(np.quantile(values, quantile)), 3)
 
 
 def data_river_water(table: xr.Dataset, site_name: str, offshore_salinity: float,

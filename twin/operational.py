@@ -367,12 +367,12 @@ def _target_cycles(ledger: xr.Dataset, day0, cycles_done: int, until) -> int:
 
 def store_forcing(config, ledger, layout, day0, num_days):
     from twin.forcing_builder import build_site_forcing
-    from twin.forecast import river_dilution_of, site_struct
+    from twin.forecast import site_struct
     usable = ledger.isel(obs=np.flatnonzero(np.isin(ledger["qc"].values, flags.USABLE_QC)))
     try:
         per_site = [build_site_forcing(usable, s.name, s.latitude, layout.layers, day0, num_days,
                                        max_gap_days=config.hindcast.forcing_max_gap_days, mode="causal",
-                                       river=s.river, **river_dilution_of(site_struct(s, layout.num_layers)))[0]
+                                       river=s.river, model_site=site_struct(s, layout.num_layers))[0]
                     for s in config.sites]
         # NumPy, not device arrays: the series grow by a day each cycle, and stacking or slicing device
         # arrays of a new shape would compile new programs in every cycle's process.

@@ -144,6 +144,7 @@ def validation_scores(prepared, outputs) -> dict:
     fmean, fsd = np.asarray(outputs.forecast_mean), np.asarray(outputs.forecast_sd)
     keys = np.array([f"{v}@{s}/{l}" for v, s, l in zip(table["variable"].values, table["site"].values,
                                                         table["layer"].values)], dtype=object)
+    log_space = layout.log_mask()
     out = {}
     for key in sorted(set(keys[withheld])):
         v, rest = key.split("@")
@@ -168,7 +169,7 @@ def validation_scores(prepared, outputs) -> dict:
             "n": int(targets.size),
             "twin": {"rmse": rmse(mu, y), "crps": float(np.mean(gaussian_crps(mu, sd, y))),
                      "coverage_90": float(inside.mean()),
-                     "coverage_90_lognormal": float(in_lognormal.mean()) if layout.log_mask()[idx] else None,
+                     "coverage_90_lognormal": float(in_lognormal.mean()) if log_space[idx] else None,
                      "normal_interval_below_zero": float(np.mean(mu - Z90 * sd < 0))},
             "persistence": {"rmse": rmse(pers, y)},
             "climatology": {"rmse": rmse(clim, y)},

@@ -283,8 +283,7 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
     if "validation" in metrics:
         rows = [[k, e["n"], e["twin"]["rmse"], e["persistence"]["rmse"], e["climatology"]["rmse"],
                  e["twin"]["crps"], e["twin"]["coverage_90"],
-                 _or_nan(e["twin"].get("coverage_90_lognormal")), e["twin"].get("normal_interval_below_zero",
-                                                                              float("nan"))]
+                 _or_nan(e["twin"].get("coverage_90_lognormal")), _or_nan(e["twin"].get("normal_interval_below_zero"))]
                 for k, e in metrics["validation"].items()]
         parts += ["<h2>Withheld observations</h2>",
                   "<p>The 90 % interval of the forecast with the value's error: normal (mean +- 1.645 sd), and "
