@@ -35,6 +35,8 @@ def test_bad_river_names_its_field():
         parse_config({"sites": [{**site, "river": {"mean_discharge_m3s": 5, "seasonal_amplitude": 1.2}}]})
     with pytest.raises(ConfigError, match=r"sites\.0\.river: .*needs mean_discharge_m3s .* or discharge_from_salin"):
         parse_config({"sites": [{**site, "river": {"nitrate": 50}}]})
+    with pytest.raises(ConfigError, match=r"sites\.0\.river: .*nutrients_from_data needs discharge_from_salinity"):
+        parse_config({"sites": [{**site, "river": {"mean_discharge_m3s": 5, "nutrients_from_data": True}}]})
     with pytest.raises(ConfigError, match=r"sites\.0\.offshore_exchange_per_day\.surface: .*greater than 0"):
         parse_config({"sites": [{**site, "offshore_exchange_per_day": {"surface": 0}}]})
 
