@@ -66,6 +66,10 @@ def test_metrics_have_truth_and_validation_structure(run):
     assert 0.0 <= v["twin"]["coverage_90_lognormal"] <= 1.0 and 0.0 <= v["twin"]["normal_interval_below_zero"] <= 1
     # assimilating weekly nitrate beats the free run at the observed surface nitrate
     assert truth["nitrate@SYNTH-B/surface"]["twin"]["rmse"] < truth["nitrate@SYNTH-B/surface"]["free_run"]["rmse"]
+    # the analysis on the days a value was assimilated: observed variables only, weekly bottles for nitrate
+    nitrate = truth["nitrate@SYNTH-B/surface"]["twin"]
+    assert nitrate["rmse_at_observations"] > 0 and 2 < nitrate["n_at_observations"] < metrics["period"]["days"] / 6
+    assert "rmse_at_observations" not in truth["zooplankton@SYNTH-B/surface"]["twin"]
     # innovation statistics per series and source: the bottles and the buoy apart, counts from the ledger
     by_series = metrics["innovations"]["by_series"]
     bottles = by_series["nitrate@SYNTH-B/surface"]

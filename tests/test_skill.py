@@ -31,3 +31,20 @@ def test_gaussian_crps_matches_its_definition_by_monte_carlo():
     for y in (1.0, 1.7, -0.4):
         reference = np.mean(np.abs(x - y)) - 0.5 * np.mean(np.abs(x - x2))
         np.testing.assert_allclose(gaussian_crps(1.0, 0.5, y), reference, rtol=3e-3)
+
+
+def test_analysis_at_observations_scores_each_element_on_its_observed_cycles_after_the_burn_in():
+    """Element 0 observed on cycles 5 (burn-in: not counted), 40 and 50 (twice: counted once); element 2 on
+    cycle 60; element 1 never: the RMSE over exactly those cycles, to float64 rounding."""
+    from twin.skill import analysis_at_observations
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=(100, 3))
+    analysis = truth + rng.normal(size=(100, 3))
+    cycles = np.array([5, 40, 50, 50, 60])
+    index = np.array([0, 0, 0, 0, 2])
+    out = analysis_at_observations(analysis, truth, cycles, index, burn_in=30)
+    assert set(out) == {0, 2}
+    expected = np.sqrt(np.mean((analysis[[40, 50], 0] - truth[[40, 50], 0]) ** 2))
+    assert out[0]["n_at_observations"] == 2 and abs(out[0]["rmse_at_observations"] - expected) < 1e-12
+    assert out[2]["n_at_observations"] == 1
+    assert abs(out[2]["rmse_at_observations"] - abs(analysis[60, 2] - truth[60, 2])) < 1e-12

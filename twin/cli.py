@@ -84,11 +84,14 @@ def _summary_lines(metrics: dict) -> list[str]:
     if "truth" in metrics:
         unobserved = set(metrics["unobserved"])
         lines.append(f"{'variable':<34} {'':>10} {'rmse twin':>10} {'free run':>10} {'process':>10} "
-                     f"{'spread/rmse':>11}")
+                     f"{'spread/rmse':>11} {'obs. error':>10} {'twin at obs.':>12}")
         for name, e in metrics["truth"].items():
+            at_obs = e["twin"].get("rmse_at_observations")
             lines.append(f"{name:<34} {'unobserved' if name in unobserved else 'observed':>10} "
                          f"{e['twin']['rmse']:>10.4g} {e['free_run']['rmse']:>10.4g} "
-                         f"{e['process_model']['rmse']:>10.4g} {e['twin']['spread_skill']:>11.2f}")
+                         f"{e['process_model']['rmse']:>10.4g} {e['twin']['spread_skill']:>11.2f} "
+                         f"{e.get('observation_error', float('nan')):>10.4g} "
+                         f"{float('nan') if at_obs is None else at_obs:>12.4g}")
     for name, e in metrics.get("validation", {}).items():
         lines.append(f"withheld {name:<34} n={e['n']:<5} rmse {e['twin']['rmse']:.4g} "
                      f"(persistence {e['persistence']['rmse']:.4g}, climatology {e['climatology']['rmse']:.4g}), "

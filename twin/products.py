@@ -12,8 +12,8 @@ from twin import flags
 from twin.cycle_obs import cycle_of
 from twin.engine import QUANTILES
 from twin.observations import atomic_write, write_netcdf
-from twin.skill import (climatology_forecast, gaussian_crps, lognormal_interval, persistence_forecast, rmse,
-                        truth_scores)
+from twin.skill import (analysis_at_observations, climatology_forecast, gaussian_crps, lognormal_interval,
+                        persistence_forecast, rmse, truth_scores)
 from twin.state_layout import OBSERVABLE, bias_name, offset_name, seen_name
 from twin.units import CF_STANDARD_NAMES
 
@@ -184,9 +184,12 @@ def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) 
     scored = [i for i in range(len(names)) if np.isfinite(prepared.truth[:, i]).any()]
     twin = dict(zip(scored, truth_scores(np.asarray(outputs.analysis_mean)[:, scored],
                                          np.asarray(outputs.analysis_sd)[:, scored], prepared.truth[:, scored])))
-    assimilated = set(prepared.cycle_obs.group_state_index[
-        np.isin(np.arange(prepared.cycle_obs.group_cycle.size),
-                prepared.cycle_obs.row_group[dispositions == disp.ASSIMILATED])].tolist())
+    cycle_obs = prepared.cycle_obs
+    used = np.zeros(cycle_obs.group_cycle.size, bool)
+    used[cycle_obs.row_group[dispositions == disp.ASSIMILATED]] = True
+    assimilated = set(cycle_obs.group_state_index[used].tolist())
+    at_obs = analysis_at_observations(np.asarray(outputs.analysis_mean), prepared.truth,
+                                      cycle_obs.group_cycle[used], cycle_obs.group_state_index[used])
     obs_error = {}
     table = prepared.table
     for i, name in enumerate(names):
@@ -203,6 +206,8 @@ def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) 
             entry[label] = {"rmse": rmse(series[30:, i], prepared.truth[30:, i])}
         if name in obs_error:
             entry["observation_error"] = obs_error[name]
+        if i in at_obs:
+            entry["twin"].update(at_obs[i])
         result[name] = entry
     unobserved = [names[i] for i in scored if i not in assimilated]
     return {"truth": result, "unobserved": unobserved}

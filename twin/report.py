@@ -276,10 +276,13 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
             rows.append([name, "unobserved" if name in unobserved else "observed", e["twin"]["rmse"],
                          e.get("free_run", {}).get("rmse", float("nan")),
                          e.get("process_model", {}).get("rmse", float("nan")),
-                         e.get("observation_error", float("nan")), e["twin"]["spread_skill"]])
+                         e.get("observation_error", float("nan")),
+                         _or_nan(e["twin"].get("rmse_at_observations")), e["twin"]["spread_skill"]])
         parts += ["<h2>Skill against the truth (twin experiment)</h2>",
+                  "<p>RMSE over every day after a 30-day burn-in; \"at obs.\": the analysis RMSE on the days "
+                  "a value of the variable was assimilated, the one to set beside its observation error.</p>",
                   html_table(rows, ["variable", "", "RMSE twin", "RMSE free run", "RMSE process model",
-                                "obs. error", "spread / RMSE"])]
+                                "obs. error", "RMSE twin at obs.", "spread / RMSE"])]
     if "validation" in metrics:
         rows = [[k, e["n"], e["twin"]["rmse"], e["persistence"]["rmse"], e["climatology"]["rmse"],
                  e["twin"]["crps"], e["twin"]["coverage_90"],

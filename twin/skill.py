@@ -53,6 +53,24 @@ def truth_scores(analysis_mean: np.ndarray, analysis_sd: np.ndarray, truth: np.n
     return out
 
 
+def analysis_at_observations(analysis_mean: np.ndarray, truth: np.ndarray, cycles: np.ndarray,
+                             state_index: np.ndarray, burn_in: int = 30) -> dict[int, dict]:
+    """Analysis RMSE against the truth on the cycles where the element had an assimilated observation
+    (after the burn-in), per state element: {index: {"rmse_at_observations", "n_at_observations"}}.
+
+    The analysis error to set beside the observation error: where a value was assimilated, the analysis
+    combines it with the forecast and should be closer to the truth than it. ``truth_scores``' RMSE runs over
+    every day, most of them (for weekly bottles) up to six days of forecast after the last sample.
+    """
+    out = {}
+    for i in np.unique(state_index):
+        c = np.unique(cycles[(state_index == i) & (cycles >= burn_in)])
+        if c.size:
+            out[int(i)] = {"rmse_at_observations": rmse(analysis_mean[c, i], truth[c, i]),
+                           "n_at_observations": int(c.size)}
+    return out
+
+
 def persistence_forecast(times: np.ndarray, values: np.ndarray, train: np.ndarray, targets: np.ndarray
                          ) -> np.ndarray:
     """For each target index: the last training value strictly before its time (NaN when none)."""
