@@ -45,11 +45,15 @@ def days_since(times: np.ndarray, day0: np.datetime64) -> np.ndarray:
     return (np.asarray(times, "datetime64[ns]") - np.datetime64(day0, "ns")) / np.timedelta64(1, "D")
 
 
-def usable_series(table: xr.Dataset, site: str, variable: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
-    """(times, values) of a site's usable observations of ``variable`` in ``layer`` (usable QC, finite)."""
+def usable_series(table: xr.Dataset, site: str, variable: str, layer: str, exclude: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(times, values) of a site's usable observations of ``variable`` in ``layer`` (usable QC, finite; rows
+    marked in ``exclude``, such as the withheld ones, left out)."""
     sel = ((table["site"].values == site) & (table["variable"].values == variable)
            & (table["layer"].values == layer) & np.isin(table["qc"].values, flags.USABLE_QC)
            & np.isfinite(table["value"].values))
+    if exclude is not None:
+        sel &= ~exclude
     return table["time"].values[sel], table["value"].values[sel]
 
 

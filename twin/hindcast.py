@@ -268,18 +268,16 @@ def data_river_water(table: xr.Dataset, site_name: str, offshore_salinity: float
     least-squares line of the nutrient against f = 1 - S / ``offshore_salinity`` (clipped at 0): the river
     end member of the mixing line, as ``{nutrient: mmol m-3}``."""
     from emulators.forcing import RIVER_WATER
-    value = table["value"].values
-    usable = np.isin(table["qc"].values, flags.USABLE_QC) & np.isfinite(value) & (table["site"].values == site_name)
-    usable &= table["layer"].values == "surface"
-    if exclude is not None:
-        usable &= ~exclude
-    variable, times = table["variable"].values, table["time"].values
-    rows = usable & (variable == "salinity")
-    salinity = pd.Series(value[rows], index=times[rows]).groupby(level=0).mean()
+
+    def cast_means(variable: str) -> pd.Series:
+        # Per sampling time: a nutrient is paired with the salinity of the same cast.
+        times, values = usable_series(table, site_name, variable, "surface", exclude)
+        return pd.Series(values, index=times).groupby(level=0).mean()
+
+    salinity = cast_means("salinity")
     out = {}
     for nutrient in RIVER_WATER:
-        rows = usable & (variable == nutrient)
-        samples = pd.Series(value[rows], index=times[rows]).groupby(level=0).mean()
+        samples = cast_means(nutrient)
         paired = pd.concat([samples, salinity], axis=1, join="inner").to_numpy()
         if paired.shape[0] < minimum:
             continue
