@@ -173,7 +173,8 @@ def test_sensor_offset_options_name_their_field():
 
 
 def test_emulator_error_scale_per_tracer():
-    with pytest.raises(ConfigError, match=r"model\.emulator_error_scale: unknown tracer\(s\) \['oxygn'\]; valid: 'default'"):
+    with pytest.raises(ConfigError,
+                       match=r"model\.emulator_error_scale: unknown key\(s\) \['oxygn'\]; valid: 'default'"):
         parse_config({"model": {"emulator_error_scale": {"oxygn": 2}}})
     with pytest.raises(ConfigError, match=r"model\.emulator_error_scale: oxygen: must be a number greater than 0"):
         parse_config({"model": {"emulator_error_scale": {"oxygen": -1}}})
@@ -193,7 +194,8 @@ def test_emulator_error_sd_is_scaled_per_tracer_in_every_layer():
     from emulators.parameters import TRACERS
     from twin.forecast import emulator_log_error_sd
     log_sd = np.linspace(0.01, 0.02, 2 * len(TRACERS), dtype=np.float32)  # two layers of the tracers
-    emulator = SimpleNamespace(model_error=SimpleNamespace(log_sd=log_sd))
+    names = tuple(f"{t}/{layer}" for layer in ("surface", "bottom") for t in TRACERS)
+    emulator = SimpleNamespace(model_error=SimpleNamespace(log_sd=log_sd), config=SimpleNamespace(state_names=names))
     model = parse_config({"model": {"emulator_error_scale": {"default": 2.0, "oxygen": 8.0}}}).model
     sd = emulator_log_error_sd(emulator, model)
     oxygen = [i for i in range(sd.size) if TRACERS[i % len(TRACERS)] == "oxygen"]
@@ -201,6 +203,11 @@ def test_emulator_error_sd_is_scaled_per_tracer_in_every_layer():
     expected = 2.0 * log_sd
     expected[oxygen] = 8.0 * log_sd[oxygen]
     np.testing.assert_array_equal(sd, expected)
+    # a 'tracer/layer' value wins over its tracer's in that layer only
+    model = parse_config({"model": {"emulator_error_scale": {"default": 2.0, "oxygen": 8.0,
+                                                             "oxygen/bottom": 3.0}}}).model
+    expected[oxygen[1]] = 3.0 * log_sd[oxygen[1]]
+    np.testing.assert_array_equal(emulator_log_error_sd(emulator, model), expected)
 
 
 def test_process_error_per_tracer_and_the_oxygen_rule():
@@ -209,8 +216,30 @@ def test_process_error_per_tracer_and_the_oxygen_rule():
     each = parse_config({"model": {"process_log_error_sd": {"default": 0.2, "phytoplankton": 0.1}}}).model
     assert [each.process_error_sd(t) for t in ("nitrate", "phytoplankton", "oxygen")] == [0.2, 0.1, 0.2 / 10]
     assert parse_config({"model": {"process_log_error_sd": {"oxygen": 0.05}}}).model.process_error_sd("oxygen") == 0.05
-    with pytest.raises(ConfigError, match=r"model\.process_log_error_sd: unknown tracer\(s\) \['phyto'\]"):
+    with pytest.raises(ConfigError, match=r"model\.process_log_error_sd: unknown key\(s\) \['phyto'\]"):
         parse_config({"model": {"process_log_error_sd": {"phyto": 0.1}}})
+
+
+def test_process_error_per_layer_wins_over_the_tracer_and_reaches_the_layout_order():
+    """'detritus/bottom' sets the bottom value only; the layer-less lookup keeps the tracer's; the array the
+    hindcast builds has tracers fastest, then layers; unknown layers are refused with the key named."""
+    import numpy as np
+
+    from emulators.parameters import TRACERS
+    from twin.hindcast import process_log_error_sd
+    from twin.state_layout import StateLayout
+    config = parse_config({"model": {"process_log_error_sd": {"default": 0.2, "detritus": 0.3,
+                                                              "detritus/bottom": 0.5, "oxygen/surface": 0.01}}})
+    model = config.model
+    assert [model.process_error_sd("detritus", layer) for layer in ("surface", "bottom", None)] == [0.3, 0.5, 0.3]
+    assert [model.process_error_sd("oxygen", layer) for layer in ("surface", "bottom")] == [0.01, 0.2 / 10]
+    sd = process_log_error_sd(config, StateLayout(("A",), 2))
+    n = len(TRACERS)
+    d = TRACERS.index("detritus")
+    assert sd.shape == (2 * n,) and sd[d] == np.float32(0.3) and sd[n + d] == np.float32(0.5)
+    assert sd[TRACERS.index("nitrate")] == np.float32(0.2)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['detritus/middle'\]"):
+        parse_config({"model": {"emulator_error_scale": {"detritus/middle": 2.0}}})
 
 
 def test_variable_localization_names_state_variables_and_weights_in_0_1():

@@ -323,15 +323,24 @@ class BiasConfig(Frozen):
                                           description="e-folding time of b: how long an anomaly is carried")
 
 
+def _named_value(values: dict, tracer: str, layer: str | None):
+    """A per-tracer setting's value for this tracer and layer: 'tracer/layer' first, then 'tracer'; None."""
+    if layer is not None and f"{tracer}/{layer}" in values:
+        return values[f"{tracer}/{layer}"]
+    return values.get(tracer)
+
+
 class ModelConfig(Frozen):
     """Which model moves the ensemble: the neural emulator (default) or the process model itself."""
     kind: Literal["emulator", "process"] = "emulator"
     process_log_error_sd: PositiveFloat | dict[str, PositiveFloat] = Field(
         default=0.05, description="multiplicative model error per day of the process model (log sd): one number "
-                                  "(a tenth of it for oxygen), or one per tracer with 'default' for the others")
+                                  "(a tenth of it for oxygen), or one per tracer or 'tracer/layer' with "
+                                  "'default' for the others")
     emulator_error_scale: PositiveFloat | dict[str, PositiveFloat] = Field(
         default=1.0, description="scales the emulator's own model-error estimate: one number, or one per tracer "
-                                 "with 'default' for the others (e.g. {default: 2.0, oxygen: 4.0})")
+                                 "or 'tracer/layer' with 'default' for the others (e.g. {default: 2.0, oxygen: "
+                                 "4.0, detritus/bottom: 6.0})")
     substeps: int = Field(default=12, ge=1, le=200)
     process_params: Literal["default", "truth"] | dict[str, float] = Field(
         default="default",
@@ -359,9 +368,13 @@ class ModelConfig(Frozen):
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0:
                 raise ValueError(f"{where}must be a number greater than 0")
         if isinstance(v, dict):
-            unknown = [t for t in v if t not in OFFSHORE_TRACERS and t != "default"]
+            def known(key):
+                tracer, _, layer = key.partition("/")
+                return key == "default" or (tracer in OFFSHORE_TRACERS and layer in ("", "surface", "bottom"))
+            unknown = [t for t in v if not known(t)]
             if unknown:
-                raise ValueError(f"unknown tracer(s) {unknown}; valid: 'default' and {list(OFFSHORE_TRACERS)}")
+                raise ValueError(f"unknown key(s) {unknown}; valid: 'default', a tracer of "
+                                 f"{list(OFFSHORE_TRACERS)}, or 'tracer/layer' with layer surface or bottom")
             for tracer, x in v.items():
                 positive(x, f"{tracer}: ")
             return v
@@ -387,18 +400,24 @@ class ModelConfig(Frozen):
         """The parameter values the config changes from the defaults ({} for 'default' and 'truth')."""
         return dict(self.process_params) if isinstance(self.process_params, dict) else {}
 
-    def error_scale(self, tracer: str) -> float:
-        """The factor on the emulator's model-error estimate for this tracer."""
+    def error_scale(self, tracer: str, layer: str | None = None) -> float:
+        """The factor on the emulator's model-error estimate for this tracer in this layer: its
+        'tracer/layer' value, else its tracer's, else the default."""
         scale = self.emulator_error_scale
-        return float(scale.get(tracer, scale.get("default", 1.0)) if isinstance(scale, dict) else scale)
+        if not isinstance(scale, dict):
+            return float(scale)
+        named = _named_value(scale, tracer, layer)
+        return float(scale.get("default", 1.0) if named is None else named)
 
-    def process_error_sd(self, tracer: str) -> float:
-        """The process model's daily log error sd for this tracer. Oxygen, unless named, gets a tenth of the
-        default: it sits near saturation and varies by percents, the nutrients by factors."""
+    def process_error_sd(self, tracer: str, layer: str | None = None) -> float:
+        """The process model's daily log error sd for this tracer in this layer ('tracer/layer', else the
+        tracer's, else the default). Oxygen, unless named, gets a tenth of the default: it sits near saturation
+        and varies by percents, the nutrients by factors."""
         sd = self.process_log_error_sd
         if isinstance(sd, dict):
-            if tracer in sd:
-                return float(sd[tracer])
+            named = _named_value(sd, tracer, layer)
+            if named is not None:
+                return float(named)
             sd = sd.get("default", 0.05)
         return float(sd) / (10.0 if tracer == "oxygen" else 1.0)
 

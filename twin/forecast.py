@@ -139,11 +139,11 @@ class ModelBias(NamedTuple):
 
 
 def emulator_log_error_sd(emulator, model_config) -> np.ndarray:
-    """The emulator's one-day model error (log sd per state element of a site), scaled per tracer by
-    ``model.emulator_error_scale``."""
-    from emulators.parameters import TRACERS
+    """The emulator's one-day model error (log sd per state element of a site, named 'tracer/layer' in
+    ``emulator.config.state_names``), scaled per tracer and layer by ``model.emulator_error_scale``."""
     sd = np.asarray(emulator.model_error.log_sd, np.float32)
-    scale = np.array([model_config.error_scale(TRACERS[i % len(TRACERS)]) for i in range(sd.size)], np.float32)
+    scale = np.array([model_config.error_scale(*name.split("/")) for name in emulator.config.state_names],
+                     np.float32)
     return sd * scale
 
 

@@ -343,10 +343,11 @@ def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):
 
 def process_log_error_sd(config: TwinConfig, layout: StateLayout) -> np.ndarray:
     """Daily multiplicative model error of the process model per model-state element of a site
-    (``model.process_log_error_sd``, per tracer)."""
+    (``model.process_log_error_sd``, per tracer and layer; tracers vary fastest, then layers)."""
     from emulators.parameters import TRACERS
-    return np.array([config.model.process_error_sd(TRACERS[i % len(TRACERS)]) for i in range(layout.model_dim)],
-                    np.float32)
+    n = len(TRACERS)
+    return np.array([config.model.process_error_sd(TRACERS[i % n], layout.layers[i // n])
+                     for i in range(layout.model_dim)], np.float32)
 
 
 def filter_params(config: TwinConfig) -> FilterParams:
