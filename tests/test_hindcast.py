@@ -285,12 +285,12 @@ def test_seasonal_boundary_is_the_annual_harmonic_of_the_log_and_multiplies_the_
 
 
 def test_offshore_water_keys_are_checked():
-    from emulators.parameters import TRACERS
-    from twin.config import OBSERVED_STATE, OFFSHORE_TRACERS, STATE_VARIABLES, parse_config
+    from emulators.parameters import LAYERS, TRACERS
+    from twin.config import MODEL_LAYERS, OBSERVED_STATE, OFFSHORE_TRACERS, STATE_VARIABLES, parse_config
     from twin.errors import ConfigError
     from twin.state_layout import OBSERVABLE
     from twin.state_layout import STATE_VARIABLES as LAYOUT_STATE_VARIABLES
-    assert OFFSHORE_TRACERS == TRACERS
+    assert OFFSHORE_TRACERS == TRACERS and MODEL_LAYERS == LAYERS
     assert set(OBSERVED_STATE) == set(OBSERVABLE.values())
     assert STATE_VARIABLES == LAYOUT_STATE_VARIABLES
     with pytest.raises(ConfigError, match=r"sites\.0\.offshore_water.*'nitrat/bottom'"):

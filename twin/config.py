@@ -54,6 +54,14 @@ OFFSHORE_TRACERS = ("nitrate", "ammonium", "phosphate", "silicate", "phytoplankt
 OBSERVED_STATE = ("nitrate", "ammonium", "phosphate", "silicate", "oxygen", "chlorophyll")
 # The state variables of a site and layer (twin.state_layout.STATE_VARIABLES: the tracers and chlorophyll).
 STATE_VARIABLES = OFFSHORE_TRACERS + ("chlorophyll",)
+# The process model's layers (emulators.parameters.LAYERS, repeated for the same reason and kept equal likewise).
+MODEL_LAYERS = ("surface", "bottom")
+
+
+def _is_tracer_layer(key: str) -> bool:
+    """Whether ``key`` is 'tracer/layer': a tracer of OFFSHORE_TRACERS and a layer of MODEL_LAYERS."""
+    tracer, slash, layer = key.partition("/")
+    return bool(slash) and tracer in OFFSHORE_TRACERS and layer in MODEL_LAYERS
 
 
 class RiverConfig(Frozen):
@@ -141,8 +149,7 @@ class SiteConfig(Frozen):
     @field_validator("offshore_water", "offshore_seasonal")
     @classmethod
     def _offshore_keys(cls, v):
-        bad = [k for k in v if k.count("/") != 1 or k.split("/")[0] not in OFFSHORE_TRACERS
-               or k.split("/")[1] not in ("surface", "bottom")]
+        bad = [k for k in v if not _is_tracer_layer(k)]
         if bad:
             raise ValueError(f"keys {bad} are not 'tracer/layer' with tracer one of {list(OFFSHORE_TRACERS)} and layer "
                              f"surface or bottom")
@@ -368,10 +375,7 @@ class ModelConfig(Frozen):
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0:
                 raise ValueError(f"{where}must be a number greater than 0")
         if isinstance(v, dict):
-            def known(key):
-                tracer, _, layer = key.partition("/")
-                return key == "default" or (tracer in OFFSHORE_TRACERS and layer in ("", "surface", "bottom"))
-            unknown = [t for t in v if not known(t)]
+            unknown = [t for t in v if t != "default" and t not in OFFSHORE_TRACERS and not _is_tracer_layer(t)]
             if unknown:
                 raise ValueError(f"unknown key(s) {unknown}; valid: 'default', a tracer of "
                                  f"{list(OFFSHORE_TRACERS)}, or 'tracer/layer' with layer surface or bottom")

@@ -42,6 +42,12 @@ ModelKind = Literal["emulator", "process"]
 Stepper = Callable[[jax.Array, Forcing, Any], jax.Array]
 
 
+def configured_process_params(model_config) -> ProcessParams:
+    """The process model's parameters a config's ``model`` section sets: the defaults with the values of
+    ``model.process_params`` (none for 'default' and 'truth')."""
+    return ProcessParams()._replace(**model_config.process_param_values())
+
+
 def process_stepper(params: ProcessParams, sites: Site, substeps: int = 12, offshore_seasonal=None) -> Stepper:
     """The process model (``emulators.process_model.step``) for every member and site; ``model_params``
     (a ProcessParams), when given, replaces ``params``. ``offshore_seasonal`` (S, L * NUM_TRACERS, 2), or None:

@@ -35,6 +35,7 @@ from twin.engine import AlertSpec, EngineState, WindowOutputs, free_forecast, ru
 from twin.forcing_builder import build_site_forcing, usable_series
 from twin.forecast import (
     chlorophyll_scales,
+    configured_process_params,
     offshore_seasonal,
     initial_ensemble,
     make_forecast,
@@ -324,7 +325,7 @@ def model_process_params(config: TwinConfig, prepared: Prepared) -> ProcessParam
         if prepared.truth_params is None:
             raise ValueError("model.process_params 'truth' needs a twin experiment (its truth's parameters)")
         return prepared.truth_params
-    return ProcessParams()._replace(**config.model.process_param_values())
+    return configured_process_params(config.model)
 
 
 def build_model(config: TwinConfig, prepared: Prepared, quiet: bool = False):

@@ -411,16 +411,15 @@ _MODELS: dict[str, tuple] = {}
 
 
 def _store_model(root: str, emulator_name: str | None, key: str, config, layout, sites):
-    from emulators.parameters import ProcessParams
-    from twin.forecast import (chlorophyll_scales, emulator_log_error_sd, emulator_stepper, make_forecast,
-                               offshore_seasonal, process_stepper, state_ar1)
+    from twin.forecast import (chlorophyll_scales, configured_process_params, emulator_log_error_sd,
+                               emulator_stepper, make_forecast, offshore_seasonal, process_stepper, state_ar1)
     from twin.hindcast import process_log_error_sd
     if key in _MODELS:
         return _MODELS[key]
     if len(_MODELS) >= 4:
         _MODELS.pop(next(iter(_MODELS)))
     if config.model.kind == "process":
-        params = ProcessParams()._replace(**config.model.process_param_values())
+        params = configured_process_params(config.model)
         stepper = process_stepper(params, sites, config.model.substeps, offshore_seasonal(config.sites, layout))
         model = make_forecast(stepper, layout, sites, process_log_error_sd(config, layout), params,
                               chlorophyll_scale=chlorophyll_scales(config.sites, layout),

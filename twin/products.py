@@ -12,8 +12,8 @@ from twin import flags
 from twin.cycle_obs import cycle_of
 from twin.engine import QUANTILES
 from twin.observations import atomic_write, write_netcdf
-from twin.skill import (analysis_at_observations, climatology_forecast, gaussian_crps, lognormal_interval,
-                        persistence_forecast, rmse, truth_scores)
+from twin.skill import (BURN_IN_CYCLES, analysis_at_observations, climatology_forecast, gaussian_crps,
+                        lognormal_interval, persistence_forecast, rmse, truth_scores)
 from twin.state_layout import OBSERVABLE, bias_name, offset_name, seen_name
 from twin.units import CF_STANDARD_NAMES
 
@@ -203,7 +203,7 @@ def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) 
     for i, name in ((i, names[i]) for i in scored):
         entry = {"twin": twin[i]}
         for label, series in baselines.items():
-            entry[label] = {"rmse": rmse(series[30:, i], prepared.truth[30:, i])}
+            entry[label] = {"rmse": rmse(series[BURN_IN_CYCLES:, i], prepared.truth[BURN_IN_CYCLES:, i])}
         if name in obs_error:
             entry["observation_error"] = obs_error[name]
         if i in at_obs:

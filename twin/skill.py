@@ -36,8 +36,11 @@ def rmse(a, b) -> float:
     return float(np.sqrt(np.mean(d**2))) if d.size else float("nan")
 
 
-def truth_scores(analysis_mean: np.ndarray, analysis_sd: np.ndarray, truth: np.ndarray, burn_in: int = 30
-                 ) -> list[dict]:
+BURN_IN_CYCLES = 30  # the first cycles, while the ensemble forgets its initial state, are not scored
+
+
+def truth_scores(analysis_mean: np.ndarray, analysis_sd: np.ndarray, truth: np.ndarray,
+                 burn_in: int = BURN_IN_CYCLES) -> list[dict]:
     """Per state element: RMSE of the analysis mean, mean spread and spread-skill ratio, CRPS.
 
     Args:
@@ -54,7 +57,7 @@ def truth_scores(analysis_mean: np.ndarray, analysis_sd: np.ndarray, truth: np.n
 
 
 def analysis_at_observations(analysis_mean: np.ndarray, truth: np.ndarray, cycles: np.ndarray,
-                             state_index: np.ndarray, burn_in: int = 30) -> dict[int, dict]:
+                             state_index: np.ndarray, burn_in: int = BURN_IN_CYCLES) -> dict[int, dict]:
     """Analysis RMSE against the truth on the cycles where the element had an assimilated observation
     (after the burn-in), per state element: {index: {"rmse_at_observations", "n_at_observations"}}.
 
