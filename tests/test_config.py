@@ -146,8 +146,9 @@ def test_refit_and_calibration_options_name_their_field():
 
 
 def test_model_bias_options_name_their_field():
-    with pytest.raises(ConfigError, match=r"model\.bias: unknown tracer\(s\) \['oxygn'\]; valid: \['nitrate'"):
+    with pytest.raises(ConfigError, match=r"model\.bias: unknown variable\(s\) \['oxygn'\]; valid: \['nitrate'"):
         parse_config({"model": {"bias": {"oxygn": {}}}})
+    assert list(parse_config({"model": {"bias": {"chlorophyll": {}}}}).model.bias) == ["chlorophyll"]
     with pytest.raises(ConfigError, match=r"model\.bias\.oxygen\.sd_per_day: .*\[0, 1\]"):
         parse_config({"model": {"bias": {"oxygen": {"sd_per_day": 2}}}})
     with pytest.raises(ConfigError, match=r"model\.bias\.oxygen\.sd_per_day: unknown layer\(s\) \['middle'\]"):

@@ -142,6 +142,25 @@ def test_cross_variable_taper_table_groups_equal_rows_into_domains():
         np.testing.assert_allclose(taper[domain[i]], expect, rtol=1e-6)
 
 
+def test_cross_variable_taper_reaches_the_biases_and_offsets_the_state_carries():
+    """The augmented elements can be tapered by name ({oxygen: {chlorophyll_bias: 0}}: oxygen samples do not
+    move the model's Chl:N error); a name the state does not carry is refused, the name given."""
+    layout = StateLayout(("A",), 2, ("chlorophyll",), (("buoy", "oxygen"),))
+    pairs = {"oxygen": {"chlorophyll_bias": 0.0}, "chlorophyll": {"oxygen_offset_buoy": 0.0}}
+    loc = local_taper(pairs_config(pairs), layout)
+    variable = np.array([v for v, _, _ in layout.variables()])
+    observed = np.array(["oxygen" if v == "oxygen_buoy" else v for v in variable])
+    taper = np.asarray(loc.taper)[np.asarray(loc.domain_of_state)]          # (n, n): element i's row
+    for i, v in enumerate(variable):
+        expect = np.where((observed == "oxygen") & (v == "chlorophyll_bias"), 0.0, 1.0)
+        expect = np.where((observed == "chlorophyll") & (v == "oxygen_offset_buoy"), 0.0, expect)
+        np.testing.assert_array_equal(taper[i], expect)
+    with pytest.raises(ValueError, match=r"names \['nitrate_bias'\], which the state does not carry"):
+        local_taper(pairs_config({"oxygen": {"nitrate_bias": 0.0}}), layout)
+    with pytest.raises(ConfigError, match=r"unknown state variable\(s\) \['oxygen_offset_'\]"):
+        pairs_config({"oxygen": {"oxygen_offset_": 0.0}})
+
+
 def test_a_zero_cross_variable_taper_is_the_etkf_without_those_observations():
     """{ammonium: {nitrate: 0}}: the nitrate elements get the ETKF analysis of the nitrate observation alone,
     every other element the ETKF analysis of both; log space, as the twin runs. rtol 1e-4 (float32, separate

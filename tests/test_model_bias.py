@@ -66,6 +66,30 @@ def test_bias_multiplies_its_tracer_and_decays_with_its_timescale():
     assert_allclose(x1[:, layout.bias_slices()[0]], np.array([[0.05, -0.02]] * 3) * np.exp(-0.1), rtol=1e-6)
 
 
+def test_chlorophyll_bias_is_a_level_on_the_diagnostic_not_a_rate_on_the_tracers():
+    """model.bias 'chlorophyll' (the model's Chl:N error): the day's chlorophyll is the diagnostic of the new
+    state times exp(b') with b' the bias after its AR(1) step; the tracers and the diagnostic's recomputation
+    are otherwise those of the unbiased twin (rtol 1e-6, float32)."""
+    layout, sites, forcing = _setup(("chlorophyll",))
+    plain_layout, _, _ = _setup(())
+    bias = ModelBias(np.array([0.2, 0.2], np.float32), np.array([10.0, 10.0], np.float32), noise=False)
+    zero = np.zeros(layout.model_dim, np.float32)
+    forecast = make_forecast(_identity, layout, sites, zero, bias=bias)
+    plain = make_forecast(_identity, plain_layout, sites, zero)
+    x0 = initial_ensemble(jax.random.PRNGKey(0), layout, 3, np.asarray(initial_state(2))[None], 0.3, bias)
+    x0 = x0.at[:, layout.bias_slices()[0]].set(jnp.asarray([0.3, -0.1]))
+    f0 = jax.tree.map(lambda a: a[0], forcing)
+    x1 = np.asarray(forecast(x0, f0, jax.random.PRNGKey(1)))
+    p1 = np.asarray(plain(x0[:, :plain_layout.dim], f0, jax.random.PRNGKey(1)))
+    b1 = np.array([0.3, -0.1]) * np.exp(-0.1)
+    assert_allclose(x1[:, layout.bias_slices()[0]], np.tile(b1, (3, 1)), rtol=1e-6)
+    assert_allclose(x1[:, layout.model_slices()[0]], p1[:, plain_layout.model_slices()[0]], rtol=1e-6)
+    chl = [layout.index("chlorophyll", "A", layer) for layer in layout.layers]
+    assert_allclose(x1[:, chl], p1[:, chl] * np.exp(b1), rtol=1e-6)
+    assert layout.bias_targets().tolist() == chl                     # positions of the diagnostic
+    assert layout.units("chlorophyll_bias") == "1"
+
+
 def test_model_bias_without_its_ar1_is_an_error():
     layout, sites, _ = _setup()
     with pytest.raises(ValueError, match="model biases of \\['oxygen'\\]"):

@@ -357,14 +357,16 @@ class ModelConfig(Frozen):
                     "or, with kind 'process', the defaults with some values changed, {name: value} within the "
                     "parameter's range (emulators.parameters.PARAM_RANGES)")
     bias: dict[str, BiasConfig] = Field(
-        default_factory=dict, description="tracers whose persistent model error the filter estimates in the state")
+        default_factory=dict, description="tracers whose persistent model error the filter estimates in the state; "
+                                          "'chlorophyll': the error of the model's Chl:N ratio (b then is the log "
+                                          "of that factor, a level rather than a rate per day)")
 
     @field_validator("bias")
     @classmethod
     def _known_tracers(cls, v):
-        unknown = [t for t in v if t not in OFFSHORE_TRACERS]
+        unknown = [t for t in v if t not in STATE_VARIABLES]
         if unknown:
-            raise ValueError(f"unknown tracer(s) {unknown}; valid: {list(OFFSHORE_TRACERS)}")
+            raise ValueError(f"unknown variable(s) {unknown}; valid: {list(STATE_VARIABLES)}")
         return v
 
     @field_validator("emulator_error_scale", "process_log_error_sd", mode="before")
@@ -476,7 +478,8 @@ class FilterConfig(Frozen):
         default_factory=dict,
         description="method letkf: {observed variable: {state variable: taper 0-1}} on the observations of "
                     "the first in the analysis of the second (Kang et al. 2011), 1 for pairs not named; e.g. "
-                    "{ammonium: {nitrate: 0}}: an ammonium sample does not move nitrate")
+                    "{ammonium: {nitrate: 0}}: an ammonium sample does not move nitrate. The state variables "
+                    "include the model biases ('chlorophyll_bias') and sensor offsets ('oxygen_offset_buoy')")
 
     @model_validator(mode="after")
     def _radius_with_letkf(self):
@@ -495,7 +498,12 @@ class FilterConfig(Frozen):
     def _observed_and_state_variables(cls, v):
         _require_known(v, OBSERVED_STATE, "observed variable")
         for observed, shares in v.items():
-            _require_known(shares, STATE_VARIABLES, "state variable", f"{observed}: ")
+            # The state's augmented elements too: model biases ('<variable>_bias') and sensor offsets
+            # ('<observed variable>_offset_<source name>'; twin.localization checks the source).
+            offsets = tuple(k for k in shares if k.partition("_offset_")[0] in OBSERVED_STATE
+                            and k.partition("_offset_")[2])
+            _require_known(shares, STATE_VARIABLES + tuple(f"{x}_bias" for x in STATE_VARIABLES) + offsets,
+                           "state variable", f"{observed}: ")
         return v
 
     @field_validator("variable_localization")

@@ -211,6 +211,10 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         raise ValueError(f"the state layout carries model biases of {list(layout.biased)}: pass their AR(1)")
     if bias_idx.size:
         targets = layout.bias_targets()
+        # A tracer's bias is a rate on the model state; chlorophyll's a level on the diagnostic.
+        on_tracer = np.flatnonzero(targets < layout.model_dim)
+        on_chl = np.flatnonzero(targets >= layout.model_dim)
+        tracer_targets, chl_targets = targets[on_tracer], targets[on_chl] - layout.model_dim
         persistence = jnp.asarray(bias.persistence)
         innovation_sd = jnp.asarray(bias.innovation_sd)
     scale = np.ones((len(layout.sites), layout.num_layers), np.float32) if chlorophyll_scale is None \
@@ -242,12 +246,17 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         x_next = x_next * jnp.exp(sd * noise[..., :d] - 0.5 * sd**2)
         if bias_idx.size:
             b = members[:, bias_idx]                               # (N, S, B)
-            x_next = x_next.at[:, :, targets].multiply(jnp.exp(b))
-            members = members.at[:, bias_idx].set(persistence * b + innovation_sd * noise[..., d:d + nb])
+            if on_tracer.size:
+                x_next = x_next.at[:, :, tracer_targets].multiply(jnp.exp(b[..., on_tracer]))
+            b_next = persistence * b + innovation_sd * noise[..., d:d + nb]
+            members = members.at[:, bias_idx].set(b_next)
         out = members.at[:, model_idx].set(x_next)
         chl_next = chl(x_next, forcing_t, sites)
         if chlorophyll_scale is not None:
             chl_next = chl_next * chlorophyll_factor(jnp.asarray(scale), forcing_t.day_of_year)
+        if bias_idx.size and on_chl.size:
+            # The day's Chl:N error goes with the day's chlorophyll, so that the filter sees their covariance.
+            chl_next = chl_next.at[..., chl_targets].multiply(jnp.exp(b_next[..., on_chl]))
         out = out.at[:, diag_idx].set(chl_next)
         if offset_idx.size:
             c_next = offset_persistence * members[:, offset_idx] + offset_innovation_sd * noise[..., d + nb:]

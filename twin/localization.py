@@ -11,7 +11,8 @@ a taper for that domain. Two tapers multiply:
 - between variables (``filter.cross_variable_localization``, Kang et al. 2011):
   ``{observed variable: {state variable: taper}}``, e.g. ``{ammonium: {nitrate: 0}}``: an ammonium sample
   does not move nitrate through their ensemble correlation, while both still take their own samples. Pairs
-  not named take 1.
+  not named take 1. The state variables include the augmented elements: ``{oxygen: {chlorophyll_bias: 0}}``
+  keeps the oxygen samples off the model's Chl:N error, which only the chlorophyll samples should estimate.
 
 The elements whose taper rows are equal form one domain, so a network with no cross-variable taper has one
 domain per site, and one site with one zeroed pair has two: the taper is computed once per run as a
@@ -69,6 +70,11 @@ def local_taper(config, layout: StateLayout) -> LocalTaper | None:
     state_variable = [v for v, _, _ in layout.variables()]
     observed = observed_variable_of_state(layout)
     pairs = flt.cross_variable_localization
+    carried = layout.state_variables()
+    absent = sorted({v for shares in pairs.values() for v in shares} - set(carried))
+    if absent:
+        raise ValueError(f"filter.cross_variable_localization names {absent}, which the state does not carry "
+                         f"(model.bias and sources[].offsets add elements); it carries {list(carried)}")
     between_variables = np.array([[pairs.get(obs, {}).get(var, 1.0) for obs in observed]
                                   for var in state_variable])                          # (n, n)
     rows = (between_sites[site][:, site] * between_variables).astype(np.float32)     # element i's taper row

@@ -10,6 +10,7 @@ import numpy as np
 
 from twin import dispositions as disp
 from twin.observations import atomic_write
+from twin.state_layout import bias_name
 
 _DISPOSITION_STYLE = {disp.ASSIMILATED: ("k", "o", "assimilated"),
                       disp.REJECTED_OUTLIER: ("red", "x", "rejected (outlier)"),
@@ -151,14 +152,26 @@ def _ar1_section(prepared, outputs, summary: dict, percent, unit: str, alt: str,
 def _bias_and_offset_sections(prepared, outputs, metrics: dict) -> list[str]:
     parts = []
     header = ["element", "sd", "timescale (days)", "mean (after the first month)", "5-95 % over time", "last"]
-    if metrics.get("model_bias"):
-        rows, fig = _ar1_section(prepared, outputs, metrics["model_bias"], lambda b: 100 * np.asarray(b),
+    biases = metrics.get("model_bias") or {}
+    rates = {k: v for k, v in biases.items() if not k.startswith(bias_name("chlorophyll") + "@")}
+    ratio = {k: v for k, v in biases.items() if k not in rates}
+    if rates:
+        rows, fig = _ar1_section(prepared, outputs, rates, lambda b: 100 * np.asarray(b),
                                  "% per day", "analysed model biases")
         parts += ["<h2>Model bias</h2>",
                   "<p>The persistent model error the filter estimated (<code>model.bias</code>), in % per day: each "
                   "day the model's value of the tracer is multiplied by exp(b); b is carried in the state as an "
                   "AR(1) with the configured sd and timescale. Positive: the model runs low and the observations "
                   "keep raising it.</p>", html_table(rows, header), fig]
+    if ratio:
+        rows, fig = _ar1_section(prepared, outputs, ratio, lambda b: 100 * np.expm1(np.asarray(b)),
+                                 "% of the ratio", "analysed Chl:N ratio errors")
+        parts += ["<h2>Chl:N ratio error</h2>",
+                  "<p>How far the model's chlorophyll per unit phytoplankton nitrogen is from the sea's, as the "
+                  "filter estimated it (<code>model.bias.chlorophyll</code>), in % (100 (exp(b) - 1)): the "
+                  "model's chlorophyll is its diagnostic times exp(b), b carried in the state as an AR(1) with the "
+                  "configured sd and timescale. The chlorophyll samples then move phytoplankton only by what this "
+                  "factor does not explain.</p>", html_table(rows, header), fig]
     if metrics.get("sensor_offsets"):
         from twin.products import true_sensor_offset
         rows, fig = _ar1_section(prepared, outputs, metrics["sensor_offsets"],

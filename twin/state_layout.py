@@ -10,6 +10,8 @@ vectors, in the config's site order. Names read ``variable@site/layer`` (``nitra
 With a model bias (``model.bias`` in the config), each site's vector goes on with one more element per biased
 tracer and layer, ``<tracer>_bias``: the log-rate per day of the model's persistent error for that tracer,
 estimated by the filter like any other element (augmented-state bias estimation, see ``twin.forecast``).
+``chlorophyll`` can be biased too: its element is then the log of the model's Chl:N ratio error (a level, not
+a rate: the diagnostic is recomputed every day, so the error does not accumulate in it).
 With sensor offsets (``sources[].offsets``), it ends with, per (sensor, variable) and layer, the sensor's
 offset ``<variable>_offset_<sensor>`` and the variable as that sensor reads it, ``<variable>_<sensor>``.
 The biases and offsets are analysed in linear space (they can be negative) and left out of the filter's
@@ -42,6 +44,8 @@ def bias_name(tracer: str) -> str:
 
 
 STATE_UNITS.update({bias_name(t): "d-1" for t in TRACERS})
+STATE_UNITS[bias_name("chlorophyll")] = "1"   # log factor of the Chl:N ratio
+BIASABLE = TRACERS + DIAGNOSTICS
 
 
 def offset_name(variable: str, sensor: str) -> str:
@@ -151,10 +155,11 @@ class StateLayout(NamedTuple):
         return base + np.arange(len(self.biased) * self.num_layers)[None, :]
 
     def bias_targets(self) -> np.ndarray:
-        """Position within a site's model state of the tracer each bias entry acts on, in the order of
-        :meth:`bias_slices`, shape (len(biased) * num_layers,)."""
-        return np.array([li * NUM_TRACERS + TRACERS.index(t) for t in self.biased
-                         for li in range(self.num_layers)], np.int64)
+        """Position within a site's vector of the variable each bias entry acts on (a tracer in the model
+        state, or the chlorophyll diagnostic), in the order of :meth:`bias_slices`, shape
+        (len(biased) * num_layers,)."""
+        return np.array([self.index(t, self.sites[0], layer) for t in self.biased for layer in self.layers],
+                        np.int64)
 
     def sensor_offset_slices(self) -> np.ndarray:
         """Indices of the sensor-offset entries, shape (num_sites, len(sensors) * num_layers)."""
