@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from twin.config import parse_config  # noqa: E402
-from twin.hindcast import _bottle_error_sd  # noqa: E402
+from twin.hindcast import bottle_errors  # noqa: E402
 from twin.operational import init_store, run_cycle  # noqa: E402
-from twin.osse import BOTTLE_ERROR, BUOY_ERROR, ExperimentSpec, write_daily_experiment  # noqa: E402
+from twin.osse import BUOY_ERROR, ExperimentSpec, write_daily_experiment  # noqa: E402
 
 
 def config(incoming: Path, members: int) -> dict:
@@ -38,8 +38,7 @@ def config(incoming: Path, members: int) -> dict:
     return {"name": "bench-ops",
             "sites": [{"name": "SYNTH-B", "latitude": 43.68, "longitude": 7.32, "aliases": ["SYNTH01"],
                        "bottom_depth_m": 60.0}],
-            "sources": [{"path": str(incoming / "*" / "somlit.csv"), "format": "somlit",
-                         "error_sd": _bottle_error_sd(BOTTLE_ERROR)},
+            "sources": [{"path": str(incoming / "*" / "somlit.csv"), "format": "somlit", **bottle_errors()},
                         {"path": str(incoming / "*" / "coasthf.csv"), "format": "coasthf", "error_sd": buoy_sd,
                          "fluorescence_calibration": {"SYNTH01": [1.0, 0.0]}}],
             "emulator": {"checkpoint": str(REPO / "configs" / "emulators" / "demo")},

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from twin.config import parse_config
-from twin.hindcast import _bottle_error_sd
+from twin.hindcast import bottle_errors
 from twin.operational import init_store, run_cycle
-from twin.osse import BOTTLE_ERROR, BUOY_ERROR
+from twin.osse import BUOY_ERROR
 from twin.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,8 +25,7 @@ def _config(incoming: Path, *, end: str | None = None) -> dict:
         "name": "ops-osse",
         "sites": [{"name": "SYNTH-B", "latitude": 43.68, "longitude": 7.32, "aliases": ["SYNTH01"],
                    "bottom_depth_m": 60.0}],
-        "sources": [{"path": str(incoming / "*" / "somlit.csv"), "format": "somlit",
-                     "error_sd": _bottle_error_sd(BOTTLE_ERROR)},
+        "sources": [{"path": str(incoming / "*" / "somlit.csv"), "format": "somlit", **bottle_errors()},
                     # The buoy's oxygen offset is estimated (its optode drifts): operations carry it too.
                     {"path": str(incoming / "*" / "coasthf.csv"), "format": "coasthf", "error_sd": buoy_sd,
                      "fluorescence_calibration": {"SYNTH01": [2.0, 0.0]}, "name": "buoy",

@@ -86,11 +86,10 @@ def experiment_sources(config: TwinConfig, directory: Path, quiet: bool = True):
                           river_discharge_m3s=exp.river_discharge_m3s)
     _log(f"twin experiment: truth and observations for {exp.days} days -> {directory}", quiet)
     truth, paths = write_experiment(directory, spec)
-    from twin.osse import BOTTLE_ERROR, BUOY_ERROR
+    from twin.osse import BUOY_ERROR
     # The experiment knows its observation errors: the filter is told them (a real station's come from
     # the config, with representativeness added).
-    sources = [SourceConfig(path=str(paths["somlit"]), format="somlit", name="bottles",
-                            error_sd=_bottle_error_sd(BOTTLE_ERROR))]
+    sources = [SourceConfig(path=str(paths["somlit"]), format="somlit", name="bottles", **bottle_errors())]
     if "coasthf" in paths:
         buoy_sd = {"temperature": BUOY_ERROR["temperature"], "salinity": BUOY_ERROR["salinity"],
                    "oxygen": BUOY_ERROR["oxygen"], "fluorescence": BUOY_ERROR["fluorescence"],
@@ -105,12 +104,12 @@ def experiment_sources(config: TwinConfig, directory: Path, quiet: bool = True):
     return config.model_copy(update={"sources": tuple(sources) + config.sources, "sites": sites}), truth
 
 
-def _bottle_error_sd(absolute: dict) -> dict:
-    """Bottle errors of the experiment, with its relative part taken at a typical concentration."""
-    from twin.osse import BOTTLE_RELATIVE_ERROR
-    typical = {"nitrate": 1.5, "ammonium": 0.15, "phosphate": 0.1, "silicate": 2.0, "chlorophyll": 1.0}
-    return {v: float(np.hypot(sd, BOTTLE_RELATIVE_ERROR.get(v, 0.0) * typical.get(v, 0.0)))
-            for v, sd in absolute.items()}
+def bottle_errors() -> dict:
+    """The twin experiment's bottle errors as a source's ``error_sd`` and ``relative_error``: its samples
+    are drawn with sd hypot(analytical, fraction * value) (``twin.osse``), and the filter is told the same
+    per sample (of the sampled value, the truth being unknown to it)."""
+    from twin.osse import BOTTLE_ERROR, BOTTLE_RELATIVE_ERROR
+    return {"error_sd": dict(BOTTLE_ERROR), "relative_error": dict(BOTTLE_RELATIVE_ERROR)}
 
 
 def _period(config: TwinConfig, table: xr.Dataset) -> tuple[np.datetime64, int]:

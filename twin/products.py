@@ -198,7 +198,8 @@ def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) 
         sel = ((table["variable"].values == v) & (table["site"].values == s) & (table["layer"].values == l)
                & (dispositions == disp.ASSIMILATED))
         if sel.any():
-            obs_error[name] = float(np.median(table["error_sd"].values[sel]))
+            # RMS: the RMSE the samples themselves have against the truth (their errors vary with the value).
+            obs_error[name] = float(np.sqrt(np.mean(table["error_sd"].values[sel].astype(np.float64) ** 2)))
     result = {}
     for i, name in ((i, names[i]) for i in scored):
         entry = {"twin": twin[i]}
@@ -295,7 +296,8 @@ def _ar1_summary(prepared, outputs, i: int, sd: float, timescale_days: float) ->
 
 
 def model_bias_summary(prepared, outputs) -> dict:
-    """Per model-bias element with a nonzero sd (a log-rate per day): :func:`_ar1_summary`."""
+    """Per model-bias element with a nonzero sd (a log-rate per day; chlorophyll's a log factor of the Chl:N
+    ratio): :func:`_ar1_summary`."""
     layout = prepared.layout
     out = {}
     for site in layout.sites:
