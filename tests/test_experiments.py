@@ -61,6 +61,22 @@ def test_refit_study_expands_to_named_runs(tmp_path):
     assert [r.refit_interval_days for r in runs[1:]] == [None, 30]
 
 
+def test_no_buoy_drops_the_tapers_on_the_buoy_s_offset():
+    """The demo tapers the buoy's oxygen offset; a run without the buoy has no such element, so its taper
+    goes too (the others stay), and the run's config still validates."""
+    from twin.config import load_config
+    from twin.experiments import RunSpec, run_config
+    from pathlib import Path
+    demo = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    assert "oxygen_offset_buoy" in demo.filter.cross_variable_localization["chlorophyll"]
+    run = run_config(demo, RunSpec(name="no-buoy", rules=({"kind": "no_buoy"},)))
+    pairs = run.filter.cross_variable_localization
+    assert "oxygen_offset_buoy" not in pairs["chlorophyll"] and pairs["chlorophyll"]["oxygen"] == 0.0
+    assert pairs["oxygen"] == demo.filter.cross_variable_localization["oxygen"]
+    parse_config(run.model_dump(mode="json"))                       # validates: no taper on an absent element
+    assert run_config(demo, RunSpec(name="all")).filter == demo.filter
+
+
 def test_config_dependent_mistakes_fail_before_any_run():
     config = parse_config({**TINY, "experiment": {**TINY["experiment"], "buoy": False}})
     bad = _experiment({"runs": [{"name": "a", "rules": [{"kind": "no_buoy"}]},

@@ -142,23 +142,43 @@ def test_cross_variable_taper_table_groups_equal_rows_into_domains():
         np.testing.assert_allclose(taper[domain[i]], expect, rtol=1e-6)
 
 
+def augmented_config(pairs):
+    """A LETKF config whose state carries a Chl:N error and a buoy's oxygen offset."""
+    return parse_config({"sites": SITES, "model": {"bias": {"chlorophyll": {"sd_per_day": 0.2}}},
+                         "sources": [{"path": "buoy.csv", "format": "coasthf", "name": "buoy",
+                                      "offsets": {"oxygen": {"sd": 0.05, "timescale_days": 3650}}}],
+                         "filter": {"method": "letkf", "cross_variable_localization": pairs}})
+
+
 def test_cross_variable_taper_reaches_the_biases_and_offsets_the_state_carries():
     """The augmented elements can be tapered by name ({oxygen: {chlorophyll_bias: 0}}: oxygen samples do not
     move the model's Chl:N error); a name the state does not carry is refused, the name given."""
     layout = StateLayout(("A",), 2, ("chlorophyll",), (("buoy", "oxygen"),))
-    pairs = {"oxygen": {"chlorophyll_bias": 0.0}, "chlorophyll": {"oxygen_offset_buoy": 0.0}}
-    loc = local_taper(pairs_config(pairs), layout)
+    pairs = {"oxygen": {"chlorophyll_bias": 0.0}, "chlorophyll": {"oxygen_offset_buoy": 0.0, "oxygen": 0.0}}
+    loc = local_taper(augmented_config(pairs), layout)
     variable = np.array([v for v, _, _ in layout.variables()])
     observed = np.array(["oxygen" if v == "oxygen_buoy" else v for v in variable])
     taper = np.asarray(loc.taper)[np.asarray(loc.domain_of_state)]          # (n, n): element i's row
     for i, v in enumerate(variable):
         expect = np.where((observed == "oxygen") & (v == "chlorophyll_bias"), 0.0, 1.0)
-        expect = np.where((observed == "chlorophyll") & (v == "oxygen_offset_buoy"), 0.0, expect)
+        # The buoy's reading of oxygen takes oxygen's taper: neither factor of it moves with chlorophyll.
+        expect = np.where((observed == "chlorophyll") & (v in ("oxygen_offset_buoy", "oxygen", "oxygen_buoy")),
+                          0.0, expect)
         np.testing.assert_array_equal(taper[i], expect)
-    with pytest.raises(ValueError, match=r"names \['nitrate_bias'\], which the state does not carry"):
-        local_taper(pairs_config({"oxygen": {"nitrate_bias": 0.0}}), layout)
+    # At parse time: an augmented element the config does not carry (no such bias, no such source's offset).
+    with pytest.raises(ConfigError, match=r"names \['nitrate_bias'\], which the state does not carry .*"
+                                          r"\['chlorophyll_bias', 'oxygen_offset_buoy'\]"):
+        augmented_config({"oxygen": {"nitrate_bias": 0.0}})
+    with pytest.raises(ConfigError, match=r"names \['oxygen_offset_buoy'\], which the state does not carry"):
+        pairs_config({"chlorophyll": {"oxygen_offset_buoy": 0.0}})
     with pytest.raises(ConfigError, match=r"unknown state variable\(s\) \['oxygen_offset_'\]"):
         pairs_config({"oxygen": {"oxygen_offset_": 0.0}})
+    # A twin experiment's buoy (the source named 'buoy') carries its offsets.
+    parse_config({"experiment": {"buoy_offsets": {"oxygen": {"sd": 0.05}}},
+                  "filter": {"method": "letkf", "cross_variable_localization": {"chlorophyll": {"oxygen_offset_buoy": 0}}}})
+    # And at the analysis, a layout without the element (a config and state out of step) is refused.
+    with pytest.raises(ValueError, match=r"names \['chlorophyll_bias'\], which the state does not carry"):
+        local_taper(augmented_config({"oxygen": {"chlorophyll_bias": 0.0}}), StateLayout(("A",), 2))
 
 
 def test_a_zero_cross_variable_taper_is_the_etkf_without_those_observations():

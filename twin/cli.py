@@ -99,6 +99,11 @@ def _summary_lines(metrics: dict) -> list[str]:
                      + (f" (lognormal {e['twin']['coverage_90_lognormal']:.2f})"
                         if e['twin'].get('coverage_90_lognormal') is not None else ""))
     for name, e in metrics.get("model_bias", {}).items():
+        if name.startswith("chlorophyll_bias@"):   # a log factor of the Chl:N ratio, not a rate
+            lines.append(f"model Chl:N error {name}: {100 * math.expm1(e['mean']):+.1f} % of the ratio on average "
+                         f"(5-95 % over time {100 * math.expm1(e['q05']):+.1f} to {100 * math.expm1(e['q95']):+.1f}), "
+                         f"last {100 * math.expm1(e['last']):+.1f}")
+            continue
         lines.append(f"model bias {name}: {100 * e['mean']:+.2f} % per day on average (5-95 % over time "
                      f"{100 * e['q05']:+.2f} to {100 * e['q95']:+.2f}), last {100 * e['last']:+.2f}")
     for name, e in metrics.get("sensor_offsets", {}).items():

@@ -307,9 +307,13 @@ class TwinExperimentConfig(Frozen):
 
 class BiasConfig(Frozen):
     """A persistent model error of one tracer, estimated by the filter (see ``twin.forecast``): each day the
-    model's value is multiplied by exp(b), b an AR(1) in the state with this stationary sd and timescale."""
+    model's value is multiplied by exp(b), b an AR(1) in the state with this stationary sd and timescale. For
+    ``chlorophyll`` (a diagnostic, recomputed every day) b is a level, the log of the Chl:N ratio's error: the
+    model's chlorophyll is its diagnostic times exp(b), and sd_per_day is the stationary sd of that log factor
+    (e.g. 0.25, timescale 60 days)."""
     sd_per_day: float | dict[str, float] = Field(
-        default=0.02, description="stationary sd of b, the log-rate per day; per layer as {layer: sd} (a layer "
+        default=0.02, description="stationary sd of b, the log-rate per day (chlorophyll: the log factor of its "
+                                  "Chl:N ratio); per layer as {layer: sd} (a layer "
                                   "not named, or 0: no bias there; a bottom layer forgets far more slowly "
                                   "than the surface one, so the same rate there means a much larger anomaly)")
 
@@ -363,7 +367,7 @@ class ModelConfig(Frozen):
 
     @field_validator("bias")
     @classmethod
-    def _known_tracers(cls, v):
+    def _known_variables(cls, v):
         unknown = [t for t in v if t not in STATE_VARIABLES]
         if unknown:
             raise ValueError(f"unknown variable(s) {unknown}; valid: {list(STATE_VARIABLES)}")
@@ -625,6 +629,36 @@ class TwinConfig(Frozen):
         dup = sorted({n for n in sources if sources.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate source names {dup}")
+        return self
+
+    def augmented_names(self) -> set[str]:
+        """Names of the augmented state elements of this config's twin: its model biases and its sensor offsets
+        (of its named sources, and of a twin experiment's buoy, the source named 'buoy')."""
+        names = {f"{v}_bias" for v in self.model.bias}
+        names |= {f"{v}_offset_{s.name}" for s in self.sources for v in s.offsets}
+        if self.experiment is not None and self.experiment.buoy:
+            names |= {f"{v}_offset_buoy" for v in self.experiment.buoy_offsets}
+        return names
+
+    def without_absent_tapers(self) -> "TwinConfig":
+        """This config with the cross-variable tapers on augmented elements it no longer carries dropped (a
+        data-denial run that removes the buoy removes its offset too)."""
+        carried = set(STATE_VARIABLES) | self.augmented_names()
+        pairs = {obs: {v: t for v, t in shares.items() if v in carried}
+                 for obs, shares in self.filter.cross_variable_localization.items()}
+        pairs = {obs: shares for obs, shares in pairs.items() if shares}
+        if pairs == self.filter.cross_variable_localization:
+            return self
+        return self.model_copy(update={"filter": self.filter.model_copy(update={"cross_variable_localization": pairs})})
+
+    @model_validator(mode="after")
+    def _tapered_elements_are_carried(self):
+        named = {v for shares in self.filter.cross_variable_localization.values() for v in shares}
+        carried = self.augmented_names()
+        absent = sorted(n for n in named if n not in STATE_VARIABLES and n not in carried)
+        if absent:
+            raise ValueError(f"filter.cross_variable_localization names {absent}, which the state does not carry "
+                             f"(model.bias and sources[].offsets add elements; this config's: {sorted(carried)})")
         return self
 
     @model_validator(mode="after")

@@ -224,7 +224,7 @@ def run_config(config: TwinConfig, run: RunSpec, keep_alerts: bool = False) -> T
         update["sources"] = sources
         if config.experiment is not None:
             update["experiment"] = config.experiment.model_copy(update={"buoy": False})
-    return config.model_copy(update=update)
+    return config.model_copy(update=update).without_absent_tapers()
 
 
 def bottle_rows(table) -> np.ndarray:

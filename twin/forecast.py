@@ -14,6 +14,9 @@ timescale (``b' = a b + sqrt(1 - a^2) sd eps``, ``a = exp(-1 / timescale)``). Th
 from the ensemble covariance of ``b`` with the tracer it drives, as any other element (augmented-state bias
 estimation: Dee and da Silva 1998; Baek et al. 2006, Tellus 58A), so an anomaly the observations show is
 carried forward for about the timescale instead of being forgotten with the model's own relaxation.
+``chlorophyll`` can be biased too (the model's Chl:N ratio errs): its ``b`` is a level, the log of that
+ratio's error, and the day's chlorophyll is the diagnostic of the new state times ``exp(b')``, ``b'`` the bias
+after its AR(1) step (the diagnostic is recomputed daily, so nothing accumulates).
 
 Sensor offsets (``sources[].offsets``): an instrument can drift or be miscalibrated (an oxygen optode on a
 buoy). For each such sensor and variable the state carries its offset ``c`` (the log of its reading over the
@@ -129,7 +132,7 @@ def emulator_stepper(emulator, params: ProcessParams | None = None) -> Stepper:
 
 class ModelBias(NamedTuple):
     """The AR(1) of each model-bias element, in the order of ``StateLayout.bias_slices`` (per site)."""
-    sd: np.ndarray               # (B,) stationary sd of the log-rate per day
+    sd: np.ndarray               # (B,) stationary sd of the log-rate per day (chlorophyll: of the log factor)
     timescale_days: np.ndarray   # (B,) e-folding time of the AR(1)
     noise: bool = True           # False: no AR(1) innovation (the deterministic forecasts of refits)
 
@@ -169,8 +172,8 @@ def sensor_offsets(sources, layout: StateLayout) -> ModelBias | None:
 
 
 def model_bias(bias_config, layout: StateLayout) -> ModelBias | None:
-    """The configured ``model.bias`` ({tracer: BiasConfig}) for ``layout`` (whose ``biased`` must list the
-    same tracers, in order); None when no tracer is biased."""
+    """The configured ``model.bias`` ({variable: BiasConfig}) for ``layout`` (whose ``biased`` must list the
+    same variables, in order); None when none is biased."""
     if not layout.biased:
         return None
     if tuple(bias_config) != layout.biased:

@@ -12,7 +12,8 @@ a taper for that domain. Two tapers multiply:
   ``{observed variable: {state variable: taper}}``, e.g. ``{ammonium: {nitrate: 0}}``: an ammonium sample
   does not move nitrate through their ensemble correlation, while both still take their own samples. Pairs
   not named take 1. The state variables include the augmented elements: ``{oxygen: {chlorophyll_bias: 0}}``
-  keeps the oxygen samples off the model's Chl:N error, which only the chlorophyll samples should estimate.
+  keeps the oxygen samples off the model's Chl:N error, which only the chlorophyll samples should estimate. A
+  sensor's reading of a variable (``oxygen_buoy``) takes that variable's taper, on both sides.
 
 The elements whose taper rows are equal form one domain, so a network with no cross-variable taper has one
 domain per site, and one site with one zeroed pair has two: the taper is computed once per run as a
@@ -67,10 +68,13 @@ def local_taper(config, layout: StateLayout) -> LocalTaper | None:
     else:
         between_sites = np.asarray(gaspari_cohn(jnp.asarray(site_distances_km(config, layout)),
                                                 float(flt.localization_radius_km)), np.float64)
-    state_variable = [v for v, _, _ in layout.variables()]
+    # A sensor's reading of a variable (oxygen_buoy) is that variable on both sides: a taper on oxygen also
+    # keeps the reading, oxygen times exp(offset), from moving where neither factor does.
     observed = observed_variable_of_state(layout)
+    state_variable = observed
     pairs = flt.cross_variable_localization
-    carried = layout.state_variables()
+    readings = {seen_name(v, s) for s, v in layout.sensors}
+    carried = [v for v in layout.state_variables() if v not in readings]
     absent = sorted({v for shares in pairs.values() for v in shares} - set(carried))
     if absent:
         raise ValueError(f"filter.cross_variable_localization names {absent}, which the state does not carry "

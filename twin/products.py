@@ -190,16 +190,11 @@ def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) 
     assimilated = set(cycle_obs.group_state_index[used].tolist())
     at_obs = analysis_at_observations(np.asarray(outputs.analysis_mean), prepared.truth,
                                       cycle_obs.group_cycle[used], cycle_obs.group_state_index[used])
-    obs_error = {}
-    table = prepared.table
-    for i, name in enumerate(names):
-        v, rest = name.split("@")
-        s, l = rest.split("/")
-        sel = ((table["variable"].values == v) & (table["site"].values == s) & (table["layer"].values == l)
-               & (dispositions == disp.ASSIMILATED))
-        if sel.any():
-            # RMS: the RMSE the samples themselves have against the truth (their errors vary with the value).
-            obs_error[name] = float(np.sqrt(np.mean(table["error_sd"].values[sel].astype(np.float64) ** 2)))
+    # The error of the values the filter assimilated into each element, as RMS to set beside the analysis RMSE
+    # on those cycles: a bottle's own error (it grows with the value), a buoy day's super-observation's.
+    g_error = cycle_obs.group_error_sd.astype(np.float64)
+    obs_error = {names[i]: float(np.sqrt(np.mean(g_error[used & (cycle_obs.group_state_index == i)] ** 2)))
+                 for i in sorted(assimilated)}
     result = {}
     for i, name in ((i, names[i]) for i in scored):
         entry = {"twin": twin[i]}

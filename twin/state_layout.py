@@ -38,14 +38,14 @@ STATE_UNITS = {"nitrate": "mmol m-3", "ammonium": "mmol m-3", "phosphate": "mmol
 BIAS_SUFFIX = "_bias"
 
 
-def bias_name(tracer: str) -> str:
-    """Name of the model-bias element of ``tracer`` (its log-rate per day)."""
-    return tracer + BIAS_SUFFIX
+def bias_name(variable: str) -> str:
+    """Name of the model-bias element of ``variable`` (a tracer's log-rate per day; chlorophyll's log factor
+    of the Chl:N ratio)."""
+    return variable + BIAS_SUFFIX
 
 
 STATE_UNITS.update({bias_name(t): "d-1" for t in TRACERS})
 STATE_UNITS[bias_name("chlorophyll")] = "1"   # log factor of the Chl:N ratio
-BIASABLE = TRACERS + DIAGNOSTICS
 
 
 def offset_name(variable: str, sensor: str) -> str:
@@ -60,8 +60,9 @@ def seen_name(variable: str, sensor: str) -> str:
 
 class StateLayout(NamedTuple):
     """Layout of the twin state for ``sites`` with ``num_layers`` layers each (1 surface, 2 + bottom), a
-    model-bias element per tracer in ``biased`` and layer, and per ``(sensor, variable)`` in ``sensors`` and
-    layer an offset element and the variable as that sensor reads it (its observations see this one)."""
+    model-bias element per variable in ``biased`` (tracers, chlorophyll) and layer, and per ``(sensor,
+    variable)`` in ``sensors`` and layer an offset element and the variable as that sensor reads it (its
+    observations see this one)."""
     sites: tuple[str, ...]
     num_layers: int
     biased: tuple[str, ...] = ()
@@ -149,7 +150,7 @@ class StateLayout(NamedTuple):
         return base + np.arange(self.num_layers * len(DIAGNOSTICS))[None, :]
 
     def bias_slices(self) -> np.ndarray:
-        """Indices of the model-bias entries, shape (num_sites, len(biased) * num_layers), tracer-major."""
+        """Indices of the model-bias entries, shape (num_sites, len(biased) * num_layers), variable-major."""
         base = np.arange(len(self.sites))[:, None] * self.site_dim + self.model_dim \
             + self.num_layers * len(DIAGNOSTICS)
         return base + np.arange(len(self.biased) * self.num_layers)[None, :]
