@@ -90,6 +90,19 @@ def test_chlorophyll_bias_is_a_level_on_the_diagnostic_not_a_rate_on_the_tracers
     assert layout.units("chlorophyll_bias") == "1"
 
 
+def test_summary_prints_a_tracer_bias_per_day_and_the_chl_n_error_as_a_share_of_the_ratio():
+    from twin.cli import _summary_lines
+    entry = {"mean": 0.1, "q05": -0.05, "q95": 0.2, "last": 0.01}
+    metrics = {"name": "x", "period": {"days": 10, "start": "2016-01-01"}, "model": "emulator",
+               "model_bias": {"oxygen_bias@A/surface": entry, "chlorophyll_bias@A/surface": entry}}
+    lines = _summary_lines(metrics)
+    assert "model bias oxygen_bias@A/surface: +10.00 % per day on average (5-95 % over time -5.00 to +20.00), " \
+           "last +1.00" in lines
+    # 100 (exp(b) - 1): +10.5 % for b = 0.1, -4.9 for -0.05, +22.1 for 0.2, +1.0 for 0.01
+    assert "model Chl:N error chlorophyll_bias@A/surface: +10.5 % of the ratio on average (5-95 % over time " \
+           "-4.9 to +22.1), last +1.0" in lines
+
+
 def test_model_bias_without_its_ar1_is_an_error():
     layout, sites, _ = _setup()
     with pytest.raises(ValueError, match="model biases of \\['oxygen'\\]"):

@@ -98,8 +98,9 @@ def _summary_lines(metrics: dict) -> list[str]:
                      f"90% coverage {e['twin']['coverage_90']:.2f}"
                      + (f" (lognormal {e['twin']['coverage_90_lognormal']:.2f})"
                         if e['twin'].get('coverage_90_lognormal') is not None else ""))
+    from twin.state_layout import bias_name
     for name, e in metrics.get("model_bias", {}).items():
-        if name.startswith("chlorophyll_bias@"):   # a log factor of the Chl:N ratio, not a rate
+        if name.startswith(bias_name("chlorophyll") + "@"):   # a log factor of the Chl:N ratio, not a rate
             lines.append(f"model Chl:N error {name}: {100 * math.expm1(e['mean']):+.1f} % of the ratio on average "
                          f"(5-95 % over time {100 * math.expm1(e['q05']):+.1f} to {100 * math.expm1(e['q95']):+.1f}), "
                          f"last {100 * math.expm1(e['last']):+.1f}")

@@ -68,10 +68,9 @@ def local_taper(config, layout: StateLayout) -> LocalTaper | None:
     else:
         between_sites = np.asarray(gaspari_cohn(jnp.asarray(site_distances_km(config, layout)),
                                                 float(flt.localization_radius_km)), np.float64)
-    # A sensor's reading of a variable (oxygen_buoy) is that variable on both sides: a taper on oxygen also
-    # keeps the reading, oxygen times exp(offset), from moving where neither factor does.
+    # A sensor's reading of a variable (oxygen_buoy) is that variable on both sides (observation and state):
+    # a taper on oxygen also keeps the reading, oxygen times exp(offset), from moving where neither factor does.
     observed = observed_variable_of_state(layout)
-    state_variable = observed
     pairs = flt.cross_variable_localization
     readings = {seen_name(v, s) for s, v in layout.sensors}
     carried = [v for v in layout.state_variables() if v not in readings]
@@ -80,7 +79,7 @@ def local_taper(config, layout: StateLayout) -> LocalTaper | None:
         raise ValueError(f"filter.cross_variable_localization names {absent}, which the state does not carry "
                          f"(model.bias and sources[].offsets add elements); it carries {list(carried)}")
     between_variables = np.array([[pairs.get(obs, {}).get(var, 1.0) for obs in observed]
-                                  for var in state_variable])                          # (n, n)
+                                  for var in observed])                                # (n, n)
     rows = (between_sites[site][:, site] * between_variables).astype(np.float32)     # element i's taper row
     _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
     order = np.argsort(first)                                # domains numbered in state order (site 0 first)
