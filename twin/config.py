@@ -334,6 +334,15 @@ class BiasConfig(Frozen):
                                           description="e-folding time of b: how long an anomaly is carried")
 
 
+class EstimatedParameterConfig(Frozen):
+    """A parameter the filter estimates with the state (joint state-parameter estimation): each site carries
+    the log of a factor on the emulator's input of this parameter, an AR(1) around 0 with this stationary sd and
+    timescale; each member steps with its own value (see ``twin.forecast``)."""
+    sd: float = Field(default=0.1, gt=0.0, le=2.0, description="stationary sd of the log factor (0.1: about 10 %)")
+    timescale_days: PositiveFloat = Field(default=365.0, ge=1.0, le=36500.0,
+                                          description="e-folding time of the log factor: how long a value is kept")
+
+
 def _named_value(values: dict, tracer: str, layer: str | None):
     """A per-tracer setting's value for this tracer and layer: 'tracer/layer' first, then 'tracer'; None."""
     if layer is not None and f"{tracer}/{layer}" in values:
@@ -364,6 +373,18 @@ class ModelConfig(Frozen):
         default_factory=dict, description="tracers whose persistent model error the filter estimates in the state; "
                                           "'chlorophyll': the error of the model's Chl:N ratio (b then is the log "
                                           "of that factor, a level rather than a rate per day)")
+    estimate_parameters: dict[str, EstimatedParameterConfig] = Field(
+        default_factory=dict, description="process parameters the emulator takes as inputs (its pretraining's "
+                                          "varied_params) that the filter estimates per site with the state, as "
+                                          "the log of a factor on the emulator's value, e.g. {max_growth_rate: "
+                                          "{sd: 0.1, timescale_days: 365}}")
+
+    @field_validator("estimate_parameters")
+    @classmethod
+    def _known_parameters(cls, v):
+        from emulators.parameters import PARAM_RANGES
+        _require_known(v, tuple(PARAM_RANGES), "process parameter")
+        return v
 
     @field_validator("bias")
     @classmethod
@@ -502,11 +523,13 @@ class FilterConfig(Frozen):
     def _observed_and_state_variables(cls, v):
         _require_known(v, OBSERVED_STATE, "observed variable")
         for observed, shares in v.items():
-            # The state's augmented elements too: model biases ('<variable>_bias') and sensor offsets
-            # ('<observed variable>_offset_<source name>'; twin.localization checks the source).
-            offsets = tuple(k for k in shares if k.partition("_offset_")[0] in OBSERVED_STATE
-                            and k.partition("_offset_")[2])
-            _require_known(shares, STATE_VARIABLES + tuple(f"{x}_bias" for x in STATE_VARIABLES) + offsets,
+            # The state's augmented elements too: model biases ('<variable>_bias'), sensor offsets
+            # ('<observed variable>_offset_<source name>'; twin.localization checks the source) and parameter
+            # factors ('<parameter>_log_factor').
+            # (The config's check that the state carries them names the parameters.)
+            augmented = tuple(k for k in shares if (k.partition("_offset_")[0] in OBSERVED_STATE
+                                                    and k.partition("_offset_")[2]) or k.endswith("_log_factor"))
+            _require_known(shares, STATE_VARIABLES + tuple(f"{x}_bias" for x in STATE_VARIABLES) + augmented,
                            "state variable", f"{observed}: ")
         return v
 
@@ -632,9 +655,10 @@ class TwinConfig(Frozen):
         return self
 
     def augmented_names(self) -> set[str]:
-        """Names of the augmented state elements of this config's twin: its model biases and its sensor offsets
-        (of its named sources, and of a twin experiment's buoy, the source named 'buoy')."""
+        """Names of the augmented state elements of this config's twin: its model biases, its parameter factors
+        and its sensor offsets (of its named sources, and of a twin experiment's buoy, the source named 'buoy')."""
         names = {f"{v}_bias" for v in self.model.bias}
+        names |= {f"{p}_log_factor" for p in self.model.estimate_parameters}
         names |= {f"{v}_offset_{s.name}" for s in self.sources for v in s.offsets}
         if self.experiment is not None and self.experiment.buoy:
             names |= {f"{v}_offset_buoy" for v in self.experiment.buoy_offsets}
@@ -658,7 +682,8 @@ class TwinConfig(Frozen):
         absent = sorted(n for n in named if n not in STATE_VARIABLES and n not in carried)
         if absent:
             raise ValueError(f"filter.cross_variable_localization names {absent}, which the state does not carry "
-                             f"(model.bias and sources[].offsets add elements; this config's: {sorted(carried)})")
+                             f"(model.bias, model.estimate_parameters and sources[].offsets add elements; this "
+                             f"config's: {sorted(carried)})")
         return self
 
     @model_validator(mode="after")
@@ -666,6 +691,20 @@ class TwinConfig(Frozen):
         if self.model.process_params == "truth" and self.experiment is None:
             raise ValueError("model.process_params 'truth' needs an 'experiment' section: only a twin experiment "
                              "knows its truth's parameters")
+        return self
+
+    @model_validator(mode="after")
+    def _estimated_parameters_need_the_emulator(self):
+        estimated = list(self.model.estimate_parameters)
+        if estimated and self.model.kind != "emulator":
+            raise ValueError(f"model.estimate_parameters {estimated} needs model.kind 'emulator': the factors act "
+                             f"on the emulator's parameter inputs")
+        varied = self.emulator.pretrain.varied_params if self.emulator.checkpoint is None else None
+        if estimated and varied is not None:
+            missing = [p for p in estimated if p not in varied]
+            if missing:
+                raise ValueError(f"model.estimate_parameters {missing}: the emulator pretrained here does not take "
+                                 f"them as inputs (emulator.pretrain.varied_params: {list(varied)})")
         return self
 
     @model_validator(mode="after")

@@ -111,6 +111,8 @@ def emulator_stepper(emulator, params: ProcessParams | None = None) -> Stepper:
 
     ``model_params``: None (the emulator's own, see :func:`emulator_model_params` for its parameter inputs),
     network weights (a refit's; parameter inputs as for None) or :class:`EmulatorModelParams` (both).
+    ``parameter_log_factors``: None, or (N, S, P) logs of factors on the parameter inputs (in the order of
+    ``stepper.parameter_names``), per member and site: the filter's estimated parameters.
     """
     from emulators.network import predict_step
     from emulators.training import forcing_inputs, parameter_columns
@@ -118,15 +120,20 @@ def emulator_stepper(emulator, params: ProcessParams | None = None) -> Stepper:
     columns = parameter_columns(names)
     own = emulator_model_params(emulator, params)
 
-    def stepper(x, forcing_t, model_params=None):
+    def stepper(x, forcing_t, model_params=None, parameter_log_factors=None):
         if not isinstance(model_params, EmulatorModelParams):
             model_params = own._replace(weights=own.weights if model_params is None else model_params)
-        features = forcing_inputs(names, forcing_t)  # (S, F); the parameter columns are set next
+        features = forcing_inputs(names, forcing_t)[None]  # (1, S, F); the parameter columns are set next
         if columns.size:
-            features = features.at[:, columns].set(model_params.parameters)
+            values = model_params.parameters
+            if parameter_log_factors is not None:  # (N, S, P): each member's own values
+                values = values * jnp.exp(parameter_log_factors)
+                features = jnp.broadcast_to(features, values.shape[:2] + features.shape[2:])
+            features = features.at[..., columns].set(values)
         doy = forcing_t.day_of_year                   # (S,)
         return predict_step(emulator.graphdef, model_params.weights, emulator.normalisation, x,
-                            features[None], doy[None], 0)
+                            features, doy[None], 0)
+    stepper.parameter_names = parameter_input_names(emulator)
     return stepper
 
 
@@ -184,17 +191,32 @@ def model_bias(bias_config, layout: StateLayout) -> ModelBias | None:
                      np.array([b.timescale_days for b, _ in per], np.float32))
 
 
+def estimated_parameters(parameter_config, layout: StateLayout) -> ModelBias | None:
+    """The AR(1) of the layout's parameter factors from ``model.estimate_parameters`` ({name:
+    EstimatedParameterConfig}, the layout's ``estimated`` in the same order); None when none is estimated."""
+    if not layout.estimated:
+        return None
+    if tuple(parameter_config) != layout.estimated:
+        raise ValueError(f"model.estimate_parameters names {list(parameter_config)} but the state layout carries "
+                         f"factors of {list(layout.estimated)}")
+    per = [parameter_config[p] for p in layout.estimated]
+    return ModelBias(np.array([c.sd for c in per], np.float32), np.array([c.timescale_days for c in per], np.float32))
+
+
 def state_ar1(config, layout: StateLayout, noise: bool = True) -> dict:
-    """The AR(1)s of the layout's model biases and sensor offsets from ``config``, as the keyword arguments
-    ``bias`` and ``offsets`` of :func:`make_forecast` and :func:`initial_ensemble`; ``noise=False``: without
-    their innovations, for forecasts with zero model error."""
-    out = {"bias": model_bias(config.model.bias, layout), "offsets": sensor_offsets(config.sources, layout)}
+    """The AR(1)s of the layout's model biases, sensor offsets and parameter factors from ``config``, as the
+    keyword arguments ``bias``, ``offsets`` and ``parameters`` of :func:`make_forecast` and
+    :func:`initial_ensemble`; ``noise=False``: without their innovations, for forecasts with zero model
+    error."""
+    out = {"bias": model_bias(config.model.bias, layout), "offsets": sensor_offsets(config.sources, layout),
+           "parameters": estimated_parameters(config.model.estimate_parameters, layout)}
     return {k: (v if v is None or noise else v._replace(noise=False)) for k, v in out.items()}
 
 
 def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_sd,
                   chlorophyll_params: ProcessParams = ProcessParams(), chlorophyll_scale=None,
-                  bias: ModelBias | None = None, offsets: ModelBias | None = None):
+                  bias: ModelBias | None = None, offsets: ModelBias | None = None,
+                  parameters: ModelBias | None = None, parameters_act: bool = True):
     """The filter's forecast function.
 
     Args:
@@ -206,6 +228,11 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         chlorophyll_scale: (S, L) factor on the diagnostic per site and layer (default 1).
         bias: the AR(1) of the layout's model-bias elements (required when it has some).
         offsets: the AR(1) of the layout's sensor offsets (required when it has some).
+        parameters: the AR(1) of the layout's parameter factors (required when it has some). Each member steps
+            with the stepper's parameter inputs times exp(its factors): the stepper must take them
+            (``parameter_log_factors``, ``stepper.parameter_names``: the emulator's).
+        parameters_act: False: the factors are carried (AR(1)) but the stepper does not take them (the
+            process-model baseline of a twin whose emulator's parameters are estimated).
     """
     model_idx = np.asarray(layout.model_slices())  # NumPy constants of the traced function
     diag_idx = np.asarray(layout.diagnostic_slices())
@@ -235,17 +262,41 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
         made_of = np.asarray(layout.model_slices())[:, :1] + layout.sensor_targets()[None, :]  # (S, K)
         offset_persistence = jnp.asarray(offsets.persistence)
         offset_innovation_sd = jnp.asarray(offsets.innovation_sd)
+    param_idx = np.asarray(layout.parameter_slices())
+    if param_idx.size and parameters is None:
+        raise ValueError(f"the state layout carries parameter factors of {list(layout.estimated)}: pass their AR(1)")
+    if param_idx.size:
+        param_persistence = jnp.asarray(parameters.persistence)
+        param_innovation_sd = jnp.asarray(parameters.innovation_sd)
+        inputs = getattr(stepper, "parameter_names", None) if parameters_act else ()
+        if inputs is None:
+            raise ValueError(f"the state layout carries parameter factors of {list(layout.estimated)}, but this "
+                             f"model takes no parameter inputs (only the emulator does)")
+        missing = [p for p in layout.estimated if p not in inputs] if parameters_act else []
+        if missing:
+            raise ValueError(f"the filter estimates {missing}, which the emulator does not take as inputs (its "
+                             f"parameter inputs: {list(inputs)}; its pretraining's varied_params)")
+        # Each parameter input's factor: column k of the factors, or none (the stepper's own value).
+        factor_of_input = [layout.estimated.index(p) if p in layout.estimated else -1 for p in inputs]
     d = model_idx.shape[1]
     nb = bias_idx.shape[1]
+    npar = param_idx.shape[1]
+    no = offset_idx.shape[1]
 
     def draw_noise(members, key):
         # One draw for the model error and the AR(1)s (without them, the same draws as before).
-        shape = (members.shape[0], model_idx.shape[0], d + nb + offset_idx.shape[1])
+        shape = (members.shape[0], model_idx.shape[0], d + nb + no + npar)
         return jax.random.normal(key, shape, members.dtype)
 
     def forecast_with_noise(members, forcing_t, noise, model_params=None):
         x = members[:, model_idx]
-        x_next = stepper(x, forcing_t, model_params)
+        if npar and parameters_act:
+            theta = members[:, param_idx]                              # (N, S, P)
+            factors = jnp.stack([theta[..., k] if k >= 0 else jnp.zeros_like(theta[..., 0])
+                                 for k in factor_of_input], axis=-1)
+            x_next = stepper(x, forcing_t, model_params, parameter_log_factors=factors)
+        else:
+            x_next = stepper(x, forcing_t, model_params)
         x_next = x_next * jnp.exp(sd * noise[..., :d] - 0.5 * sd**2)
         if bias_idx.size:
             b = members[:, bias_idx]                               # (N, S, B)
@@ -262,8 +313,11 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
             chl_next = chl_next.at[..., chl_targets].multiply(jnp.exp(b_next[..., on_chl]))
         out = out.at[:, diag_idx].set(chl_next)
         if offset_idx.size:
-            c_next = offset_persistence * members[:, offset_idx] + offset_innovation_sd * noise[..., d + nb:]
+            c_next = offset_persistence * members[:, offset_idx] + offset_innovation_sd * noise[..., d + nb:d + nb + no]
             out = out.at[:, offset_idx].set(c_next).at[:, seen_idx].set(out[:, made_of] * jnp.exp(c_next))
+        if npar:
+            theta_next = param_persistence * members[:, param_idx] + param_innovation_sd * noise[..., d + nb + no:]
+            out = out.at[:, param_idx].set(theta_next)
         return out
 
     def forecast(members, forcing_t, key, model_params=None):
@@ -355,11 +409,11 @@ def members_around(mean: np.ndarray, sd: np.ndarray, layout: StateLayout, noise:
 
 def initial_ensemble(key: jax.Array, layout: StateLayout, num_members: int, site_state: np.ndarray,
                      spread: float = 0.3, bias: ModelBias | None = None,
-                     offsets: ModelBias | None = None) -> jax.Array:
+                     offsets: ModelBias | None = None, parameters: ModelBias | None = None) -> jax.Array:
     """Members around ``site_state`` (S, d): log-normal perturbations (oxygen a tenth as wide), the
     diagnostic entries (and sensor readings) left at zero until the first forecast fills them, and the model
-    biases and sensor offsets drawn from their AR(1)'s stationary distribution around zero (``bias`` and
-    ``offsets``, required when the layout has them)."""
+    biases, sensor offsets and parameter factors drawn from their AR(1)'s stationary distribution around zero
+    (``bias``, ``offsets`` and ``parameters``, required when the layout has them)."""
     from emulators.parameters import TRACERS
     site_state = np.asarray(site_state, np.float32)
     d = layout.model_dim
@@ -370,7 +424,8 @@ def initial_ensemble(key: jax.Array, layout: StateLayout, num_members: int, site
     members = jnp.zeros((num_members, layout.dim), jnp.float32)
     members = members.at[:, jnp.asarray(layout.model_slices())].set(x)
     blocks = ((1, layout.bias_slices(), bias, f"model biases of {list(layout.biased)}"),
-              (2, layout.sensor_offset_slices(), offsets, f"sensor offsets {list(layout.sensors)}"))
+              (2, layout.sensor_offset_slices(), offsets, f"sensor offsets {list(layout.sensors)}"),
+              (3, layout.parameter_slices(), parameters, f"parameter factors of {list(layout.estimated)}"))
     for stream, idx, ar1, what in blocks:  # stream: the fold of ``key`` each block's draws come from
         if idx.size == 0:
             continue

@@ -685,7 +685,7 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
                                                         offshore_seasonal(prepared.config.sites, prepared.layout)),
                                         prepared.layout, prepared.sites,
                                         process_log_error_sd(prepared.config, prepared.layout),
-                                        chlorophyll_scale=chl_scale, **ar1)
+                                        chlorophyll_scale=chl_scale, parameters_act=False, **ar1)
                 runs["process_model"] = np.asarray(free_forecast(
                     process, members0, prepared.forcing, jax.random.fold_in(key, 10**6 + 1), prepared.num_days
                 ).mean(axis=1))

@@ -311,9 +311,11 @@ def _conditioned_stepper(emulator):
     stepper = emulator_stepper(emulator)
     names = parameter_input_names(emulator)
 
-    def conditioned(x, forcing_t, params):
+    def conditioned(x, forcing_t, params, parameter_log_factors=None):
         values = jnp.asarray([getattr(params, n) for n in names], jnp.float32).reshape(len(names))
-        return stepper(x, forcing_t, EmulatorModelParams(emulator.weights, values))
+        return stepper(x, forcing_t, EmulatorModelParams(emulator.weights, values),
+                       parameter_log_factors=parameter_log_factors)
+    conditioned.parameter_names = stepper.parameter_names  # the filter's estimated factors act on them too
     return conditioned
 
 

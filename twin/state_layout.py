@@ -14,8 +14,12 @@ estimated by the filter like any other element (augmented-state bias estimation,
 a rate: the diagnostic is recomputed every day, so the error does not accumulate in it).
 With sensor offsets (``sources[].offsets``), it ends with, per (sensor, variable) and layer, the sensor's
 offset ``<variable>_offset_<sensor>`` and the variable as that sensor reads it, ``<variable>_<sensor>``.
-The biases and offsets are analysed in linear space (they can be negative) and left out of the filter's
-inflation (their AR(1) sets their spread); every other element is analysed in log space.
+With estimated parameters (``model.estimate_parameters``), each site's vector ends with one element per
+parameter, ``<parameter>_log_factor``: the log of the factor on the emulator's input of that parameter (joint
+state-parameter estimation). A parameter belongs to the site, not to a layer: its element is listed once, at
+the first layer, and :meth:`StateLayout.index` gives it for every layer (products show it at each).
+The biases, offsets and parameter factors are analysed in linear space (they can be negative) and left out of
+the filter's inflation (their AR(1) sets their spread); every other element is analysed in log space.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ STATE_UNITS = {"nitrate": "mmol m-3", "ammonium": "mmol m-3", "phosphate": "mmol
                "silicate": "mmol m-3", "phytoplankton": "mmol N m-3", "zooplankton": "mmol N m-3",
                "detritus": "mmol N m-3", "oxygen": "mmol m-3", "chlorophyll": "mg m-3"}
 BIAS_SUFFIX = "_bias"
+PARAMETER_SUFFIX = "_log_factor"
 
 
 def bias_name(variable: str) -> str:
@@ -46,6 +51,11 @@ def bias_name(variable: str) -> str:
 
 STATE_UNITS.update({bias_name(t): "d-1" for t in TRACERS})
 STATE_UNITS[bias_name("chlorophyll")] = "1"   # log factor of the Chl:N ratio
+
+
+def parameter_name(parameter: str) -> str:
+    """Name of the element holding the log of the factor on the emulator's input of ``parameter``."""
+    return parameter + PARAMETER_SUFFIX
 
 
 def offset_name(variable: str, sensor: str) -> str:
@@ -62,18 +72,20 @@ class StateLayout(NamedTuple):
     """Layout of the twin state for ``sites`` with ``num_layers`` layers each (1 surface, 2 + bottom), a
     model-bias element per variable in ``biased`` (tracers, chlorophyll) and layer, and per ``(sensor,
     variable)`` in ``sensors`` and layer an offset element and the variable as that sensor reads it (its
-    observations see this one)."""
+    observations see this one), and per site one log factor per parameter in ``estimated``."""
     sites: tuple[str, ...]
     num_layers: int
     biased: tuple[str, ...] = ()
     sensors: tuple[tuple[str, str], ...] = ()
+    estimated: tuple[str, ...] = ()
 
     @classmethod
     def for_config(cls, config, num_layers: int) -> "StateLayout":
-        """The layout of a twin config: its sites, its model biases (``model.bias``) and the offsets of its
-        named sources (``sources[].offsets``)."""
+        """The layout of a twin config: its sites, its model biases (``model.bias``), the offsets of its
+        named sources (``sources[].offsets``) and its estimated parameters (``model.estimate_parameters``)."""
         return cls(tuple(s.name for s in config.sites), num_layers, tuple(config.model.bias),
-                   tuple((s.name, v) for s in config.sources for v in s.offsets))
+                   tuple((s.name, v) for s in config.sources for v in s.offsets),
+                   tuple(config.model.estimate_parameters))
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -86,13 +98,20 @@ class StateLayout(NamedTuple):
 
     @property
     def site_dim(self) -> int:
-        """Entries per site: model state, diagnostics, model biases, sensor offsets, sensor readings."""
+        """Entries per site: model state, diagnostics, model biases, sensor offsets, sensor readings, then the
+        parameter factors (one per site each)."""
+        return self._layered_dim + len(self.estimated)
+
+    @property
+    def _layered_dim(self) -> int:
+        """Entries per site before the parameter factors (every block has one entry per layer)."""
         return self.model_dim + self.num_layers * (len(DIAGNOSTICS) + len(self.biased) + 2 * len(self.sensors))
 
     def state_variables(self) -> tuple[str, ...]:
-        """Every variable the twin carries per site and layer, in the order of a site's blocks."""
+        """Every variable the twin carries per site (and layer), in the order of a site's blocks."""
         return (STATE_VARIABLES + tuple(bias_name(t) for t in self.biased)
-                + tuple(offset_name(v, s) for s, v in self.sensors) + tuple(seen_name(v, s) for s, v in self.sensors))
+                + tuple(offset_name(v, s) for s, v in self.sensors) + tuple(seen_name(v, s) for s, v in self.sensors)
+                + tuple(parameter_name(p) for p in self.estimated))
 
     @property
     def dim(self) -> int:
@@ -107,6 +126,7 @@ class StateLayout(NamedTuple):
             out += [(bias_name(t), site, layer) for t in self.biased for layer in self.layers]
             out += [(offset_name(v, s), site, layer) for s, v in self.sensors for layer in self.layers]
             out += [(seen_name(v, s), site, layer) for s, v in self.sensors for layer in self.layers]
+            out += [(parameter_name(p), site, self.layers[0]) for p in self.estimated]
         return out
 
     def names(self) -> list[str]:
@@ -122,8 +142,11 @@ class StateLayout(NamedTuple):
             return base + li * NUM_TRACERS + TRACERS.index(variable)
         if variable in DIAGNOSTICS:
             return base + self.model_dim + DIAGNOSTICS.index(variable) * self.num_layers + li
-        augmented = self.state_variables()[len(STATE_VARIABLES):]  # one block of num_layers each
-        if variable in augmented:
+        factors = [parameter_name(p) for p in self.estimated]
+        if variable in factors:  # the site's, the same at every layer
+            return base + self._layered_dim + factors.index(variable)
+        augmented = self.state_variables()[len(STATE_VARIABLES):len(self.state_variables()) - len(factors)]
+        if variable in augmented:  # one block of num_layers each
             blocks = len(DIAGNOSTICS) + augmented.index(variable)
             return base + self.model_dim + self.num_layers * blocks + li
         return -1
@@ -179,6 +202,11 @@ class StateLayout(NamedTuple):
         return np.array([self.index(v, self.sites[0], layer) for _, v in self.sensors for layer in self.layers],
                         np.int64)
 
+    def parameter_slices(self) -> np.ndarray:
+        """Indices of the parameter factors, shape (num_sites, len(estimated))."""
+        base = np.arange(len(self.sites))[:, None] * self.site_dim + self._layered_dim
+        return base + np.arange(len(self.estimated))[None, :]
+
     def units(self, variable: str) -> str:
         """Units of one of :meth:`state_variables` (an offset is a log factor: "1")."""
         if variable in STATE_UNITS:
@@ -189,21 +217,22 @@ class StateLayout(NamedTuple):
         return "1"
 
     def _not_ar1(self) -> np.ndarray:
-        """(dim,) bool: False at the model biases and sensor offsets (the AR(1) elements)."""
+        """(dim,) bool: False at the model biases, sensor offsets and parameter factors (the AR(1) elements)."""
         mask = np.ones(self.dim, bool)
         mask[self.bias_slices().ravel()] = False
         mask[self.sensor_offset_slices().ravel()] = False
+        mask[self.parameter_slices().ravel()] = False
         return mask
 
     def log_mask(self) -> np.ndarray:
-        """(dim,) bool: the elements the filter analyses in log space (all but the model biases and the sensor
-        offsets, which can be negative)."""
+        """(dim,) bool: the elements the filter analyses in log space (all but the model biases, the sensor
+        offsets and the parameter factors, which can be negative)."""
         return self._not_ar1()
 
     def inflation_mask(self) -> np.ndarray | None:
-        """(dim,) bool: the elements the filter's multiplicative inflation acts on: all but the model biases
-        and sensor offsets, whose spread their AR(1) sets; None when the layout has none of those."""
-        return self._not_ar1() if self.biased or self.sensors else None
+        """(dim,) bool: the elements the filter's multiplicative inflation acts on: all but the model biases,
+        sensor offsets and parameter factors, whose spread their AR(1) sets; None when the layout has none."""
+        return self._not_ar1() if self.biased or self.sensors or self.estimated else None
 
     def update_weight(self, weights: dict[str, float]) -> np.ndarray | None:
         """(dim,) float32, the share of its analysis increment each element takes (variable localization,
