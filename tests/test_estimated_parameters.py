@@ -226,3 +226,36 @@ def test_twin_experiment_finds_the_growth_rate_the_model_got_wrong(emulator):
     err_plain = np.sqrt(np.mean((np.asarray(out_plain.forecast_mean)[60:, idx_plain[0]]
                                  - truth[60:, observed[0]]) ** 2))
     assert err < 0.8 * err_plain
+
+
+def test_refit_trains_on_the_analysed_parameter_values(emulator):
+    """A refit's training trajectories give each step the parameter values of the cycle it starts from: the
+    emulator's value times exp(the analysed factor), as in the cycles that made the analyses (exact)."""
+    from emulators.training import parameter_columns
+    from twin.refit import analysis_trajectories
+    layout = StateLayout(("A",), 2, estimated=("max_grazing_rate",))
+    days, segment = 60, 10
+    rng = np.random.default_rng(0)
+    mean = np.abs(rng.normal(1.0, 0.2, (days, layout.dim))).astype(np.float32)
+    theta = rng.normal(0.0, 0.2, days).astype(np.float32)
+    mean[:, layout.parameter_slices()[0, 0]] = theta
+    forcing = stack_sites([synthetic_forcing(days, latitude=43.68)])
+    base = np.asarray(emulator_model_params(emulator).parameters)
+    data, _ = analysis_trajectories(mean, 0.1 * np.abs(mean), layout, forcing, emulator, 0, days, segment, base)
+    names = emulator_stepper(emulator).parameter_names
+    columns = parameter_columns(emulator.config.forcing_names)
+    k = names.index("max_grazing_rate")
+    starts = range(0, days - segment, segment)
+    for g, start in enumerate(starts):
+        expected = base[k] * np.exp(theta[start:start + segment])
+        assert_allclose(data.forcing[g, :, columns[k]], expected, rtol=1e-6)
+        others = [j for j in range(len(names)) if j != k]
+        assert_allclose(data.forcing[g][:, columns[others]], np.broadcast_to(base[others], (segment, len(others))))
+
+
+def test_refit_may_not_calibrate_what_the_filter_estimates():
+    with pytest.raises(Exception, match=r"refit.fit 'parameters'.*\[weights\]"):
+        _config("{estimate_parameters: {max_growth_rate: {sd: 0.1}}}", "refit: {interval_days: 60}")
+    config = _config("{estimate_parameters: {max_growth_rate: {sd: 0.1}}}",
+                     "refit: {interval_days: 60, fit: [weights]}")
+    assert config.refit.fit == ("weights",)

@@ -98,7 +98,7 @@ def _summary_lines(metrics: dict) -> list[str]:
                      f"90% coverage {e['twin']['coverage_90']:.2f}"
                      + (f" (lognormal {e['twin']['coverage_90_lognormal']:.2f})"
                         if e['twin'].get('coverage_90_lognormal') is not None else ""))
-    from twin.state_layout import bias_name
+    from twin.state_layout import PARAMETER_SUFFIX, bias_name
     for name, e in metrics.get("model_bias", {}).items():
         if name.startswith(bias_name("chlorophyll") + "@"):   # a log factor of the Chl:N ratio, not a rate
             lines.append(f"model Chl:N error {name}: {100 * math.expm1(e['mean']):+.1f} % of the ratio on average "
@@ -107,6 +107,11 @@ def _summary_lines(metrics: dict) -> list[str]:
             continue
         lines.append(f"model bias {name}: {100 * e['mean']:+.2f} % per day on average (5-95 % over time "
                      f"{100 * e['q05']:+.2f} to {100 * e['q95']:+.2f}), last {100 * e['last']:+.2f}")
+    for name, e in metrics.get("estimated_parameters", {}).items():
+        parameter = name.split("@")[0].removesuffix(PARAMETER_SUFFIX)
+        lines.append(f"estimated {parameter} at {name.split('@')[1].split('/')[0]}: x{math.exp(e['mean']):.3f} the "
+                     f"emulator's value on average (5-95 % over time x{math.exp(e['q05']):.3f} to "
+                     f"x{math.exp(e['q95']):.3f}), last x{math.exp(e['last']):.3f}")
     for name, e in metrics.get("sensor_offsets", {}).items():
         truth = f"; truth {100 * math.expm1(e['truth_last']):+.1f} %" if "truth_last" in e else ""
         lines.append(f"sensor offset {name}: reads {100 * math.expm1(e['last']):+.1f} % of the value at the end "

@@ -14,7 +14,7 @@ from twin.engine import QUANTILES
 from twin.observations import atomic_write, write_netcdf
 from twin.skill import (BURN_IN_CYCLES, analysis_at_observations, climatology_forecast, gaussian_crps,
                         lognormal_interval, persistence_forecast, rmse, truth_scores)
-from twin.state_layout import OBSERVABLE, bias_name, offset_name, seen_name
+from twin.state_layout import OBSERVABLE, bias_name, offset_name, parameter_name, seen_name
 from twin.units import CF_STANDARD_NAMES
 
 BURN_IN_DAYS = 30  # the first month of analyses is left out of summaries (as twin.skill.truth_scores)
@@ -306,6 +306,21 @@ def model_bias_summary(prepared, outputs) -> dict:
     return out
 
 
+def estimated_parameter_summary(prepared, outputs) -> dict:
+    """Per site and estimated parameter (``model.estimate_parameters``; the log of a factor on the emulator's
+    input, named as in the state layout, at its first layer): :func:`_ar1_summary`."""
+    layout = prepared.layout
+    out = {}
+    for site in layout.sites:
+        for name in layout.estimated:
+            config = prepared.config.model.estimate_parameters[name]
+            v = parameter_name(name)
+            i = layout.index(v, site, layout.layers[0])
+            out[f"{v}@{site}/{layout.layers[0]}"] = _ar1_summary(prepared, outputs, i, config.sd,
+                                                                 config.timescale_days)
+    return out
+
+
 def true_sensor_offset(prepared, name: str) -> np.ndarray | None:
     """(T,) the true offset of the twin experiment's buoy oxygen sensor at each analysis time, log of its
     reading over the truth (its drift is ``experiment.oxygen_drift_per_year`` from day 0); None for any other
@@ -371,6 +386,8 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
         metrics["model_bias"] = model_bias_summary(prepared, outputs)
     if prepared.layout.sensors:
         metrics["sensor_offsets"] = sensor_offset_summary(prepared, outputs)
+    if prepared.layout.estimated:
+        metrics["estimated_parameters"] = estimated_parameter_summary(prepared, outputs)
     if prepared.truth is not None:
         metrics.update(truth_metrics(prepared, outputs, baselines, dispositions))
     validation = validation_scores(prepared, outputs)

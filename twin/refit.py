@@ -51,13 +51,22 @@ def analysis_trajectories(analysis_mean: np.ndarray, analysis_sd: np.ndarray, la
 
     The analysis of cycle c is the state at day c + 1; the step from it to cycle c + 1 is driven by the
     forcing of cycle c + 1. ``parameters``: values of the emulator's parameter inputs (default: the process
-    model's defaults). Returns (TrajectoryData, weights (num_traj, segment_days + 1, d)) or None when
+    model's defaults). Where the filter estimates parameters (``layout.estimated``), each step's inputs are
+    those values times exp(the analysed factor of the cycle it starts from), as in the cycles that made the
+    analyses. Returns (TrajectoryData, weights (num_traj, segment_days + 1, d)) or None when
     the span holds fewer than four segments (too few to hold some out for validation).
     """
     from emulators.training import TrajectoryData, forcing_inputs, parameter_columns
+    from twin.forecast import parameter_input_names
     features = np.array(forcing_inputs(emulator.config.forcing_names, forcing))  # (T, S, F)
+    columns = parameter_columns(emulator.config.forcing_names)
     if parameters is not None:
-        features[..., parameter_columns(emulator.config.forcing_names)] = np.asarray(parameters, features.dtype)
+        features[..., columns] = np.asarray(parameters, features.dtype)
+    if layout.estimated:
+        inputs = parameter_input_names(emulator)
+        theta = np.asarray(analysis_mean)[:, layout.parameter_slices()]              # (T, S, P)
+        for j, name in enumerate(layout.estimated):
+            features[1:, :, columns[inputs.index(name)]] *= np.exp(theta[:-1, :, j])
     doy = np.asarray(forcing.day_of_year)                                          # (T, S)
     model_idx = layout.model_slices()
     starts = list(range(start, stop - segment_days, segment_days))

@@ -149,7 +149,7 @@ def _ar1_section(prepared, outputs, summary: dict, percent, unit: str, alt: str,
     return rows, figure_html(fig, alt)
 
 
-def _bias_and_offset_sections(prepared, outputs, metrics: dict) -> list[str]:
+def _augmented_state_sections(prepared, outputs, metrics: dict) -> list[str]:
     parts = []
     header = ["element", "sd", "timescale (days)", "mean (after the first month)", "5-95 % over time", "last"]
     biases = metrics.get("model_bias") or {}
@@ -172,6 +172,18 @@ def _bias_and_offset_sections(prepared, outputs, metrics: dict) -> list[str]:
                   "model's chlorophyll is its diagnostic times exp(b), b carried in the state as an AR(1) with the "
                   "configured sd and timescale. The chlorophyll samples then move phytoplankton only by what this "
                   "factor does not explain.</p>", html_table(rows, header), fig]
+    if metrics.get("estimated_parameters"):
+        rows, fig = _ar1_section(prepared, outputs, metrics["estimated_parameters"], lambda t: np.exp(np.asarray(t)),
+                                 "factor", "analysed parameter factors")
+        parts += ["<h2>Estimated parameters</h2>",
+                  "<p>The factors on the emulator's parameter inputs that the filter estimated with the state "
+                  "(<code>model.estimate_parameters</code>), as exp(t): each member steps with the emulator's value "
+                  "times its own factor, t carried in the state as an AR(1) with the configured sd and timescale, "
+                  "and the observations move t through its ensemble covariance with the state. A factor that "
+                  "settles away from 1 says what the data ask of the model; it also absorbs the model's other "
+                  "errors that this parameter can offset.</p>",
+                  html_table(rows, ["element", "sd", "timescale (days)", "mean factor (after the first month)",
+                                    "5-95 % over time", "last"]), fig]
     if metrics.get("sensor_offsets"):
         from twin.products import true_sensor_offset
         rows, fig = _ar1_section(prepared, outputs, metrics["sensor_offsets"],
@@ -312,7 +324,7 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
     parts += ["<h2>Time series</h2>"]
     for site in prepared.layout.sites:
         parts.append(_site_figure(prepared, outputs, dispositions, baselines, site))
-    parts += _bias_and_offset_sections(prepared, outputs, metrics)
+    parts += _augmented_state_sections(prepared, outputs, metrics)
     parts += ["<h2>Innovation statistics</h2>", _diagnostics_figure(prepared, outputs)]
     by_series = metrics["innovations"].get("by_series", {})
     if by_series:
