@@ -504,6 +504,7 @@ def calibrate_parameter_inputs(
     learning_rate: float = 0.03,
     horizons: Sequence[int] = (1, 4),
     prior_weight: float = 0.01,
+    keep_factors: bool = False,
 ) -> tuple[np.ndarray, float, float]:
     """Values of the emulator's ``param/`` inputs that best fit ``data``, its weights fixed (a refit with four
     degrees of freedom instead of thousands: it cannot overfit a few months of analyses).
@@ -514,6 +515,8 @@ def calibrate_parameter_inputs(
 
     Args:
         data: trajectories (their ``param/`` forcing columns are replaced by the values tried).
+        keep_factors: the trajectories' ``param/`` columns hold ``initial`` times a factor per step (the
+            values a filter estimated with the state): the values tried replace ``initial`` and keep the factors.
         sample_weights: as in :func:`train`.
         initial, reference: (P,) starting values and prior centre, in the order of the ``param/`` features.
 
@@ -533,6 +536,7 @@ def calibrate_parameter_inputs(
     everything = np.arange(data.num_traj)
     windows = [_validation_windows(arrays, everything, h) for h in horizons]
     reference_log = jnp.log(jnp.asarray(reference, jnp.float32))
+    initial_values = jnp.asarray(initial, jnp.float32)
     low = jnp.log(jnp.asarray(emulator.ranges.forcing_min)[columns])
     high = jnp.log(jnp.asarray(emulator.ranges.forcing_max)[columns])
 
@@ -540,7 +544,8 @@ def calibrate_parameter_inputs(
         values = jnp.exp(log_values)
         total = prior_weight * jnp.sum((log_values - reference_log) ** 2)
         for log_states, forcing, *rest in windows:
-            forcing = forcing.at[..., columns].set(values)
+            tried = forcing[..., columns] * (values / initial_values) if keep_factors else values
+            forcing = forcing.at[..., columns].set(tried)  # (scatter-multiply has no gradient rule)
             total = total + _batch_loss(emulator.graphdef, emulator.weights, emulator.normalisation,
                                         (log_states, forcing, *rest))
         return total

@@ -699,10 +699,6 @@ class TwinConfig(Frozen):
         if estimated and self.model.kind != "emulator":
             raise ValueError(f"model.estimate_parameters {estimated} needs model.kind 'emulator': the factors act "
                              f"on the emulator's parameter inputs")
-        if estimated and self.refit.interval_days is not None and "parameters" in self.refit.fit:
-            raise ValueError(f"refit.fit 'parameters' calibrates the emulator's parameter inputs, which the filter "
-                             f"already estimates with the state (model.estimate_parameters {estimated}): set "
-                             f"refit.fit to [weights] (a refit then trains on the analysed parameter values)")
         varied = self.emulator.pretrain.varied_params if self.emulator.checkpoint is None else None
         if estimated and varied is not None:
             missing = [p for p in estimated if p not in varied]

@@ -259,7 +259,8 @@ def _candidates(emulator, current, *, refit, train_defaults, analysis_mean, anal
         defaults = ProcessParams()
         values, _, _ = calibrate_parameter_inputs(emulator.replace(weights=current.weights), data, weights,
                                                   np.asarray(current.parameters),
-                                                  np.asarray([getattr(defaults, n) for n in names]))
+                                                  np.asarray([getattr(defaults, n) for n in names]),
+                                                  keep_factors=bool(layout.estimated))
         parameters = jnp.asarray(values, jnp.float32)
         base = emulator.replace(parameter_values=dict(zip(names, map(float, values), strict=True)))
         candidates.append(("parameters", current._replace(parameters=parameters), base))
