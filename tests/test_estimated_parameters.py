@@ -251,6 +251,10 @@ def test_refit_trains_on_the_analysed_parameter_values(emulator):
         assert_allclose(data.forcing[g, :, columns[k]], expected, rtol=1e-6)
         others = [j for j in range(len(names)) if j != k]
         assert_allclose(data.forcing[g][:, columns[others]], np.broadcast_to(base[others], (segment, len(others))))
+    # Mid-run, the analyses stop before the forcing does.
+    part, _ = analysis_trajectories(mean[:45], 0.1 * np.abs(mean[:45]), layout, forcing, emulator, 0, 45, segment,
+                                    base)
+    assert_allclose(part.forcing[:, :, columns[k]], data.forcing[:part.num_traj, :, columns[k]], rtol=1e-6)
 
 
 def test_refit_calibrates_the_parameter_inputs_under_the_filters_factors(emulator):
@@ -290,3 +294,13 @@ def test_refit_calibrates_the_parameter_inputs_under_the_filters_factors(emulato
     replaced, _, after_replaced = calibrate_parameter_inputs(emulator, data, None, defaults, defaults, steps=300,
                                                              prior_weight=0.0)
     assert after < 0.5 * after_replaced
+
+
+def test_summary_prints_each_estimated_parameter_as_a_factor():
+    from twin.cli import _summary_lines
+    entry = {"mean": 0.1, "q05": -0.05, "q95": 0.2, "last": 0.01}
+    metrics = {"name": "x", "period": {"days": 10, "start": "2016-01-01"}, "model": "emulator",
+               "estimated_parameters": {"max_growth_rate_log_factor@A/surface": entry}}
+    # exp(0.1) = 1.105, exp(-0.05) = 0.951, exp(0.2) = 1.221, exp(0.01) = 1.010
+    assert "estimated max_growth_rate at A: x1.105 the emulator's value on average (5-95 % over time x0.951 to " \
+           "x1.221), last x1.010" in _summary_lines(metrics)

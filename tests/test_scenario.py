@@ -82,18 +82,20 @@ def test_zero_change_gives_exactly_zero_difference(store, spec):
 def test_warming_gives_signed_differences_inside_their_intervals(published):
     summary = json.loads((published / "scenario.json").read_text())
     warm = summary["scenarios"]["warm"]
-    # Every variable at both layers: 18, the model's Chl:N error (20; its sd is 0 at the bottom), and the demo
-    # buoy's oxygen offset and reading (24).
-    assert len(warm["differences"]) == 24
+    # Every variable at both layers: 18, the model's Chl:N error (20; its sd is 0 at the bottom), the demo
+    # buoy's oxygen offset and reading (24), and the site's two estimated parameter factors (26).
+    assert len(warm["differences"]) == 26
     for name, e in warm["differences"].items():
         for k in ("time_mean", "end"):
             assert e[k]["q05"] <= e[k]["mean"] <= e[k]["q95"], (name, k)
     # Warmer water holds less oxygen: surface oxygen falls in every member.
     assert warm["differences"]["oxygen@SYNTH-B/surface"]["time_mean"]["q95"] < 0
-    # A scenario changes the sea, not the sensor nor the model's Chl:N error: the offsets and the Chl:N error
-    # (AR(1)s of the same draws) do not move, everything else does.
+    # A scenario changes the sea, not the sensor nor the model's Chl:N error nor its estimated parameters: the
+    # offsets, the Chl:N error and the parameter factors (AR(1)s of the same draws) do not move, everything else
+    # does.
     moved = {name for name, e in warm["differences"].items() if e["time_mean"]["mean"] != 0}
-    assert moved == {name for name in warm["differences"] if "_offset_" not in name and "_bias@" not in name}
+    assert moved == {name for name in warm["differences"]
+                     if "_offset_" not in name and "_bias@" not in name and "_log_factor@" not in name}
     # The demo site has a river: scaling its nitrate acts (no "no effect" warning, unlike the zero shift).
     assert not any("river_nitrate" in w for w in warm["warnings"])
     assert any("no effect, the field is unchanged" in w for w in summary["scenarios"]["zero"]["warnings"])

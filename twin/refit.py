@@ -64,9 +64,10 @@ def analysis_trajectories(analysis_mean: np.ndarray, analysis_sd: np.ndarray, la
         features[..., columns] = np.asarray(parameters, features.dtype)
     if layout.estimated:
         inputs = parameter_input_names(emulator)
-        theta = np.asarray(analysis_mean)[:, layout.parameter_slices()]              # (T, S, P)
+        theta = np.asarray(analysis_mean)[:, layout.parameter_slices()]  # (cycles so far, S, P)
+        steps = min(theta.shape[0], features.shape[0]) - 1                 # the forcing may run further
         for j, name in enumerate(layout.estimated):
-            features[1:, :, columns[inputs.index(name)]] *= np.exp(theta[:-1, :, j])
+            features[1:steps + 1, :, columns[inputs.index(name)]] *= np.exp(theta[:steps, :, j])
     doy = np.asarray(forcing.day_of_year)                                          # (T, S)
     model_idx = layout.model_slices()
     starts = list(range(start, stop - segment_days, segment_days))

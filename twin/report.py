@@ -119,7 +119,7 @@ def _diagnostics_figure(prepared, outputs) -> str:
     return figure_html(fig, "innovation statistics")
 
 
-def _ar1_section(prepared, outputs, summary: dict, percent, unit: str, alt: str, truth=None
+def _ar1_section(prepared, outputs, summary: dict, percent, unit: str, alt: str, truth=None, reference: float = 0.0
                  ) -> tuple[list[list], str]:
     """Rows (element, sd, timescale, mean, 5-95 % over time, last; values through ``percent``) and a figure of
     the analysis mean and 5-95 % band of each element in ``summary`` over time, with ``truth(name)`` (an
@@ -139,7 +139,7 @@ def _ar1_section(prepared, outputs, summary: dict, percent, unit: str, alt: str,
         if true is not None:
             ax.plot(times, percent(true), color="k", lw=0.8, ls="--", label="truth")
             ax.legend(fontsize=7, loc="lower left")
-        ax.axhline(0.0, color="k", lw=0.6)
+        ax.axhline(reference, color="k", lw=0.6)  # no error, no offset, the emulator's own value
         ax.set_ylabel(unit, fontsize=8)
         ax.set_title(name, fontsize=9)
     fig.tight_layout()
@@ -174,7 +174,7 @@ def _augmented_state_sections(prepared, outputs, metrics: dict) -> list[str]:
                   "factor does not explain.</p>", html_table(rows, header), fig]
     if metrics.get("estimated_parameters"):
         rows, fig = _ar1_section(prepared, outputs, metrics["estimated_parameters"], lambda t: np.exp(np.asarray(t)),
-                                 "factor", "analysed parameter factors")
+                                 "factor", "analysed parameter factors", reference=1.0)
         parts += ["<h2>Estimated parameters</h2>",
                   "<p>The factors on the emulator's parameter inputs that the filter estimated with the state "
                   "(<code>model.estimate_parameters</code>), as exp(t): each member steps with the emulator's value "

@@ -325,8 +325,10 @@ def _process_forecast(config, layout, sites):
     from twin.forecast import chlorophyll_scales, make_forecast, offshore_seasonal, process_stepper, state_ar1
     from twin.hindcast import process_log_error_sd
     stepper = process_stepper(default_params(), sites, config.model.substeps, offshore_seasonal(config.sites, layout))
+    # The emulator's estimated parameter factors, if the store has any, ride along without acting: the
+    # process model runs with its own parameters (those a scenario sets).
     return make_forecast(stepper, layout, sites, process_log_error_sd(config, layout),
-                         chlorophyll_scale=chlorophyll_scales(config.sites, layout),
+                         chlorophyll_scale=chlorophyll_scales(config.sites, layout), parameters_act=False,
                          **state_ar1(config, layout))
 
 
