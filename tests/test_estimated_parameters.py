@@ -304,3 +304,30 @@ def test_summary_prints_each_estimated_parameter_as_a_factor():
     # exp(0.1) = 1.105, exp(-0.05) = 0.951, exp(0.2) = 1.221, exp(0.01) = 1.010
     assert "estimated max_growth_rate at A: x1.105 the emulator's value on average (5-95 % over time x0.951 to " \
            "x1.221), last x1.010" in _summary_lines(metrics)
+
+
+def test_a_parameter_the_checkpoint_does_not_take_is_a_config_error():
+    """The config alone cannot know a checkpoint's inputs: loading it checks them, naming the parameter and the
+    inputs, before anything runs."""
+    from twin.emulator_source import obtain_emulator
+    from twin.errors import ConfigError
+    config = _config("{estimate_parameters: {light_saturation: {sd: 0.1}}}",
+                     emulator=f"checkpoint: {DEMO_EMULATOR}")
+    with pytest.raises(ConfigError, match=r"light_saturation.*max_growth_rate, max_grazing_rate"):
+        obtain_emulator(config, quiet=True)
+
+
+def test_a_members_parameter_value_stays_in_the_emulators_training_range(emulator):
+    """A factor of exp(5) (or exp(-5)) steps as the largest (smallest) value the network was trained on."""
+    from emulators.training import parameter_columns
+    stepper = emulator_stepper(emulator)
+    own = emulator_model_params(emulator)
+    k = stepper.parameter_names.index("max_grazing_rate")
+    column = parameter_columns(emulator.config.forcing_names)[k]
+    day = _one_day()
+    x = jnp.asarray(initial_state(2))[None, None].repeat(2, axis=0)            # (2 members, 1 site, 16)
+    factors = jnp.zeros((2, 1, len(stepper.parameter_names))).at[:, 0, k].set(jnp.array([5.0, -5.0]))
+    clipped = np.asarray(stepper(x, day, None, parameter_log_factors=factors))
+    for m, bound in enumerate((emulator.ranges.forcing_max, emulator.ranges.forcing_min)):
+        at_bound = EmulatorModelParams(own.weights, own.parameters.at[k].set(float(np.asarray(bound)[column])))
+        assert_allclose(clipped[m], np.asarray(stepper(x[m:m + 1], day, at_bound))[0], rtol=1e-6)

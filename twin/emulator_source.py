@@ -82,11 +82,27 @@ def obtain_emulator(config: TwinConfig, prepared=None, quiet: bool = False):
         if not quiet:
             print(f"[twin] emulator checkpoint {config.emulator.checkpoint}", file=sys.stderr)
         require_checkpoint(config)
-        return load_checkpoint(config.emulator.checkpoint)
+        emulator = load_checkpoint(config.emulator.checkpoint)
+        require_estimated_inputs(config, emulator)
+        return emulator
     if not quiet:
         print("[twin] no emulator checkpoint: pretraining one on the process model", file=sys.stderr)
     emulator, _ = pretrain(config, progress=not quiet)
     return emulator
+
+
+def require_estimated_inputs(config: TwinConfig, emulator) -> None:
+    """A clear error if the config estimates a parameter the emulator does not take as an input (the config's
+    own check sees only a pretraining's varied_params, not a checkpoint's inputs)."""
+    from twin.errors import ConfigError
+    from twin.forecast import parameter_input_names
+    inputs = parameter_input_names(emulator)
+    missing = [p for p in config.model.estimate_parameters if p not in inputs]
+    if missing:
+        raise ConfigError(str(config.emulator.checkpoint), [
+            f"model.estimate_parameters.{p}: the emulator checkpoint does not take this parameter as an input "
+            f"(its parameter inputs: {', '.join(inputs) or 'none'}); estimate one of those, or pretrain an "
+            f"emulator with it in emulator.pretrain.varied_params" for p in missing])
 
 
 def limits_of_use(emulator, forcing) -> dict:

@@ -25,6 +25,13 @@ sensor reads it, ``x exp(c)``, recomputed after every forecast as the chlorophyl
 sensor's observations see the reading; the other sources' see the sea. With the analysis in log space the
 reading is linear in ``c``, and the filter separates the drift from the sea's change where another source
 (bottles) sees the same variable.
+
+Estimated parameters (``model.estimate_parameters``): the model's rates can be wrong for a whole run (the
+sea's light attenuation, which the emulator does not take, shifts the effective growth rate). For each
+parameter the emulator takes as an input, each site's state carries ``t``, the log of a factor on the
+emulator's value, an AR(1) like the biases; each member steps with the value times ``exp(t)`` (within the
+training range of that input), so the ensemble carries the covariance between ``t`` and the state the filter
+needs to estimate it (joint state-parameter estimation: Anderson 2001; Simon and Bertino 2012).
 """
 from __future__ import annotations
 
@@ -112,13 +119,18 @@ def emulator_stepper(emulator, params: ProcessParams | None = None) -> Stepper:
     ``model_params``: None (the emulator's own, see :func:`emulator_model_params` for its parameter inputs),
     network weights (a refit's; parameter inputs as for None) or :class:`EmulatorModelParams` (both).
     ``parameter_log_factors``: None, or (N, S, P) logs of factors on the parameter inputs (in the order of
-    ``stepper.parameter_names``), per member and site: the filter's estimated parameters.
+    ``stepper.parameter_names``), per member and site: the filter's estimated parameters; each value is kept
+    within the emulator's training range of that input.
     """
     from emulators.network import predict_step
     from emulators.training import forcing_inputs, parameter_columns
     names = emulator.config.forcing_names
     columns = parameter_columns(names)
     own = emulator_model_params(emulator, params)
+    # A member's parameter value stays within the range the network was trained on: outside it the emulator
+    # would extrapolate silently (an sd of 2 drove grazing to 0.09 on a 0.5-2.0 range).
+    low = jnp.asarray(np.asarray(emulator.ranges.forcing_min)[columns], jnp.float32)
+    high = jnp.asarray(np.asarray(emulator.ranges.forcing_max)[columns], jnp.float32)
 
     def stepper(x, forcing_t, model_params=None, parameter_log_factors=None):
         if not isinstance(model_params, EmulatorModelParams):
@@ -127,7 +139,7 @@ def emulator_stepper(emulator, params: ProcessParams | None = None) -> Stepper:
         if columns.size:
             values = model_params.parameters
             if parameter_log_factors is not None:  # (N, S, P): each member's own values
-                values = values * jnp.exp(parameter_log_factors)
+                values = jnp.clip(values * jnp.exp(parameter_log_factors), low, high)
                 features = jnp.broadcast_to(features, values.shape[:2] + features.shape[2:])
             features = features.at[..., columns].set(values)
         doy = forcing_t.day_of_year                   # (S,)
@@ -400,7 +412,7 @@ def stack_sites(items):
 
 def members_around(mean: np.ndarray, sd: np.ndarray, layout: StateLayout, noise: np.ndarray) -> np.ndarray:
     """Members (N, n) with mean ``mean`` and sd ``sd`` (n,) from standard normal ``noise`` (N, n): log-normal
-    for the concentrations, normal for the model biases and sensor offsets (any sign)."""
+    for the concentrations, normal for the model biases, sensor offsets and parameter factors (any sign)."""
     mean, sd, noise = (np.asarray(a, np.float64) for a in (mean, sd, noise))
     rel = np.log1p((sd / np.maximum(mean, 1e-6)) ** 2) ** 0.5
     out = np.where(layout.log_mask(), mean[None] * np.exp(rel * noise - 0.5 * rel**2), mean + sd * noise)

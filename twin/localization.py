@@ -77,7 +77,8 @@ def local_taper(config, layout: StateLayout) -> LocalTaper | None:
     absent = sorted({v for shares in pairs.values() for v in shares} - set(carried))
     if absent:
         raise ValueError(f"filter.cross_variable_localization names {absent}, which the state does not carry "
-                         f"(model.bias and sources[].offsets add elements); it carries {list(carried)}")
+                         f"(model.bias, model.estimate_parameters and sources[].offsets add elements); it carries "
+                         f"{list(carried)}")
     between_variables = np.array([[pairs.get(obs, {}).get(var, 1.0) for obs in observed]
                                   for var in observed])                                # (n, n)
     rows = (between_sites[site][:, site] * between_variables).astype(np.float32)     # element i's taper row

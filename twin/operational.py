@@ -164,7 +164,7 @@ def _resolve_store_boundaries(config: TwinConfig, layout, quiet: bool) -> TwinCo
 
 def _ensemble_from_hindcast(directory: Path, layout, config: TwinConfig, key):
     """Members drawn around the last analysis of a hindcast's reanalysis.nc (``members_around``: log-normally,
-    the model biases and sensor offsets normally)."""
+    the model biases, sensor offsets and parameter factors normally)."""
     path = directory / "reanalysis.nc"
     if not path.exists():
         raise InputError(path, "no reanalysis.nc: --from-hindcast needs a finished hindcast output folder")

@@ -18,6 +18,10 @@ Policies:
 - Parameter changes (``param.<ProcessParams field>``) need a model that takes parameters: the process model
   (``model: process`` in the scenario file, or a store run with ``model.kind: process``) or an emulator
   conditioned on that parameter (``param/<name>`` among its forcing features). Otherwise they are refused.
+  Where the store's filter estimates a parameter (``model.estimate_parameters``), the emulator runs each member
+  with the scenario's value times that member's analysed factor, in the baseline as in the scenario (the
+  factor is what the data asked of the model); a ``process_check`` runs the process model with the value
+  itself, so its differences from the emulator's include the factor.
 - A change that leaves its field unchanged (scaling a zero series, e.g. river nitrate where the forcing has
   no river) is reported as a warning, not silently passed.
 """
