@@ -524,9 +524,8 @@ class FilterConfig(Frozen):
         _require_known(v, OBSERVED_STATE, "observed variable")
         for observed, shares in v.items():
             # The state's augmented elements too: model biases ('<variable>_bias'), sensor offsets
-            # ('<observed variable>_offset_<source name>'; twin.localization checks the source) and parameter
-            # factors ('<parameter>_log_factor').
-            # (The config's check that the state carries them names the parameters.)
+            # ('<observed variable>_offset_<source name>') and parameter factors ('<parameter>_log_factor');
+            # _tapered_elements_are_carried checks the source or parameter against the config.
             augmented = tuple(k for k in shares if (k.partition("_offset_")[0] in OBSERVED_STATE
                                                     and k.partition("_offset_")[2]) or k.endswith("_log_factor"))
             _require_known(shares, STATE_VARIABLES + tuple(f"{x}_bias" for x in STATE_VARIABLES) + augmented,

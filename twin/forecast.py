@@ -215,6 +215,16 @@ def estimated_parameters(parameter_config, layout: StateLayout) -> ModelBias | N
     return ModelBias(np.array([c.sd for c in per], np.float32), np.array([c.timescale_days for c in per], np.float32))
 
 
+def estimated_input_positions(layout: StateLayout, inputs) -> np.ndarray:
+    """Position of each of the layout's estimated parameters among a model's parameter inputs (``inputs``,
+    e.g. :func:`parameter_input_names`); an error naming those the model does not take."""
+    missing = [p for p in layout.estimated if p not in inputs]
+    if missing:
+        raise ValueError(f"the filter estimates {missing}, which the emulator does not take as inputs (its "
+                         f"parameter inputs: {list(inputs)}; its pretraining's varied_params)")
+    return np.array([list(inputs).index(p) for p in layout.estimated], np.int64)
+
+
 def state_ar1(config, layout: StateLayout, noise: bool = True) -> dict:
     """The AR(1)s of the layout's model biases, sensor offsets and parameter factors from ``config``, as the
     keyword arguments ``bias``, ``offsets`` and ``parameters`` of :func:`make_forecast` and
@@ -280,16 +290,12 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
     if param_idx.size:
         param_persistence = jnp.asarray(parameters.persistence)
         param_innovation_sd = jnp.asarray(parameters.innovation_sd)
-        inputs = getattr(stepper, "parameter_names", None) if parameters_act else ()
+    if param_idx.size and parameters_act:
+        inputs = getattr(stepper, "parameter_names", None)
         if inputs is None:
             raise ValueError(f"the state layout carries parameter factors of {list(layout.estimated)}, but this "
                              f"model takes no parameter inputs (only the emulator does)")
-        missing = [p for p in layout.estimated if p not in inputs] if parameters_act else []
-        if missing:
-            raise ValueError(f"the filter estimates {missing}, which the emulator does not take as inputs (its "
-                             f"parameter inputs: {list(inputs)}; its pretraining's varied_params)")
-        # Each parameter input's factor: column k of the factors, or none (the stepper's own value).
-        factor_of_input = [layout.estimated.index(p) if p in layout.estimated else -1 for p in inputs]
+        positions = estimated_input_positions(layout, inputs)
     d = model_idx.shape[1]
     nb = bias_idx.shape[1]
     npar = param_idx.shape[1]
@@ -303,10 +309,9 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
     def forecast_with_noise(members, forcing_t, noise, model_params=None):
         x = members[:, model_idx]
         if npar and parameters_act:
-            theta = members[:, param_idx]                              # (N, S, P)
-            factors = jnp.stack([theta[..., k] if k >= 0 else jnp.zeros_like(theta[..., 0])
-                                 for k in factor_of_input], axis=-1)
-            x_next = stepper(x, forcing_t, model_params, parameter_log_factors=factors)
+            theta = members[:, param_idx]                              # (N, S, P estimated)
+            factors = jnp.zeros(theta.shape[:2] + (len(inputs),), theta.dtype).at[..., positions].set(theta)
+            x_next = stepper(x, forcing_t, model_params, parameter_log_factors=factors)  # others: exp(0)
         else:
             x_next = stepper(x, forcing_t, model_params)
         x_next = x_next * jnp.exp(sd * noise[..., :d] - 0.5 * sd**2)

@@ -57,17 +57,16 @@ def analysis_trajectories(analysis_mean: np.ndarray, analysis_sd: np.ndarray, la
     the span holds fewer than four segments (too few to hold some out for validation).
     """
     from emulators.training import TrajectoryData, forcing_inputs, parameter_columns
-    from twin.forecast import parameter_input_names
+    from twin.forecast import estimated_input_positions, parameter_input_names
     features = np.array(forcing_inputs(emulator.config.forcing_names, forcing))  # (T, S, F)
     columns = parameter_columns(emulator.config.forcing_names)
     if parameters is not None:
         features[..., columns] = np.asarray(parameters, features.dtype)
     if layout.estimated:
-        inputs = parameter_input_names(emulator)
+        estimated = columns[estimated_input_positions(layout, parameter_input_names(emulator))]
         theta = np.asarray(analysis_mean)[:, layout.parameter_slices()]  # (cycles so far, S, P)
         steps = min(theta.shape[0], features.shape[0]) - 1                 # the forcing may run further
-        for j, name in enumerate(layout.estimated):
-            features[1:steps + 1, :, columns[inputs.index(name)]] *= np.exp(theta[:steps, :, j])
+        features[1:steps + 1, :, estimated] *= np.exp(theta[:steps])
     doy = np.asarray(forcing.day_of_year)                                          # (T, S)
     model_idx = layout.model_slices()
     starts = list(range(start, stop - segment_days, segment_days))

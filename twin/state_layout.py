@@ -145,7 +145,8 @@ class StateLayout(NamedTuple):
         factors = [parameter_name(p) for p in self.estimated]
         if variable in factors:  # the site's, the same at every layer
             return base + self._layered_dim + factors.index(variable)
-        augmented = self.state_variables()[len(STATE_VARIABLES):len(self.state_variables()) - len(factors)]
+        augmented = self.state_variables()[len(STATE_VARIABLES):]
+        augmented = augmented[:len(augmented) - len(factors)]
         if variable in augmented:  # one block of num_layers each
             blocks = len(DIAGNOSTICS) + augmented.index(variable)
             return base + self.model_dim + self.num_layers * blocks + li
