@@ -257,6 +257,28 @@ def test_refit_trains_on_the_analysed_parameter_values(emulator):
     assert_allclose(part.forcing[:, :, columns[k]], data.forcing[:part.num_traj, :, columns[k]], rtol=1e-6)
 
 
+def test_refit_keeps_the_analysed_parameter_values_in_the_training_range(emulator):
+    """A factor that takes the value out of the emulator's training range: the trajectories hold the range's
+    bound, the value each member stepped with (the stepper clips it the same way), not the product."""
+    from emulators.training import parameter_columns
+    from twin.forecast import parameter_input_range
+    from twin.refit import analysis_trajectories
+    layout = StateLayout(("A",), 2, estimated=("max_grazing_rate",))
+    days, segment = 60, 10
+    mean = np.ones((days, layout.dim), np.float32)
+    theta = np.where(np.arange(days) % 2 == 0, 3.0, -3.0).astype(np.float32)  # x20 and x0.05
+    mean[:, layout.parameter_slices()[0, 0]] = theta
+    forcing = stack_sites([synthetic_forcing(days, latitude=43.68)])
+    base = np.asarray(emulator_model_params(emulator).parameters)
+    data, _ = analysis_trajectories(mean, 0.1 * mean, layout, forcing, emulator, 0, days, segment, base)
+    k = emulator_stepper(emulator).parameter_names.index("max_grazing_rate")
+    low, high = parameter_input_range(emulator)
+    assert base[k] * np.exp(3.0) > high[k] and base[k] * np.exp(-3.0) < low[k]
+    values = data.forcing[:, :, parameter_columns(emulator.config.forcing_names)[k]]   # (traj, steps)
+    expected = np.where(np.arange(segment) % 2 == 0, high[k], low[k])                  # starts are even
+    assert_allclose(values, np.broadcast_to(expected, values.shape), rtol=1e-6)
+
+
 def test_refit_calibrates_the_parameter_inputs_under_the_filters_factors(emulator):
     """Trajectories made by the demo emulator with a known growth rate times a factor that changes every step
     (the filter's estimates): calibrating with the factors kept finds that rate again, and fits the

@@ -101,6 +101,16 @@ def parameter_input_names(emulator) -> tuple[str, ...]:
     return tuple(names[i][len(PARAM_PREFIX):] for i in parameter_columns(names))
 
 
+def parameter_input_range(emulator) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high), each (P,): the range of each of the emulator's parameter inputs in its training, within
+    which a member's value (the input times exp(its estimated factor)) is kept: outside it the emulator would
+    extrapolate silently (an sd of 2 drove grazing to 0.09 on a 0.5-2.0 range)."""
+    from emulators.training import parameter_columns
+    columns = parameter_columns(emulator.config.forcing_names)
+    return (np.asarray(emulator.ranges.forcing_min, np.float32)[columns],
+            np.asarray(emulator.ranges.forcing_max, np.float32)[columns])
+
+
 def emulator_model_params(emulator, params: ProcessParams | None = None) -> EmulatorModelParams:
     """The emulator's weights and parameter-input values: ``params``' when given (a perfect-model twin),
     else the values a refit calibrated (``emulator.parameter_values``), else the process model's defaults."""
@@ -127,10 +137,7 @@ def emulator_stepper(emulator, params: ProcessParams | None = None) -> Stepper:
     names = emulator.config.forcing_names
     columns = parameter_columns(names)
     own = emulator_model_params(emulator, params)
-    # A member's parameter value stays within the range the network was trained on: outside it the emulator
-    # would extrapolate silently (an sd of 2 drove grazing to 0.09 on a 0.5-2.0 range).
-    low = jnp.asarray(np.asarray(emulator.ranges.forcing_min)[columns], jnp.float32)
-    high = jnp.asarray(np.asarray(emulator.ranges.forcing_max)[columns], jnp.float32)
+    low, high = (jnp.asarray(a) for a in parameter_input_range(emulator))
 
     def stepper(x, forcing_t, model_params=None, parameter_log_factors=None):
         if not isinstance(model_params, EmulatorModelParams):

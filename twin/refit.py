@@ -52,12 +52,12 @@ def analysis_trajectories(analysis_mean: np.ndarray, analysis_sd: np.ndarray, la
     The analysis of cycle c is the state at day c + 1; the step from it to cycle c + 1 is driven by the
     forcing of cycle c + 1. ``parameters``: values of the emulator's parameter inputs (default: the process
     model's defaults). Where the filter estimates parameters (``layout.estimated``), each step's inputs are
-    those values times exp(the analysed factor of the cycle it starts from), as in the cycles that made the
-    analyses. Returns (TrajectoryData, weights (num_traj, segment_days + 1, d)) or None when
+    those values times exp(the analysed factor of the cycle it starts from), kept within the emulator's
+    training range as the cycles kept each member's (``parameter_input_range``). Returns (TrajectoryData, weights (num_traj, segment_days + 1, d)) or None when
     the span holds fewer than four segments (too few to hold some out for validation).
     """
     from emulators.training import TrajectoryData, forcing_inputs, parameter_columns
-    from twin.forecast import estimated_input_positions, parameter_input_names
+    from twin.forecast import estimated_input_positions, parameter_input_names, parameter_input_range
     features = np.array(forcing_inputs(emulator.config.forcing_names, forcing))  # (T, S, F)
     columns = parameter_columns(emulator.config.forcing_names)
     if parameters is not None:
@@ -67,6 +67,7 @@ def analysis_trajectories(analysis_mean: np.ndarray, analysis_sd: np.ndarray, la
         theta = np.asarray(analysis_mean)[:, layout.parameter_slices()]  # (cycles so far, S, P)
         steps = min(theta.shape[0], features.shape[0]) - 1                 # the forcing may run further
         features[1:steps + 1, :, estimated] *= np.exp(theta[:steps])
+        features[..., columns] = np.clip(features[..., columns], *parameter_input_range(emulator))
     doy = np.asarray(forcing.day_of_year)                                          # (T, S)
     model_idx = layout.model_slices()
     starts = list(range(start, stop - segment_days, segment_days))
