@@ -326,6 +326,56 @@ def test_summary_prints_each_estimated_parameter_as_a_factor():
     # exp(0.1) = 1.105, exp(-0.05) = 0.951, exp(0.2) = 1.221, exp(0.01) = 1.010
     assert "estimated max_growth_rate at A: x1.105 the emulator's value on average (5-95 % over time x0.951 to " \
            "x1.221), last x1.010" in _summary_lines(metrics)
+    entry.update(value={"mean": 1.27, "q05": 1.2, "q95": 1.3, "last": 1.25}, training_range=[0.5, 2.0],
+                 cycles_at_range_limit=0.125)
+    assert "last x1.010; max_growth_rate 1.27 on average (training range 0.5-2; members at a range limit in 12 % " \
+           "of cycles)" in _summary_lines(metrics)[-1]
+
+
+def test_values_in_use_follow_the_kept_refits():
+    """The emulator's parameter inputs per cycle: the initial values, then each refit's from the cycle after
+    the last it analysed; a refit that does not name an input leaves it as it was."""
+    from twin.refit import RefitRecord, parameter_values_by_cycle
+
+    def record(cycle, values):
+        return RefitRecord(cycle, "", "", "", 0.0, 0.0, 0, True, "", 0.0, parameter_values=values)
+    names = ("max_growth_rate", "max_grazing_rate")
+    values = parameter_values_by_cycle([1.4, 1.0], names, [record(19, {"max_growth_rate": 1.2}),
+                                                           record(9, {"max_growth_rate": 1.3, "max_grazing_rate": 0.9}),
+                                                           record(29, {})], 30)
+    assert_array_equal(values[:10], np.tile([1.4, 1.0], (10, 1)))
+    assert_array_equal(values[10:20], np.tile([1.3, 0.9], (10, 1)))
+    assert_array_equal(values[20:], np.tile([1.2, 0.9], (10, 1)))
+
+
+def test_summary_gives_the_parameter_in_its_own_units_and_the_cycles_at_a_range_limit():
+    """Across a change of the emulator's value the parameter reads on one scale (value x exp(factor)); a cycle
+    whose 5 % or 95 % quantile lies beyond the training range counts as at a range limit (exact)."""
+    from types import SimpleNamespace
+
+    from twin.engine import WindowOutputs
+    from twin.products import ParameterInputs, estimated_parameter_summary
+    layout = StateLayout(("A",), 2, estimated=("max_growth_rate",))
+    T, i = 100, layout.parameter_slices()[0, 0]
+    mean = np.zeros((T, layout.dim), np.float32)
+    mean[:50, i], mean[50:, i] = np.log(1.2 / 1.5), 0.0            # 1.2 in both halves: 1.5 x 0.8, then 1.2 x 1
+    quant = np.repeat(mean[:, None, :], 3, axis=1)
+    quant[:, 0, i] -= 0.1
+    quant[:, 2, i] += 0.1
+    quant[60:70, 2, i] = np.log(2.5 / 1.2)                          # 10 cycles past the top of a 0.5-2.0 range
+    quant[80:85, 0, i] = np.log(0.4 / 1.2)                          # 5 below its bottom
+    outputs = WindowOutputs(mean, mean, mean, mean, quant, None, None, None, None, None)
+    config = SimpleNamespace(model=SimpleNamespace(estimate_parameters={
+        "max_growth_rate": SimpleNamespace(sd=0.15, timescale_days=365.0)}))
+    prepared = SimpleNamespace(layout=layout, config=config)
+    values = np.where(np.arange(T)[:, None] < 50, [[1.5, 1.0]], [[1.2, 1.0]])
+    inputs = ParameterInputs(("max_growth_rate", "max_grazing_rate"), values, np.array([0.5, 0.5]),
+                             np.array([2.0, 2.0]))
+    entry = estimated_parameter_summary(prepared, outputs, inputs)["max_growth_rate_log_factor@A/surface"]
+    assert_allclose([entry["value"][k] for k in ("mean", "q05", "q95", "last")], 1.2, rtol=1e-6)
+    assert entry["training_range"] == [0.5, 2.0]
+    assert entry["cycles_at_range_limit"] == pytest.approx(15 / 70)   # after the 30-day burn-in
+    assert "value" not in estimated_parameter_summary(prepared, outputs)["max_growth_rate_log_factor@A/surface"]
 
 
 def test_a_parameter_the_checkpoint_does_not_take_is_a_config_error():

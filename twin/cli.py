@@ -109,9 +109,14 @@ def _summary_lines(metrics: dict) -> list[str]:
                      f"{100 * e['q05']:+.2f} to {100 * e['q95']:+.2f}), last {100 * e['last']:+.2f}")
     for name, e in metrics.get("estimated_parameters", {}).items():
         parameter = name.split("@")[0].removesuffix(PARAMETER_SUFFIX)
+        value = e.get("value")
+        value_text = "" if value is None else (
+            f"; {parameter} {value['mean']:.3g} on average (training range {e['training_range'][0]:.3g}-"
+            f"{e['training_range'][1]:.3g}; members at a range limit in {100 * e['cycles_at_range_limit']:.0f} % "
+            f"of cycles)")
         lines.append(f"estimated {parameter} at {name.split('@')[1].split('/')[0]}: x{math.exp(e['mean']):.3f} the "
                      f"emulator's value on average (5-95 % over time x{math.exp(e['q05']):.3f} to "
-                     f"x{math.exp(e['q95']):.3f}), last x{math.exp(e['last']):.3f}")
+                     f"x{math.exp(e['q95']):.3f}), last x{math.exp(e['last']):.3f}{value_text}")
     for name, e in metrics.get("sensor_offsets", {}).items():
         truth = f"; truth {100 * math.expm1(e['truth_last']):+.1f} %" if "truth_last" in e else ""
         lines.append(f"sensor offset {name}: reads {100 * math.expm1(e['last']):+.1f} % of the value at the end "

@@ -438,6 +438,23 @@ def run_windows(prepared: Prepared, forecast, key, quiet: bool = False, model_pa
     return state, _concat_outputs(parts), timings, members
 
 
+def parameter_inputs(prepared: Prepared, emulator, model_params, refitter):
+    """The emulator's parameter inputs as each cycle used them (``twin.products.ParameterInputs``), where the
+    filter estimates some of them; None otherwise."""
+    if emulator is None or not prepared.layout.estimated:
+        return None
+    from twin.forecast import parameter_input_names, parameter_input_range
+    from twin.products import ParameterInputs
+    from twin.refit import parameter_values_by_cycle
+    names = parameter_input_names(emulator)
+    initial = refitter.initial.parameters if refitter is not None else model_params.parameters
+    values = parameter_values_by_cycle(np.asarray(initial), names, refitter.records if refitter else [],
+                                       prepared.num_days)
+    # A refit widens the emulator's ranges to its training data's, whose parameter inputs are kept within the
+    # ranges (analysis_trajectories): these stay the ones the stepper clipped to.
+    return ParameterInputs(names, values, *parameter_input_range(emulator))
+
+
 def refit_summary(prepared: Prepared, refitter, stepper, outputs) -> dict:
     """The refit history and, in a twin experiment, the 7-day forecast RMSE against the truth of the
     pretrained and the final emulator from the same analyses."""
@@ -692,7 +709,7 @@ def hindcast(config: TwinConfig, out: str | Path | None = None, *, quiet: bool =
         dispositions = row_dispositions(prepared.cycle_obs, np.asarray(outputs.disposition))
         metrics = write_products(work, prepared, outputs, dispositions, runs, emulator,
                                  {"cycles": timings, "total_seconds": time.perf_counter() - started}, refits,
-                                 calibration)
+                                 calibration, parameter_inputs(prepared, emulator, model_params, refitter))
         publish(work, out)
         _log(f"done: {out}", quiet)
         return HindcastRun(metrics, prepared, outputs, dispositions)

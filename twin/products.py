@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -306,18 +307,45 @@ def model_bias_summary(prepared, outputs) -> dict:
     return out
 
 
-def estimated_parameter_summary(prepared, outputs) -> dict:
+class ParameterInputs(NamedTuple):
+    """The emulator's parameter inputs as the cycles used them (for the estimated parameters' summary)."""
+    names: tuple[str, ...]   # (P,) the emulator's parameter inputs, in order
+    values: np.ndarray       # (T, P) the emulator's value each cycle stepped with (a kept refit may change it)
+    low: np.ndarray          # (P,) training range: each member's value was kept within it
+    high: np.ndarray         # (P,)
+
+
+def estimated_parameter_summary(prepared, outputs, inputs: ParameterInputs | None = None) -> dict:
     """Per site and estimated parameter (``model.estimate_parameters``; the log of a factor on the emulator's
-    input, named as in the state layout, at its first layer): :func:`_ar1_summary`."""
+    input, named as in the state layout, at its first layer): :func:`_ar1_summary` of the factor's log.
+
+    With ``inputs``, also the parameter itself, the emulator's value times exp(the analysed factor), so that
+    it reads the same across a kept refit that changed the emulator's value: ``value`` (mean, q05, q95 over
+    time after the first month, last), its ``training_range``, and ``cycles_at_range_limit``: the fraction of
+    those cycles whose analysis 5 % or 95 % quantile lies beyond the range (a twentieth of the members or more
+    stepped with the range's bound instead of their own value).
+    """
     layout = prepared.layout
+    quant, mean = np.asarray(outputs.analysis_quantiles), np.asarray(outputs.analysis_mean)
     out = {}
     for site in layout.sites:
         for name in layout.estimated:
             config = prepared.config.model.estimate_parameters[name]
             v = parameter_name(name)
             i = layout.index(v, site, layout.layers[0])
-            out[f"{v}@{site}/{layout.layers[0]}"] = _ar1_summary(prepared, outputs, i, config.sd,
-                                                                 config.timescale_days)
+            entry = _ar1_summary(prepared, outputs, i, config.sd, config.timescale_days)
+            if inputs is not None:
+                k = inputs.names.index(name)
+                base = inputs.values[:, k]
+                value = base * np.exp(mean[:, i])
+                after = slice(BURN_IN_DAYS, None) if value.shape[0] > 2 * BURN_IN_DAYS else slice(None)
+                outside = ((base * np.exp(quant[:, 0, i]) < inputs.low[k])
+                           | (base * np.exp(quant[:, 2, i]) > inputs.high[k]))[after]
+                entry["value"] = {"mean": float(value[after].mean()), "q05": float(np.quantile(value[after], 0.05)),
+                                  "q95": float(np.quantile(value[after], 0.95)), "last": float(value[-1])}
+                entry["training_range"] = [float(inputs.low[k]), float(inputs.high[k])]
+                entry["cycles_at_range_limit"] = float(outside.mean())
+            out[f"{v}@{site}/{layout.layers[0]}"] = entry
     return out
 
 
@@ -359,9 +387,10 @@ def sensor_offset_summary(prepared, outputs) -> dict:
 
 
 def write_products(work: Path, prepared, outputs, dispositions, baselines: dict, emulator, timings: dict,
-                   refits: dict | None = None, chlorophyll_calibration: list | None = None) -> dict:
+                   refits: dict | None = None, chlorophyll_calibration: list | None = None,
+                   parameter_inputs: ParameterInputs | None = None) -> dict:
     """Write reanalysis.nc, metrics.json, lineage.json, report.html (and alerts.csv when the config has
-    alerts) into ``work``; return the metrics."""
+    alerts) into ``work``; return the metrics. ``parameter_inputs``: see :func:`estimated_parameter_summary`."""
     from twin.report import write_report
     ds = reanalysis_dataset(prepared, outputs, dispositions)
     encoding = {k: ({"dtype": str} if v.dtype == object else {"zlib": True, "complevel": 4})
@@ -387,7 +416,7 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
     if prepared.layout.sensors:
         metrics["sensor_offsets"] = sensor_offset_summary(prepared, outputs)
     if prepared.layout.estimated:
-        metrics["estimated_parameters"] = estimated_parameter_summary(prepared, outputs)
+        metrics["estimated_parameters"] = estimated_parameter_summary(prepared, outputs, parameter_inputs)
     if prepared.truth is not None:
         metrics.update(truth_metrics(prepared, outputs, baselines, dispositions))
     validation = validation_scores(prepared, outputs)

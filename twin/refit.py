@@ -53,8 +53,9 @@ def analysis_trajectories(analysis_mean: np.ndarray, analysis_sd: np.ndarray, la
     forcing of cycle c + 1. ``parameters``: values of the emulator's parameter inputs (default: the process
     model's defaults). Where the filter estimates parameters (``layout.estimated``), each step's inputs are
     those values times exp(the analysed factor of the cycle it starts from), kept within the emulator's
-    training range as the cycles kept each member's (``parameter_input_range``). Returns (TrajectoryData, weights (num_traj, segment_days + 1, d)) or None when
-    the span holds fewer than four segments (too few to hold some out for validation).
+    training range as the cycles kept each member's (``parameter_input_range``). Returns (TrajectoryData,
+    weights (num_traj, segment_days + 1, d)) or None when the span holds fewer than four segments (too few to
+    hold some out for validation).
     """
     from emulators.training import TrajectoryData, forcing_inputs, parameter_columns
     from twin.forecast import estimated_input_positions, parameter_input_names, parameter_input_range
@@ -229,6 +230,17 @@ class RefitRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parameter_values_by_cycle(initial, names, records, num_cycles: int) -> np.ndarray:
+    """(num_cycles, P) the emulator's parameter inputs (``names``) each cycle stepped with: ``initial`` (P,)
+    until the first refit, then each refit's ``parameter_values`` from the cycle after the last it analysed."""
+    values = np.tile(np.asarray(initial, np.float64).reshape(1, len(names)), (num_cycles, 1))
+    for r in sorted(records, key=lambda r: r.cycle):
+        if r.cycle + 1 < num_cycles:
+            previous = values[r.cycle + 1].copy()
+            values[r.cycle + 1:] = [r.parameter_values.get(n, v) for n, v in zip(names, previous)]
+    return values
 
 
 def refit_config(refit, train_defaults):

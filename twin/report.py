@@ -184,6 +184,17 @@ def _augmented_state_sections(prepared, outputs, metrics: dict) -> list[str]:
                   "errors that this parameter can offset.</p>",
                   html_table(rows, ["element", "sd", "timescale (days)", "mean factor (after the first month)",
                                     "5-95 % over time", "last"]), fig]
+        values = {k: e for k, e in metrics["estimated_parameters"].items() if "value" in e}
+        if values:
+            parts += ["<p>The parameters themselves (the emulator's value in use, which a kept refit may change, "
+                      "times the factor), and how often a twentieth of the members or more stepped with the bound "
+                      "of the emulator's training range instead of their own value:</p>",
+                      html_table([[k, f"{e['value']['mean']:.4g}",
+                                   f"{e['value']['q05']:.4g} to {e['value']['q95']:.4g}", f"{e['value']['last']:.4g}",
+                                   f"{e['training_range'][0]:.4g} to {e['training_range'][1]:.4g}",
+                                   f"{100 * e['cycles_at_range_limit']:.1f} %"] for k, e in values.items()],
+                                 ["element", "mean value", "5-95 % over time", "last", "training range",
+                                  "cycles at a range limit"])]
     if metrics.get("sensor_offsets"):
         from twin.products import true_sensor_offset
         rows, fig = _ar1_section(prepared, outputs, metrics["sensor_offsets"],
