@@ -447,9 +447,8 @@ def parameter_inputs(prepared: Prepared, emulator, model_params, refitter):
     from twin.products import ParameterInputs
     from twin.refit import parameter_values_by_cycle
     names = parameter_input_names(emulator)
-    initial = refitter.initial.parameters if refitter is not None else model_params.parameters
-    values = parameter_values_by_cycle(np.asarray(initial), names, refitter.records if refitter else [],
-                                       prepared.num_days)
+    values = parameter_values_by_cycle(np.asarray(model_params.parameters), names,  # the refitter's initial too
+                                       refitter.records if refitter else [], prepared.num_days)
     # A refit widens the emulator's ranges to its training data's, whose parameter inputs are kept within the
     # ranges (analysis_trajectories): these stay the ones the stepper clipped to.
     return ParameterInputs(names, values, *parameter_input_range(emulator))

@@ -285,10 +285,20 @@ def _ar1_summary(prepared, outputs, i: int, sd: float, timescale_days: float) ->
     """The configured AR(1) of element ``i`` and its analysis: mean over the run after the burn-in, its 5-95 %
     range over time, the last value, the root-mean-square analysis sd."""
     mean, spread = np.asarray(outputs.analysis_mean)[:, i], np.asarray(outputs.analysis_sd)[:, i]
-    b = mean[BURN_IN_DAYS:] if mean.shape[0] > 2 * BURN_IN_DAYS else mean
-    return {"sd": sd, "timescale_days": timescale_days, "mean": float(b.mean()),
-            "q05": float(np.quantile(b, 0.05)), "q95": float(np.quantile(b, 0.95)), "last": float(mean[-1]),
+    return {"sd": sd, "timescale_days": timescale_days, **_over_time(mean),
             "analysis_sd": float(np.sqrt(np.mean(spread**2)))}
+
+
+def _after_burn_in(series: np.ndarray) -> np.ndarray:
+    """``series`` (T, ...) without its first month, unless the run is too short to spare it."""
+    return series[BURN_IN_DAYS:] if series.shape[0] > 2 * BURN_IN_DAYS else series
+
+
+def _over_time(series: np.ndarray) -> dict:
+    """Mean and 5-95 % range over time after the burn-in, and the last value, of a (T,) series."""
+    b = _after_burn_in(series)
+    return {"mean": float(b.mean()), "q05": float(np.quantile(b, 0.05)), "q95": float(np.quantile(b, 0.95)),
+            "last": float(series[-1])}
 
 
 def model_bias_summary(prepared, outputs) -> dict:
@@ -337,14 +347,11 @@ def estimated_parameter_summary(prepared, outputs, inputs: ParameterInputs | Non
             if inputs is not None:
                 k = inputs.names.index(name)
                 base = inputs.values[:, k]
-                value = base * np.exp(mean[:, i])
-                after = slice(BURN_IN_DAYS, None) if value.shape[0] > 2 * BURN_IN_DAYS else slice(None)
                 outside = ((base * np.exp(quant[:, 0, i]) < inputs.low[k])
-                           | (base * np.exp(quant[:, 2, i]) > inputs.high[k]))[after]
-                entry["value"] = {"mean": float(value[after].mean()), "q05": float(np.quantile(value[after], 0.05)),
-                                  "q95": float(np.quantile(value[after], 0.95)), "last": float(value[-1])}
+                           | (base * np.exp(quant[:, 2, i]) > inputs.high[k]))
+                entry["value"] = _over_time(base * np.exp(mean[:, i]))
                 entry["training_range"] = [float(inputs.low[k]), float(inputs.high[k])]
-                entry["cycles_at_range_limit"] = float(outside.mean())
+                entry["cycles_at_range_limit"] = float(_after_burn_in(outside).mean())
             out[f"{v}@{site}/{layout.layers[0]}"] = entry
     return out
 
