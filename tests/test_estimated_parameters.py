@@ -367,15 +367,14 @@ def test_summary_gives_the_parameter_in_its_own_units_and_the_cycles_at_a_range_
     outputs = WindowOutputs(mean, mean, mean, mean, quant, None, None, None, None, None)
     config = SimpleNamespace(model=SimpleNamespace(estimate_parameters={
         "max_growth_rate": SimpleNamespace(sd=0.15, timescale_days=365.0)}))
-    prepared = SimpleNamespace(layout=layout, config=config)
     values = np.where(np.arange(T)[:, None] < 50, [[1.5, 1.0]], [[1.2, 1.0]])
     inputs = ParameterInputs(("max_growth_rate", "max_grazing_rate"), values, np.array([0.5, 0.5]),
                              np.array([2.0, 2.0]))
-    entry = estimated_parameter_summary(prepared, outputs, inputs)["max_growth_rate_log_factor@A/surface"]
+    entry = estimated_parameter_summary(config, layout, outputs, inputs)["max_growth_rate_log_factor@A/surface"]
     assert_allclose([entry["value"][k] for k in ("mean", "q05", "q95", "last")], 1.2, rtol=1e-6)
     assert entry["training_range"] == [0.5, 2.0]
     assert entry["cycles_at_range_limit"] == pytest.approx(15 / 70)   # after the 30-day burn-in
-    assert "value" not in estimated_parameter_summary(prepared, outputs)["max_growth_rate_log_factor@A/surface"]
+    assert "value" not in estimated_parameter_summary(config, layout, outputs)["max_growth_rate_log_factor@A/surface"]
 
 
 def test_a_parameter_the_checkpoint_does_not_take_is_a_config_error():

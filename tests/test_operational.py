@@ -2,6 +2,7 @@
 locking, late data, corrupt files, and SIGKILL fault injection (issue 6)."""
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -57,6 +58,16 @@ def test_daily_cycles_match_the_equivalent_hindcast(daily, operated, tmp_path):
                                    err_msg=f"{v}@{s}/{layer}")
     # the final ensemble is the one the store carries
     np.testing.assert_allclose(_members(store).mean(0), ops_mean[-1], rtol=1e-6)
+    # The store's status summarises the buoy optode's estimated offset as the hindcast's metrics do.
+    hc_offsets = json.loads((tmp_path / "hc" / "metrics.json").read_text())["sensor_offsets"]
+    status = store_status(store)
+    assert status["augmented_since"] == str(np.datetime64(START) + np.timedelta64(1, "D"))
+    assert set(status["augmented"]) == {"sensor_offsets"}
+    assert set(status["augmented"]["sensor_offsets"]) == set(hc_offsets)
+    for name, expected in hc_offsets.items():
+        got = status["augmented"]["sensor_offsets"][name]
+        for k in ("mean", "q05", "q95", "last", "analysis_sd"):
+            assert got[k] == pytest.approx(expected[k], rel=1e-3, abs=1e-5), f"{name} {k}"
     assert all(r["errors"] == [] for r in reports)
     assert sum(r["cycles"] for r in reports) == cycles
 
@@ -195,3 +206,64 @@ def test_the_compiled_model_key_changes_with_the_emulators_calibrated_parameters
     keys = [model_key(store, {"files": {"emulator": name}}) for name in ("emulator-0", "emulator-1")]
     assert keys[0] != keys[1]
     assert model_key(store, {"files": {"emulator": "emulator-0"}}) == keys[0]  # deterministic
+
+
+def test_status_gives_the_estimated_parameters_in_their_own_units(daily, tmp_path, capsys):
+    """A store whose filter estimates the growth rate records, each cycle, the emulator's parameter inputs it
+    stepped with and the analysis quantiles, and its status gives the factor and the value (the emulator's
+    value times exp(the analysed factor)) as a hindcast's metrics do."""
+    from emulators.checkpoint import load_checkpoint
+    from twin.forecast import emulator_model_params, parameter_input_names, parameter_input_range
+    from twin.operational import store_layout
+    root, days = daily
+    incoming = tmp_path / "incoming"
+    raw = _config(incoming)
+    raw["model"] = {"estimate_parameters": {"max_growth_rate": {"sd": 0.15, "timescale_days": 365}}}
+    config = parse_config(raw)
+    init_store(tmp_path / "store", config, quiet=True)
+    run_cycle(tmp_path / "store", data=tuple(str(paths[0].parent) for _, paths in days[:12]), quiet=True)
+    s = Store(tmp_path / "store")
+    history = s.load_arrays(s.manifest()["files"]["history"])
+    emulator = load_checkpoint(CHECKPOINT)
+    names = parameter_input_names(emulator)
+    own = np.asarray(emulator_model_params(emulator).parameters)
+    cycles = s.manifest()["cycles_done"]
+    assert cycles == 12
+    np.testing.assert_array_equal(history["parameter_values"], np.tile(own[None], (cycles, 1)))
+    assert history["analysis_quantiles"].shape == (cycles, 3, history["analysis_mean"].shape[1])
+    layout = store_layout(config)
+    i = layout.index("max_growth_rate_log_factor", "SYNTH-B", "surface")
+    entry = store_status(tmp_path / "store")["augmented"]["estimated_parameters"][
+        "max_growth_rate_log_factor@SYNTH-B/surface"]
+    k = names.index("max_growth_rate")
+    factor = history["analysis_mean"][:, i].astype(np.float64)
+    assert entry["last"] == pytest.approx(factor[-1], rel=1e-6)
+    assert entry["value"]["last"] == pytest.approx(own[k] * np.exp(factor[-1]), rel=1e-6)
+    assert entry["value"]["mean"] == pytest.approx(np.mean(own[k] * np.exp(factor)), rel=1e-5)
+    assert entry["training_range"] == pytest.approx([float(a[k]) for a in parameter_input_range(emulator)])
+    assert 0.0 <= entry["cycles_at_range_limit"] <= 1.0
+    from twin.cli import main
+    main(["status", str(tmp_path / "store")])
+    printed = capsys.readouterr().out
+    assert "estimated in the state, since 2016-01-02:" in printed
+    assert f"max_growth_rate {own[k] * np.exp(factor).mean():.3g} on average" in printed
+
+
+def test_history_records_that_an_older_store_lacks_start_with_nan_rows():
+    """A store made before a record existed (here the analysis quantiles) keeps its history's rows aligned:
+    the new record's rows for the earlier cycles are NaN, and the status summarises from the first cycle that
+    has it."""
+    from types import SimpleNamespace
+
+    from twin.operational import _extend_history
+    n = 4
+    old = {"analysis_mean": np.ones((3, n), np.float32), "analysis_sd": np.ones((3, n), np.float32)}
+    out = SimpleNamespace(analysis_mean=np.full((2, n), 2.0, np.float32), analysis_sd=np.ones((2, n), np.float32),
+                          analysis_quantiles=np.zeros((2, 3, n), np.float32), forecast_mean=np.zeros((2, n)),
+                          forecast_sd=np.zeros((2, n)),
+                          diagnostics=SimpleNamespace(inflation=np.ones(2), normalized_innovation=np.zeros(2)))
+    forcing = SimpleNamespace(_asdict=lambda: {"par": np.arange(10.0)})
+    new = _extend_history(old, out, forcing, 3, 5)
+    assert new["analysis_mean"].shape == (5, n) and new["analysis_quantiles"].shape == (5, 3, n)
+    assert np.isnan(new["analysis_quantiles"][:3]).all() and (new["analysis_quantiles"][3:] == 0).all()
+    np.testing.assert_array_equal(new["forcing_par"], [np.nan, np.nan, np.nan, 3.0, 4.0])

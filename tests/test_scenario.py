@@ -137,7 +137,7 @@ def test_less_river_nitrate_lowers_surface_nitrate_in_every_member(store):
     assert surface["process_model_time_mean"] == pytest.approx(float(expected[i]))
 
 
-def test_report_has_every_figure_and_the_products_exist(published):
+def test_report_has_every_figure_and_the_products_exist(store, published):
     assert {p.name for p in published.iterdir()} == {"scenario.nc", "scenario.json", "report.html",
                                                     "scenario.yaml"}
     page = (published / "report.html").read_text()
@@ -151,6 +151,21 @@ def test_report_has_every_figure_and_the_products_exist(published):
     assert [a["name"] for a in summary["baseline"]["alerts"]] == [a["name"] for a in
                                                                    summary["scenarios"]["warm"]["alerts"]]
     assert len(summary["baseline"]["alerts"][0]["daily_probability"]) == DAYS
+    # What the members carry besides the sea's state, from the store's last analysis.
+    from twin.state_layout import bias_name, offset_name, parameter_name
+    from twin.store import Store
+    carried = summary["estimated_at_start"]
+    assert set(carried) == {f"{v}@SYNTH-B/{layer}" for v in (bias_name("chlorophyll"), offset_name("oxygen", "buoy"))
+                            for layer in ("surface", "bottom")} | {
+        f"{parameter_name(p)}@SYNTH-B/surface" for p in ("max_growth_rate", "max_grazing_rate")}
+    stored = Store(store)
+    members = stored.load_arrays(stored.manifest()["files"]["state"])["members"]
+    names = summary["scenarios"]["warm"]["differences"]
+    i = list(names).index(f"{parameter_name('max_growth_rate')}@SYNTH-B/surface")
+    e = carried[f"{parameter_name('max_growth_rate')}@SYNTH-B/surface"]
+    assert e["mean"] == pytest.approx(members[:, i].mean(), rel=1e-6)
+    assert e["q05"] <= e["mean"] <= e["q95"] and e["q05"] < e["q95"]
+    assert "Estimated with the state, at the start" in page
 
 
 def test_start_from_a_day_of_the_store_history(store):

@@ -77,6 +77,37 @@ def _cmd_qc(args) -> int:
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
+def augmented_lines(metrics: dict) -> list[str]:
+    """One line per augmented element of a hindcast's metrics or a store's status (``model_bias``,
+    ``estimated_parameters``, ``sensor_offsets``)."""
+    from twin.state_layout import PARAMETER_SUFFIX, bias_name
+    lines = []
+    for name, e in metrics.get("model_bias", {}).items():
+        if name.startswith(bias_name("chlorophyll") + "@"):   # a log factor of the Chl:N ratio, not a rate
+            lines.append(f"model Chl:N error {name}: {100 * math.expm1(e['mean']):+.1f} % of the ratio on average "
+                         f"(5-95 % over time {100 * math.expm1(e['q05']):+.1f} to {100 * math.expm1(e['q95']):+.1f}), "
+                         f"last {100 * math.expm1(e['last']):+.1f}")
+            continue
+        lines.append(f"model bias {name}: {100 * e['mean']:+.2f} % per day on average (5-95 % over time "
+                     f"{100 * e['q05']:+.2f} to {100 * e['q95']:+.2f}), last {100 * e['last']:+.2f}")
+    for name, e in metrics.get("estimated_parameters", {}).items():
+        parameter = name.split("@")[0].removesuffix(PARAMETER_SUFFIX)
+        value = e.get("value")
+        limit = e.get("cycles_at_range_limit")
+        value_text = "" if value is None else (
+            f"; {parameter} {value['mean']:.3g} on average (training range {e['training_range'][0]:.3g}-"
+            f"{e['training_range'][1]:.3g}"
+            + ("" if limit is None else f"; members at a range limit in {100 * limit:.0f} % of cycles") + ")")
+        lines.append(f"estimated {parameter} at {name.split('@')[1].split('/')[0]}: x{math.exp(e['mean']):.3f} the "
+                     f"emulator's value on average (5-95 % over time x{math.exp(e['q05']):.3f} to "
+                     f"x{math.exp(e['q95']):.3f}), last x{math.exp(e['last']):.3f}{value_text}")
+    for name, e in metrics.get("sensor_offsets", {}).items():
+        truth = f"; truth {100 * math.expm1(e['truth_last']):+.1f} %" if "truth_last" in e else ""
+        lines.append(f"sensor offset {name}: reads {100 * math.expm1(e['last']):+.1f} % of the value at the end "
+                     f"({100 * math.expm1(e['mean']):+.1f} % on average{truth})")
+    return lines
+
+
 def _summary_lines(metrics: dict) -> list[str]:
     """The headline of a hindcast: skill against the truth or against withheld observations."""
     lines = [f"hindcast {metrics['name']}: {metrics['period']['days']} days from {metrics['period']['start']}, "
@@ -98,29 +129,7 @@ def _summary_lines(metrics: dict) -> list[str]:
                      f"90% coverage {e['twin']['coverage_90']:.2f}"
                      + (f" (lognormal {e['twin']['coverage_90_lognormal']:.2f})"
                         if e['twin'].get('coverage_90_lognormal') is not None else ""))
-    from twin.state_layout import PARAMETER_SUFFIX, bias_name
-    for name, e in metrics.get("model_bias", {}).items():
-        if name.startswith(bias_name("chlorophyll") + "@"):   # a log factor of the Chl:N ratio, not a rate
-            lines.append(f"model Chl:N error {name}: {100 * math.expm1(e['mean']):+.1f} % of the ratio on average "
-                         f"(5-95 % over time {100 * math.expm1(e['q05']):+.1f} to {100 * math.expm1(e['q95']):+.1f}), "
-                         f"last {100 * math.expm1(e['last']):+.1f}")
-            continue
-        lines.append(f"model bias {name}: {100 * e['mean']:+.2f} % per day on average (5-95 % over time "
-                     f"{100 * e['q05']:+.2f} to {100 * e['q95']:+.2f}), last {100 * e['last']:+.2f}")
-    for name, e in metrics.get("estimated_parameters", {}).items():
-        parameter = name.split("@")[0].removesuffix(PARAMETER_SUFFIX)
-        value = e.get("value")
-        value_text = "" if value is None else (
-            f"; {parameter} {value['mean']:.3g} on average (training range {e['training_range'][0]:.3g}-"
-            f"{e['training_range'][1]:.3g}; members at a range limit in {100 * e['cycles_at_range_limit']:.0f} % "
-            f"of cycles)")
-        lines.append(f"estimated {parameter} at {name.split('@')[1].split('/')[0]}: x{math.exp(e['mean']):.3f} the "
-                     f"emulator's value on average (5-95 % over time x{math.exp(e['q05']):.3f} to "
-                     f"x{math.exp(e['q95']):.3f}), last x{math.exp(e['last']):.3f}{value_text}")
-    for name, e in metrics.get("sensor_offsets", {}).items():
-        truth = f"; truth {100 * math.expm1(e['truth_last']):+.1f} %" if "truth_last" in e else ""
-        lines.append(f"sensor offset {name}: reads {100 * math.expm1(e['last']):+.1f} % of the value at the end "
-                     f"({100 * math.expm1(e['mean']):+.1f} % on average{truth})")
+    lines += augmented_lines(metrics)
     refit = metrics.get("refit")
     if refit:
         lines.append(f"refits kept: {refit['kept']} of {len(refit['history'])} (every {refit['interval_days']} days)")
@@ -247,6 +256,9 @@ def _cmd_status(args) -> int:
              f"  open alerts: {', '.join(a['name'] for a in status['open_alerts']) or 'none'}"]
     lines += [f"  drifting: {d['series']} (mean normalised innovation {d['mean_normalised_innovation']:+.2f} "
               f"over {d['rows']} rows)" for d in status["drifting"]]
+    if status.get("augmented"):
+        lines.append(f"  estimated in the state, since {status['augmented_since'][:10]}:")
+        lines += [f"    {line}" for line in augmented_lines(status["augmented"])]
     _print_report(status, args.json, lines)
     return EXIT_OK if status["healthy"] else EXIT_USAGE
 

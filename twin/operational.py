@@ -635,7 +635,8 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     cycle_all[pending] = row_cycle
     ledger = ledger.assign(disposition=("obs", code_all), twin_z=("obs", z_all.astype(np.float32)),
                            cycle=("obs", cycle_all.astype(np.int32)))
-    history = _extend_history(history, out, forcing, done, target)
+    history = _extend_history(history, out, forcing, done, target,
+                              _parameter_values(emulator) if layout.estimated else None)
     # Forecast and alerts from the newest analysis.
     future = jax.tree.map(lambda a: a[target:target + forecast_days], forcing)
     ens = np.asarray(stored_call(programs, "forecast", lambda m, f, k, w: free_forecast(forecast, m, f, k,
@@ -654,17 +655,27 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
     return ledger, history, alerts_history, outcome
 
 
-def _extend_history(history: dict, out, forcing, done: int, target: int) -> dict:
+def _extend_history(history: dict, out, forcing, done: int, target: int, parameter_values=None) -> dict:
+    """The store's per-cycle history with cycles ``done`` .. ``target - 1`` appended. ``parameter_values``:
+    (P,) the emulator's parameter inputs these cycles stepped with, where the filter estimates some (a kept
+    refit may change them). A record that an older store's history lacks starts with NaN rows."""
     rows = {"analysis_mean": out.analysis_mean, "analysis_sd": out.analysis_sd,
+            "analysis_quantiles": out.analysis_quantiles,
             "forecast_mean": out.forecast_mean, "forecast_sd": out.forecast_sd,
             "inflation": np.asarray(out.diagnostics.inflation),
             "normalized_innovation": np.asarray(out.diagnostics.normalized_innovation)}
+    if parameter_values is not None:
+        rows["parameter_values"] = np.tile(np.asarray(parameter_values, np.float32)[None], (target - done, 1))
     for name, value in forcing._asdict().items():
         rows[f"forcing_{name}"] = np.asarray(value)[done:target]
+    cycles_before = history["analysis_mean"].shape[0] if history.get("analysis_mean") is not None else 0
     extended = {}
     for name, value in rows.items():
+        value = np.asarray(value)
         old = history.get(name)
-        extended[name] = np.asarray(value) if old is None or old.size == 0 else np.concatenate([old, value])
+        if old is None or old.size == 0:
+            old = np.full((cycles_before,) + value.shape[1:], np.nan, value.dtype)
+        extended[name] = np.concatenate([old, value])
     return extended
 
 
@@ -725,6 +736,9 @@ def store_status(store_dir: str | Path) -> dict[str, Any]:
         if meta.exists():
             lineage = json.loads(meta.read_text()).get("lineage", [])
     day0 = np.datetime64(manifest["day0"])
+    config = load_store_config(store)
+    layout = store_layout(config)
+    history = store.load_arrays(manifest["files"]["history"])
     return {"store": str(store.root), "healthy": not problems, "problems": problems,
             "cycles_done": manifest["cycles_done"],
             "last_analysis": str(day0 + np.timedelta64(manifest["cycles_done"], "D")),
@@ -732,7 +746,62 @@ def store_status(store_dir: str | Path) -> dict[str, Any]:
                                                                   "by_disposition": by_disposition},
             "files_registered": len(manifest["registry"]), "emulator": manifest["files"].get("emulator"),
             "last_refit": next((e for e in reversed(lineage) if e.get("kind") == "refit"), None),
-            "open_alerts": open_alerts, "drifting": drifting_series(ledger)}
+            "open_alerts": open_alerts, "drifting": drifting_series(ledger),
+            **augmented_status(store, manifest, config, layout, ledger, history)}
+
+
+def _parameter_values(emulator) -> np.ndarray | None:
+    """(P,) the values of the emulator's parameter inputs, in the order of its ``param/`` features; None for
+    the process model."""
+    if emulator is None:
+        return None
+    from twin.forecast import emulator_model_params
+    return np.asarray(emulator_model_params(emulator).parameters)
+
+
+def observed_state_indices(ledger: xr.Dataset, config: TwinConfig, layout) -> np.ndarray:
+    """The state elements the store's assimilated observations saw (a sensor's reading, where the twin
+    estimates its offset)."""
+    from twin.ingest import sensor_of_rows
+    rows = ledger.isel(obs=np.flatnonzero(ledger["disposition"].values == disp.ASSIMILATED))
+    keys = set(zip(rows["variable"].values.astype(str), rows["site"].values.astype(str),
+                   rows["layer"].values.astype(str), sensor_of_rows(rows, config.sources)))
+    return np.array(sorted({layout.observation_index(v, s, k, sensor=n or None) for v, s, k, n in keys}), np.int64)
+
+
+def augmented_status(store: Store, manifest, config: TwinConfig, layout, ledger: xr.Dataset, history: dict
+                     ) -> dict[str, Any]:
+    """The hindcast's summaries of the augmented elements (``twin.products.augmented_summary``: model biases,
+    sensor offsets, estimated parameters) over the store's history, from the first cycle that recorded what
+    they need (a store made before they were recorded has NaN rows before it); {} when the state has none or
+    no cycle has run."""
+    from twin.products import AnalysedRun, ParameterInputs, augmented_summary
+    if not (layout.biased or layout.sensors or layout.estimated) or history.get("analysis_mean") is None:
+        return {}
+    needed = [history["analysis_mean"], history.get("analysis_quantiles")]
+    inputs = None
+    if layout.estimated and history.get("parameter_values") is not None:
+        from twin.forecast import parameter_input_names, parameter_input_range
+        _, emulator, _ = store_model(store, manifest, config, layout, store_sites(config, layout))
+        needed.append(history["parameter_values"])
+        inputs = ParameterInputs(parameter_input_names(emulator), history["parameter_values"],
+                                 *parameter_input_range(emulator))
+    recorded = np.ones(history["analysis_mean"].shape[0], bool)
+    for a in needed:
+        if a is not None:
+            recorded &= np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+    if not recorded.any():
+        return {}
+    first = int(np.argmax(recorded))
+    quantiles = history.get("analysis_quantiles")
+    analysed = AnalysedRun(history["analysis_mean"][first:], history["analysis_sd"][first:],
+                           None if quantiles is None else quantiles[first:])
+    if inputs is not None:
+        inputs = inputs._replace(values=inputs.values[first:])
+    since = int(manifest.get("history_first_cycle", 0)) + first
+    summary = augmented_summary(config, layout, analysed, observed_state_indices(ledger, config, layout), inputs)
+    since_day = np.datetime64(manifest["day0"]) + np.timedelta64(since + 1, "D")
+    return {"augmented": summary, "augmented_since": str(since_day)}
 
 
 def drifting_series(ledger: xr.Dataset) -> list[dict[str, Any]]:

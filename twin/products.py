@@ -281,10 +281,18 @@ def alert_verification(prepared, outputs):
     return result, pd.concat(history, ignore_index=True)
 
 
-def _ar1_summary(prepared, outputs, i: int, sd: float, timescale_days: float) -> dict:
+class AnalysedRun(NamedTuple):
+    """A run's analyses of every state element over T cycles: what the augmented elements' summaries read
+    (``twin.engine.WindowOutputs`` has these fields too)."""
+    analysis_mean: np.ndarray                 # (T, n)
+    analysis_sd: np.ndarray                   # (T, n)
+    analysis_quantiles: np.ndarray | None     # (T, 3, n) at QUANTILES; None where not kept
+
+
+def _ar1_summary(analysed, i: int, sd: float, timescale_days: float) -> dict:
     """The configured AR(1) of element ``i`` and its analysis: mean over the run after the burn-in, its 5-95 %
     range over time, the last value, the root-mean-square analysis sd."""
-    mean, spread = np.asarray(outputs.analysis_mean)[:, i], np.asarray(outputs.analysis_sd)[:, i]
+    mean, spread = np.asarray(analysed.analysis_mean)[:, i], np.asarray(analysed.analysis_sd)[:, i]
     return {"sd": sd, "timescale_days": timescale_days, **_over_time(mean),
             "analysis_sd": float(np.sqrt(np.mean(spread**2)))}
 
@@ -301,19 +309,18 @@ def _over_time(series: np.ndarray) -> dict:
             "last": float(series[-1])}
 
 
-def model_bias_summary(prepared, outputs) -> dict:
+def model_bias_summary(config, layout, analysed) -> dict:
     """Per model-bias element with a nonzero sd (a log-rate per day; chlorophyll's a log factor of the Chl:N
     ratio): :func:`_ar1_summary`."""
-    layout = prepared.layout
     out = {}
     for site in layout.sites:
         for tracer in layout.biased:
             for layer in layout.layers:
-                config = prepared.config.model.bias[tracer]
-                if config.sd(layer) > 0:
+                bias = config.model.bias[tracer]
+                if bias.sd(layer) > 0:
                     v = bias_name(tracer)
-                    out[f"{v}@{site}/{layer}"] = _ar1_summary(prepared, outputs, layout.index(v, site, layer),
-                                                              config.sd(layer), config.timescale_days)
+                    out[f"{v}@{site}/{layer}"] = _ar1_summary(analysed, layout.index(v, site, layer),
+                                                              bias.sd(layer), bias.timescale_days)
     return out
 
 
@@ -325,33 +332,34 @@ class ParameterInputs(NamedTuple):
     high: np.ndarray         # (P,)
 
 
-def estimated_parameter_summary(prepared, outputs, inputs: ParameterInputs | None = None) -> dict:
+def estimated_parameter_summary(config, layout, analysed, inputs: ParameterInputs | None = None) -> dict:
     """Per site and estimated parameter (``model.estimate_parameters``; the log of a factor on the emulator's
     input, named as in the state layout, at its first layer): :func:`_ar1_summary` of the factor's log.
 
     With ``inputs``, also the parameter itself, the emulator's value times exp(the analysed factor), so that
     it reads the same across a kept refit that changed the emulator's value: ``value`` (mean, q05, q95 over
-    time after the first month, last), its ``training_range``, and ``cycles_at_range_limit``: the fraction of
-    those cycles whose analysis 5 % or 95 % quantile lies beyond the range (a twentieth of the members or more
-    stepped with the range's bound instead of their own value).
+    time after the first month, last), its ``training_range``, and, where the analysis quantiles were kept,
+    ``cycles_at_range_limit``: the fraction of those cycles whose analysis 5 % or 95 % quantile lies beyond
+    the range (a twentieth of the members or more stepped with the range's bound instead of their own value).
     """
-    layout = prepared.layout
-    quant, mean = np.asarray(outputs.analysis_quantiles), np.asarray(outputs.analysis_mean)
+    mean = np.asarray(analysed.analysis_mean)
+    quant = None if analysed.analysis_quantiles is None else np.asarray(analysed.analysis_quantiles)
     out = {}
     for site in layout.sites:
         for name in layout.estimated:
-            config = prepared.config.model.estimate_parameters[name]
+            estimate = config.model.estimate_parameters[name]
             v = parameter_name(name)
             i = layout.index(v, site, layout.layers[0])
-            entry = _ar1_summary(prepared, outputs, i, config.sd, config.timescale_days)
+            entry = _ar1_summary(analysed, i, estimate.sd, estimate.timescale_days)
             if inputs is not None:
                 k = inputs.names.index(name)
                 base = inputs.values[:, k]
-                outside = ((base * np.exp(quant[:, 0, i]) < inputs.low[k])
-                           | (base * np.exp(quant[:, 2, i]) > inputs.high[k]))
                 entry["value"] = _over_time(base * np.exp(mean[:, i]))
                 entry["training_range"] = [float(inputs.low[k]), float(inputs.high[k])]
-                entry["cycles_at_range_limit"] = float(_after_burn_in(outside).mean())
+                if quant is not None:
+                    outside = ((base * np.exp(quant[:, 0, i]) < inputs.low[k])
+                               | (base * np.exp(quant[:, 2, i]) > inputs.high[k]))
+                    entry["cycles_at_range_limit"] = float(_after_burn_in(outside).mean())
             out[f"{v}@{site}/{layout.layers[0]}"] = entry
     return out
 
@@ -369,27 +377,43 @@ def true_sensor_offset(prepared, name: str) -> np.ndarray | None:
     return np.log((sea + exp.oxygen_drift_per_year * days / 365.0) / sea)
 
 
-def sensor_offset_summary(prepared, outputs) -> dict:
+def sensor_offset_summary(config, layout, analysed, observed, truth=None) -> dict:
     """Per sensor offset (a log factor) at a site and layer where that sensor's observations reached the
-    filter: :func:`_ar1_summary`; in a twin experiment, with the truth's last value and the RMSE against it
-    after the first month (``truth_last``, ``rmse_vs_truth``)."""
-    layout = prepared.layout
-    observed = set(prepared.cycle_obs.group_state_index.tolist())
+    filter (``observed``: the state indices the assimilated observations saw): :func:`_ar1_summary`; where
+    ``truth(name)`` gives the true offset (T,) (a twin experiment), with its last value and the RMSE against
+    it after the first month (``truth_last``, ``rmse_vs_truth``)."""
+    observed = set(int(i) for i in observed)
     out = {}
-    for source in prepared.config.sources:
-        for variable, config in source.offsets.items():
+    for source in config.sources:
+        for variable, offset in source.offsets.items():
             for site in layout.sites:
                 for layer in layout.layers:
                     if layout.index(seen_name(variable, source.name), site, layer) in observed:
                         v = offset_name(variable, source.name)
                         i = layout.index(v, site, layer)
-                        entry = _ar1_summary(prepared, outputs, i, config.sd, config.timescale_days)
-                        truth = true_sensor_offset(prepared, f"{v}@{site}/{layer}")
-                        if truth is not None:
-                            est = np.asarray(outputs.analysis_mean)[:, i]
-                            entry["truth_last"] = float(truth[-1])
-                            entry["rmse_vs_truth"] = rmse(est[BURN_IN_DAYS:], truth[BURN_IN_DAYS:])
+                        entry = _ar1_summary(analysed, i, offset.sd, offset.timescale_days)
+                        true = None if truth is None else truth(f"{v}@{site}/{layer}")
+                        if true is not None:
+                            est = np.asarray(analysed.analysis_mean)[:, i]
+                            entry["truth_last"] = float(true[-1])
+                            entry["rmse_vs_truth"] = rmse(est[BURN_IN_DAYS:], true[BURN_IN_DAYS:])
                         out[f"{v}@{site}/{layer}"] = entry
+    return out
+
+
+def augmented_summary(config, layout, analysed, observed, parameter_inputs: ParameterInputs | None = None,
+                      truth=None) -> dict:
+    """The metrics of the state's augmented elements, those the layout carries: ``model_bias``,
+    ``sensor_offsets`` and ``estimated_parameters`` (a hindcast's metrics.json, an operational store's status).
+    ``observed``, ``truth``: see :func:`sensor_offset_summary`; ``parameter_inputs``: see
+    :func:`estimated_parameter_summary`."""
+    out = {}
+    if layout.biased:
+        out["model_bias"] = model_bias_summary(config, layout, analysed)
+    if layout.sensors:
+        out["sensor_offsets"] = sensor_offset_summary(config, layout, analysed, observed, truth)
+    if layout.estimated:
+        out["estimated_parameters"] = estimated_parameter_summary(config, layout, analysed, parameter_inputs)
     return out
 
 
@@ -418,12 +442,9 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
         "forcing": prepared.forcing_report,
         "timings": timings,
     }
-    if prepared.layout.biased:
-        metrics["model_bias"] = model_bias_summary(prepared, outputs)
-    if prepared.layout.sensors:
-        metrics["sensor_offsets"] = sensor_offset_summary(prepared, outputs)
-    if prepared.layout.estimated:
-        metrics["estimated_parameters"] = estimated_parameter_summary(prepared, outputs, parameter_inputs)
+    metrics.update(augmented_summary(prepared.config, prepared.layout, outputs,
+                                     prepared.cycle_obs.group_state_index, parameter_inputs,
+                                     truth=lambda name: true_sensor_offset(prepared, name)))
     if prepared.truth is not None:
         metrics.update(truth_metrics(prepared, outputs, baselines, dispositions))
     validation = validation_scores(prepared, outputs)

@@ -274,6 +274,7 @@ class ScenarioRun:
     store: str
     members: int
     process: dict[str, np.ndarray] | None = None  # process_check: "baseline" and each scenario -> (days, N, n)
+    start_members: np.ndarray | None = None       # (N, n) the members every run starts from
 
 
 def _start_members(store, manifest, history, spec: ScenarioFile, day0, key, where: str):
@@ -440,7 +441,7 @@ def run_scenarios(store_dir: str | Path, spec: ScenarioFile, *, source: str = "<
     return ScenarioRun(spec=spec, start=start, times=times, layout=layout, baseline=baseline,
                        scenarios=ensembles, forcing=forcings, outside=outside, feature_names=names,
                        warnings=warnings, model=label, alerts=tuple(config.alerts), store=str(store.root),
-                       members=int(members.shape[0]), process=process)
+                       members=int(members.shape[0]), process=process, start_members=np.asarray(members))
 
 
 # --- summaries ---------------------------------------------------------------------------------------
@@ -488,6 +489,14 @@ def _limits(run: ScenarioRun, name: str) -> dict[str, dict]:
     return out
 
 
+def augmented_variables(layout) -> tuple[str, ...]:
+    """The layout's estimated elements besides the sea's state: model biases, sensor offsets, parameter
+    factors (not the sensors' readings, which are the state as a sensor sees it)."""
+    from twin.state_layout import bias_name, offset_name, parameter_name
+    return (tuple(bias_name(t) for t in layout.biased) + tuple(offset_name(v, s) for s, v in layout.sensors)
+            + tuple(parameter_name(p) for p in layout.estimated))
+
+
 def summarise(run: ScenarioRun) -> dict[str, Any]:
     """The JSON summary: per scenario and state element the time-mean and end-of-horizon difference with
     their 90 % intervals (over members), alerts under both, limits of use, warnings."""
@@ -500,6 +509,12 @@ def summarise(run: ScenarioRun) -> dict[str, Any]:
            "baseline": {"alerts": _alert_summary(run.alerts, run.baseline, layout),
                         "outside_training_range": baseline_limits},
            "scenarios": {}}
+    if run.start_members is not None:
+        # What the filter estimated besides the state, as the members carry it into every run: each member
+        # steps with its own model biases and parameter factors (a parameter change acts on top of the factor).
+        carried = [i for i, (v, _, _) in enumerate(layout.variables()) if v in augmented_variables(layout)]
+        if carried:
+            out["estimated_at_start"] = {names[i]: _interval(run.start_members[:, i]) for i in carried}
     for scenario in run.spec.scenarios:
         ens = run.scenarios[scenario.name]
         diff = ens - run.baseline                                      # (days, N, n)
@@ -694,6 +709,13 @@ def write_report(path: Path, run: ScenarioRun, summary: dict) -> Path:
                   html_table(rows, ["target", "layer", "operation", "value", "period"])]
         parts += [f"<p><b>warning:</b> {html.escape(w)}</p>" for w in run.warnings[s.name]]
     layout = run.layout
+    if summary.get("estimated_at_start"):
+        parts += ["<h2>Estimated with the state, at the start</h2>",
+                  "<p>What the filter estimated besides the sea's state (model biases, sensor offsets, log factors "
+                  "on the emulator's parameters), over the members every run starts from: each member keeps its "
+                  "own in every run, and a parameter change acts on top of its factor.</p>",
+                  html_table([[name, _fmt_interval(e)] for name, e in summary["estimated_at_start"].items()],
+                             ["element", "mean [5 %, 95 %] over members"])]
     for label, key in (("time-mean difference", "time_mean"), ("difference at the end of the horizon", "end")):
         rows = [[name, summary["scenarios"][names[0]]["differences"][name]["units"]]
                 + [_fmt_interval(summary["scenarios"][n]["differences"][name][key]) for n in names]
