@@ -8,6 +8,12 @@ little above these. The settings are DAPPER's: inflation of the analysis anomali
 Lorenz-96 it made 3 of 5 seeds diverge over 10,000 cycles with N=24, infl 1.013, in our runs).
 Every seed must not diverge: a diverged seed fails the test, it is not hidden by the median.
 The 5 seeds run in one ``jit(vmap(...))``.
+
+The ETKF N=24 runs at inflation 1.02, not DAPPER's 1.013: at 1.013 the filter sits at the edge of its
+stability, and over 10,000 cycles one seed in 20 diverged (rmse 1.5 against 0.18), in float32 and in float64
+alike (measured 2026-11-28, 20 seeds each). Which seed diverges follows the machine's rounding: the test's 5
+seeds passed on one VM (AMD EPYC) and one of them diverged on another (Intel Xeon, AVX-512). At 1.02 none of
+20 seeds diverged, in either precision, with a median rmse of 0.185 (DAPPER's table: 0.18).
 """
 from __future__ import annotations
 
@@ -52,7 +58,7 @@ def check(skill: da.Skill, limit: float, label: str) -> None:
 
 @pytest.mark.slow
 def test_lorenz96_etkf_n24():
-    check(skill_over_seeds(L96, da.FilterParams("etkf", 1.013, "posterior"), 24, 500), 0.20, "L96 ETKF N=24")
+    check(skill_over_seeds(L96, da.FilterParams("etkf", 1.02, "posterior"), 24, 500), 0.20, "L96 ETKF N=24")
 
 
 @pytest.mark.slow
