@@ -776,7 +776,7 @@ def augmented_status(store: Store, manifest, config: TwinConfig, layout, ledger:
     they need (a store made before they were recorded has NaN rows before it); {} when the state has none or
     no cycle has run."""
     from twin.products import AnalysedRun, ParameterInputs, augmented_summary
-    if not (layout.biased or layout.sensors or layout.estimated) or history.get("analysis_mean") is None:
+    if not layout.estimated_variables() or history.get("analysis_mean") is None:
         return {}
     needed = [history["analysis_mean"], history.get("analysis_quantiles")]
     inputs = None

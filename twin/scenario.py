@@ -273,8 +273,8 @@ class ScenarioRun:
     alerts: tuple
     store: str
     members: int
+    start_members: np.ndarray                     # (N, n) the members every run starts from
     process: dict[str, np.ndarray] | None = None  # process_check: "baseline" and each scenario -> (days, N, n)
-    start_members: np.ndarray | None = None       # (N, n) the members every run starts from
 
 
 def _start_members(store, manifest, history, spec: ScenarioFile, day0, key, where: str):
@@ -489,14 +489,6 @@ def _limits(run: ScenarioRun, name: str) -> dict[str, dict]:
     return out
 
 
-def augmented_variables(layout) -> tuple[str, ...]:
-    """The layout's estimated elements besides the sea's state: model biases, sensor offsets, parameter
-    factors (not the sensors' readings, which are the state as a sensor sees it)."""
-    from twin.state_layout import bias_name, offset_name, parameter_name
-    return (tuple(bias_name(t) for t in layout.biased) + tuple(offset_name(v, s) for s, v in layout.sensors)
-            + tuple(parameter_name(p) for p in layout.estimated))
-
-
 def summarise(run: ScenarioRun) -> dict[str, Any]:
     """The JSON summary: per scenario and state element the time-mean and end-of-horizon difference with
     their 90 % intervals (over members), alerts under both, limits of use, warnings."""
@@ -509,12 +501,12 @@ def summarise(run: ScenarioRun) -> dict[str, Any]:
            "baseline": {"alerts": _alert_summary(run.alerts, run.baseline, layout),
                         "outside_training_range": baseline_limits},
            "scenarios": {}}
-    if run.start_members is not None:
-        # What the filter estimated besides the state, as the members carry it into every run: each member
-        # steps with its own model biases and parameter factors (a parameter change acts on top of the factor).
-        carried = [i for i, (v, _, _) in enumerate(layout.variables()) if v in augmented_variables(layout)]
-        if carried:
-            out["estimated_at_start"] = {names[i]: _interval(run.start_members[:, i]) for i in carried}
+    # What the filter estimated besides the state, as the members carry it into every run: each member steps
+    # with its own model biases and parameter factors (a parameter change acts on top of the factor).
+    estimated = set(layout.estimated_variables())
+    carried = [i for i, (v, _, _) in enumerate(layout.variables()) if v in estimated]
+    if carried:
+        out["estimated_at_start"] = {names[i]: _interval(run.start_members[:, i]) for i in carried}
     for scenario in run.spec.scenarios:
         ens = run.scenarios[scenario.name]
         diff = ens - run.baseline                                      # (days, N, n)

@@ -113,6 +113,12 @@ class StateLayout(NamedTuple):
                 + tuple(offset_name(v, s) for s, v in self.sensors) + tuple(seen_name(v, s) for s, v in self.sensors)
                 + tuple(parameter_name(p) for p in self.estimated))
 
+    def estimated_variables(self) -> tuple[str, ...]:
+        """The variables the filter estimates besides the sea's state: model biases, sensor offsets, parameter
+        factors (not the sensors' readings, which are the state as a sensor sees it)."""
+        return (tuple(bias_name(t) for t in self.biased) + tuple(offset_name(v, s) for s, v in self.sensors)
+                + tuple(parameter_name(p) for p in self.estimated))
+
     @property
     def dim(self) -> int:
         return len(self.sites) * self.site_dim
