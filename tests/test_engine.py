@@ -1,4 +1,5 @@
-"""The cycle engine's own arithmetic: ensemble quantiles by a sorting network, model errors drawn per window."""
+"""The cycle engine's own arithmetic: ensemble quantiles (a sorting network in XLA; NumPy's sort after the scan),
+model errors drawn per window, the observation-space records."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,7 @@ from assimilation import FilterParams, Observations, initial_inflation_state
 from emulators.forcing import synthetic_forcing
 from emulators.parameters import default_site
 from emulators.process_model import initial_state
-from twin.engine import QUANTILES, EngineState, ensemble_quantiles, run_window, sort_members
+from twin.engine import QUANTILES, EngineState, ensemble_quantiles, run_window, sort_members, window_quantiles
 from twin.forecast import initial_ensemble, make_forecast, stack_sites
 from twin.state_layout import StateLayout
 
@@ -35,6 +36,19 @@ def test_ensemble_quantiles_are_nan_where_a_member_is():
     q = np.asarray(ensemble_quantiles(x))
     assert np.all(np.isnan(q[:, 1]))
     assert np.all(np.isfinite(q[:, [0, 2, 3]]))
+
+
+@pytest.mark.parametrize("num_members", [7, 64])
+def test_window_quantiles_equal_the_sorting_network_record_by_record(num_members):
+    x = jax.random.lognormal(jax.random.PRNGKey(3), shape=(5, num_members, 36))
+    x = x.at[1, 0].set(x[1, -1]).at[2, 4, 7].set(jnp.nan)  # ties; a NaN member in one record's column
+    expected = np.asarray(jax.vmap(ensemble_quantiles)(x))
+    got = np.asarray(jax.jit(window_quantiles)(x))
+    assert got.shape == (5, len(QUANTILES), 36) and got.dtype == np.float32
+    # The same order statistics; the interpolation's product and sum may round once differently (XLA fuses
+    # them into one multiply-add): one float32 ulp at most.
+    assert_allclose(got, expected, rtol=1.2e-7, atol=0)
+    assert np.all(np.isnan(got[2, :, 7])) and np.isfinite(np.delete(got[2], 7, axis=1)).all()
 
 
 def test_window_with_predrawn_model_errors_equals_cycle_by_cycle_draws():
@@ -67,3 +81,27 @@ def test_window_with_predrawn_model_errors_equals_cycle_by_cycle_draws():
     assert_allclose(np.asarray(fast.analysis_mean), np.asarray(slow.analysis_mean), rtol=1e-6)
     assert_allclose(np.asarray(fast_state.members), np.asarray(slow_state.members), rtol=1e-6)
     assert not np.allclose(np.asarray(fast.forecast_mean[1:]), np.asarray(fast.forecast_mean[:-1]))
+
+
+def test_window_records_quantiles_and_observation_space_values_of_its_cycles():
+    """The quantiles are taken after the scan and the observation-space records from the state's records:
+    check both against the members and the slots of a one-cycle window."""
+    layout = StateLayout(("A",), 2)
+    sites = stack_sites([default_site(2, 43.0)])
+    forecast = make_forecast(lambda x, f, p=None: 0.9 * x, layout, sites, np.full(layout.model_dim, 0.1, np.float32))
+    forcing = stack_sites([synthetic_forcing(1, latitude=43.0)])
+    members = initial_ensemble(jax.random.PRNGKey(0), layout, 16, np.asarray(initial_state(2))[None], 0.3)
+    idx = np.array([layout.observation_index("nitrate", "A", "surface"),
+                    layout.observation_index("oxygen", "A", "bottom"), 0], np.int32)
+    obs = Observations(value=jnp.asarray([[2.0, 200.0, jnp.nan]]), error_sd=jnp.asarray([[0.3, 5.0, 1.0]]),
+                       state_index=jnp.asarray(idx)[None], mask=jnp.asarray([[True, True, False]]),
+                       qc_ok=jnp.ones((1, 3), bool))
+    state = EngineState(members, initial_inflation_state())
+    final, out = run_window(forecast, state, obs, forcing, jax.random.PRNGKey(5), FilterParams(),
+                            jnp.ones(layout.dim, bool), 0)
+    post = np.asarray(final.members)
+    assert_allclose(np.asarray(out.analysis_quantiles[0]), np.quantile(post, QUANTILES, axis=0), rtol=2e-6)
+    assert_allclose(np.asarray(out.obs_analysis[0]), post[:, idx].mean(0), rtol=2e-6)
+    assert_array_equal(np.asarray(out.obs_forecast[0]), np.asarray(out.forecast_mean[0])[idx])
+    assert_array_equal(np.asarray(out.obs_forecast_sd[0]), np.asarray(out.forecast_sd[0])[idx])
+    assert not np.allclose(np.asarray(out.obs_analysis[0, :2]), np.asarray(out.obs_forecast[0, :2]))

@@ -604,7 +604,7 @@ def _advance(store, manifest, config, layout, day0, ledger, history, alerts_hist
 
     def window(state, obs, forcing, key, log_mask, first_cycle, weights):
         return run_window(forecast, state, obs, forcing, key, params, log_mask, first_cycle, weights,
-                          **filter_args)
+                          host_quantiles=False, **filter_args)  # exported: no host call in the program
     outs = []
     _log(f"cycling {target - done} day(s): {str(day0 + np.timedelta64(done + 1, 'D'))[:10]} .. "
          f"{str(day0 + np.timedelta64(target, 'D'))[:10]}", quiet)
