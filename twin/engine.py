@@ -123,8 +123,10 @@ def ensemble_quantiles(members: jax.Array, quantiles=QUANTILES) -> jax.Array:
 
 def _sorted_quantiles(members: np.ndarray, quantiles=QUANTILES) -> np.ndarray:
     """:func:`ensemble_quantiles` of ``members`` (T, N, n) for each of the T records, in NumPy: (T, 3, n)."""
+    members = np.asarray(members)  # the host call may hand over a jax.Array: its methods would dispatch to XLA
     num = members.shape[1]
-    ordered = np.sort(np.swapaxes(members, 1, 2), axis=2)                   # (T, n, N): rows contiguous
+    ordered = np.ascontiguousarray(np.swapaxes(members, 1, 2))              # (T, n, N): rows contiguous
+    ordered.sort(axis=2)                                                    # NaN sorts last
     rows = []
     for q in quantiles:
         pos = q * (num - 1)
@@ -133,7 +135,8 @@ def _sorted_quantiles(members: np.ndarray, quantiles=QUANTILES) -> np.ndarray:
         frac = pos - lo
         rows.append(ordered[..., lo] * (1.0 - frac) + ordered[..., hi] * frac if frac else ordered[..., lo])
     out = np.stack(rows, axis=1)
-    return np.where(np.isnan(members).any(axis=1)[:, None, :], np.nan, out).astype(members.dtype)
+    out[np.broadcast_to(np.isnan(ordered[:, None, :, -1]), out.shape)] = np.nan
+    return out.astype(members.dtype, copy=False)
 
 
 def window_quantiles(members: jax.Array, quantiles=QUANTILES) -> jax.Array:
