@@ -70,6 +70,9 @@ def test_daily_cycles_match_the_equivalent_hindcast(daily, operated, tmp_path):
             assert got[k] == pytest.approx(expected[k], rel=1e-3, abs=1e-5), f"{name} {k}"
     assert all(r["errors"] == [] for r in reports)
     assert sum(r["cycles"] for r in reports) == cycles
+    # Each cycle call reports the same summary as the status would have then; the last one, the status's.
+    assert reports[-1]["augmented"] == status["augmented"]
+    assert reports[-1]["augmented_since"] == status["augmented_since"]
 
 
 def test_cycle_again_without_new_data_changes_nothing(operated):
@@ -246,6 +249,14 @@ def test_status_gives_the_estimated_parameters_in_their_own_units(daily, tmp_pat
     main(["status", str(tmp_path / "store")])
     printed = capsys.readouterr().out
     assert "estimated in the state, since 2016-01-02:" in printed
+    assert f"max_growth_rate {own[k] * np.exp(factor).mean():.3g} on average" in printed
+    # `twin cycle` prints the same lines after the cycles it ran.
+    main(["cycle", str(tmp_path / "store"), "--quiet", "--data", str(days[12][1][0].parent)])
+    printed = capsys.readouterr().out
+    assert "1 cycle(s)" in printed and "estimated in the state, since 2016-01-02:" in printed
+    history = s.load_arrays(s.manifest()["files"]["history"])
+    factor = history["analysis_mean"][:, i].astype(np.float64)
+    assert factor.size == 13
     assert f"max_growth_rate {own[k] * np.exp(factor).mean():.3g} on average" in printed
 
 

@@ -226,6 +226,14 @@ def _cmd_init(args) -> int:
     return EXIT_OK
 
 
+def _estimated_lines(report: dict) -> list[str]:
+    """A store's augmented elements (``twin.operational.augmented_status``), for `twin cycle` and `twin status`."""
+    if not report.get("augmented"):
+        return []
+    return ([f"  estimated in the state, since {report['augmented_since'][:10]}:"]
+            + [f"    {line}" for line in augmented_lines(report["augmented"])])
+
+
 def _cmd_cycle(args) -> int:
     from twin.operational import run_cycle, use_compilation_cache
     use_compilation_cache(args.store)
@@ -239,6 +247,7 @@ def _cmd_cycle(args) -> int:
         lines.append(f"  ALERTS: {', '.join(report['alerts_raised'])}")
     if report.get("suspect_rows"):
         lines.append(f"  {report['suspect_rows']} new observation(s) suspect against the twin's forecast")
+    lines += _estimated_lines(report)
     _print_report(report, args.json, lines)
     return EXIT_OK
 
@@ -256,9 +265,7 @@ def _cmd_status(args) -> int:
              f"  open alerts: {', '.join(a['name'] for a in status['open_alerts']) or 'none'}"]
     lines += [f"  drifting: {d['series']} (mean normalised innovation {d['mean_normalised_innovation']:+.2f} "
               f"over {d['rows']} rows)" for d in status["drifting"]]
-    if status.get("augmented"):
-        lines.append(f"  estimated in the state, since {status['augmented_since'][:10]}:")
-        lines += [f"    {line}" for line in augmented_lines(status["augmented"])]
+    lines += _estimated_lines(status)
     _print_report(status, args.json, lines)
     return EXIT_OK if status["healthy"] else EXIT_USAGE
 

@@ -504,6 +504,8 @@ def run_cycle(store_dir: str | Path, *, until: str | None = None, data: tuple[st
                     "slots": report.pop("slots", manifest["slots"]), "last_cycle": _now()}
         store.write_manifest(manifest)
         store.collect_garbage(manifest)
+        if target > done:  # what the filter estimates besides the state, as `twin status` gives it
+            report.update(augmented_status(store, manifest, config, layout, ledger, history))
     report.update(cycles_done=target, analysis_time=str(day0 + np.timedelta64(target, "D"))[:19],
                   seconds=time.perf_counter() - started)
     return report

@@ -417,6 +417,14 @@ def augmented_summary(config, layout, analysed, observed, parameter_inputs: Para
     return out
 
 
+def assimilated_state_indices(cycle_obs, slot_disposition) -> np.ndarray:
+    """The state elements of the super-observations the filter assimilated (a sensor's reading, where the twin
+    estimates its offset): those an offset summary counts as observed, as ``twin.operational`` counts them from
+    its ledger's assimilated rows."""
+    assimilated = (np.asarray(slot_disposition) == disp.ASSIMILATED) & (cycle_obs.slot_group >= 0)
+    return np.unique(np.asarray(cycle_obs.group_state_index)[cycle_obs.slot_group[assimilated]])
+
+
 def write_products(work: Path, prepared, outputs, dispositions, baselines: dict, emulator, timings: dict,
                    refits: dict | None = None, chlorophyll_calibration: list | None = None,
                    parameter_inputs: ParameterInputs | None = None) -> dict:
@@ -443,8 +451,8 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
         "timings": timings,
     }
     metrics.update(augmented_summary(prepared.config, prepared.layout, outputs,
-                                     prepared.cycle_obs.group_state_index, parameter_inputs,
-                                     truth=lambda name: true_sensor_offset(prepared, name)))
+                                     assimilated_state_indices(prepared.cycle_obs, outputs.disposition),
+                                     parameter_inputs, truth=lambda name: true_sensor_offset(prepared, name)))
     if prepared.truth is not None:
         metrics.update(truth_metrics(prepared, outputs, baselines, dispositions))
     validation = validation_scores(prepared, outputs)
