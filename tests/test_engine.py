@@ -105,3 +105,10 @@ def test_window_records_quantiles_and_observation_space_values_of_its_cycles():
     assert_array_equal(np.asarray(out.obs_forecast[0]), np.asarray(out.forecast_mean[0])[idx])
     assert_array_equal(np.asarray(out.obs_forecast_sd[0]), np.asarray(out.forecast_sd[0])[idx])
     assert not np.allclose(np.asarray(out.obs_analysis[0, :2]), np.asarray(out.obs_forecast[0, :2]))
+    # The quantiles sorted in the cycle (an exported program; a window too large to hold its members) are the
+    # same to one float32 ulp, and nothing else changes.
+    final_in, out_in = run_window(forecast, state, obs, forcing, jax.random.PRNGKey(5), FilterParams(),
+                                  jnp.ones(layout.dim, bool), 0, host_quantiles=False)
+    assert_allclose(np.asarray(out_in.analysis_quantiles), np.asarray(out.analysis_quantiles), rtol=1.2e-7)
+    assert_array_equal(np.asarray(final_in.members), post)
+    assert_array_equal(np.asarray(out_in.obs_analysis), np.asarray(out.obs_analysis))

@@ -1,5 +1,6 @@
 """Scores of the withheld-value validation against Monte Carlo references."""
 import numpy as np
+import pytest
 
 from twin.skill import gaussian_crps, lognormal_interval
 
@@ -48,3 +49,18 @@ def test_analysis_at_observations_scores_each_element_on_its_observed_cycles_aft
     assert out[0]["n_at_observations"] == 2 and abs(out[0]["rmse_at_observations"] - expected) < 1e-12
     assert out[2]["n_at_observations"] == 1
     assert abs(out[2]["rmse_at_observations"] - abs(analysis[60, 2] - truth[60, 2])) < 1e-12
+
+
+def test_truth_scores_split_the_rmse_into_bias_and_the_rest():
+    """RMSE^2 = bias^2 + variance of the error: a constant offset is all bias, a zero-mean error none."""
+    from twin.skill import truth_scores
+    rng = np.random.default_rng(0)
+    T = 400
+    truth = rng.normal(size=(T, 2))
+    wiggle = rng.normal(scale=0.3, size=T)
+    analysis = np.stack([truth[:, 0] + 0.5, truth[:, 1] + wiggle - wiggle[20:].mean()], axis=1)
+    scores = truth_scores(analysis, np.full((T, 2), 0.3), truth, burn_in=20)
+    assert scores[0]["bias"] == pytest.approx(0.5, rel=1e-12) and scores[0]["rmse"] == pytest.approx(0.5, rel=1e-12)
+    assert abs(scores[1]["bias"]) < 1e-12
+    e = analysis[20:, 1] - truth[20:, 1]
+    assert scores[1]["rmse"] ** 2 == pytest.approx(scores[1]["bias"] ** 2 + e.var(), rel=1e-12)

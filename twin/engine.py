@@ -164,6 +164,7 @@ def cycle_keys(key: jax.Array, first_cycle, num_cycles: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(first_cycle + jnp.arange(num_cycles))
 
 
+HOST_QUANTILES_MAX_BYTES = 256 * 2**20  # the most a window's analysis members may take to be sorted after its scan
 ALERT_KEY = 0xA1E27  # folded into a cycle's key for its alert forecast; the cycle's own stream is untouched
 
 
@@ -192,8 +193,9 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
     (``analysis``); None: all of it.
     ``localization``: the LETKF's local domains and tapers (``twin.localization``), for ``params.method`` letkf.
     ``host_quantiles`` (static): take the window's analysis quantiles after the scan with NumPy
-    (:func:`window_quantiles`) rather than in each cycle; None: on CPU. A program exported with ``jax.export``
-    (``twin.programs``) cannot hold the host call: pass False.
+    (:func:`window_quantiles`) rather than in each cycle; None: on CPU, when the window's analysis members take
+    at most ``HOST_QUANTILES_MAX_BYTES``. A program exported with ``jax.export`` (``twin.programs``) cannot
+    hold the host call: pass False.
     """
     num_cycles = observations.value.shape[0]
     keys = cycle_keys(key, first_cycle, num_cycles)
@@ -234,8 +236,11 @@ def run_window(forecast, state: EngineState, observations: Observations, forcing
         model_noise = jax.vmap(lambda k: forecast.draw_noise(state.members, k))(split_keys[:, 0])
 
     # On CPU the quantiles are taken after the scan, from every cycle's analysis members at once (see
-    # window_quantiles); in the scan they were a sixth of a hindcast cycle.
-    quantiles_after = jax.default_backend() == "cpu" if host_quantiles is None else host_quantiles
+    # window_quantiles); in the scan they were a sixth of a hindcast cycle. The window then holds every
+    # cycle's members (3.4 MB for a year of 64 x 36): past HOST_QUANTILES_MAX_BYTES, the scan sorts them.
+    record_bytes = num_cycles * state.members.size * state.members.dtype.itemsize
+    quantiles_after = host_quantiles if host_quantiles is not None else (
+        jax.default_backend() == "cpu" and record_bytes <= HOST_QUANTILES_MAX_BYTES)
 
     def cycle(carry: EngineState, inputs):
         obs_t, forcing_t, key_t, keys_t, noise_t, eps_t, lead_forcing_t = inputs

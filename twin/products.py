@@ -14,7 +14,7 @@ from twin.cycle_obs import cycle_of
 from twin.engine import QUANTILES
 from twin.observations import atomic_write, write_netcdf
 from twin.skill import (BURN_IN_CYCLES, analysis_at_observations, climatology_forecast, gaussian_crps,
-                        lognormal_interval, persistence_forecast, rmse, truth_scores)
+                        lognormal_interval, mean_error, persistence_forecast, rmse, truth_scores)
 from twin.state_layout import OBSERVABLE, bias_name, offset_name, parameter_name, seen_name
 from twin.units import CF_STANDARD_NAMES
 
@@ -186,8 +186,7 @@ def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) 
     twin = dict(zip(scored, truth_scores(np.asarray(outputs.analysis_mean)[:, scored],
                                          np.asarray(outputs.analysis_sd)[:, scored], prepared.truth[:, scored])))
     cycle_obs = prepared.cycle_obs
-    used = np.zeros(cycle_obs.group_cycle.size, bool)
-    used[cycle_obs.row_group[dispositions == disp.ASSIMILATED]] = True
+    used = assimilated_groups(cycle_obs, dispositions)
     assimilated = set(cycle_obs.group_state_index[used].tolist())
     at_obs = analysis_at_observations(np.asarray(outputs.analysis_mean), prepared.truth,
                                       cycle_obs.group_cycle[used], cycle_obs.group_state_index[used])
@@ -200,7 +199,8 @@ def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) 
     for i, name in ((i, names[i]) for i in scored):
         entry = {"twin": twin[i]}
         for label, series in baselines.items():
-            entry[label] = {"rmse": rmse(series[BURN_IN_CYCLES:, i], prepared.truth[BURN_IN_CYCLES:, i])}
+            entry[label] = {"rmse": rmse(series[BURN_IN_CYCLES:, i], prepared.truth[BURN_IN_CYCLES:, i]),
+                            "bias": mean_error(series[BURN_IN_CYCLES:, i], prepared.truth[BURN_IN_CYCLES:, i])}
         if name in obs_error:
             entry["observation_error"] = obs_error[name]
         if i in at_obs:
@@ -417,12 +417,11 @@ def augmented_summary(config, layout, analysed, observed, parameter_inputs: Para
     return out
 
 
-def assimilated_state_indices(cycle_obs, slot_disposition) -> np.ndarray:
-    """The state elements of the super-observations the filter assimilated (a sensor's reading, where the twin
-    estimates its offset): those an offset summary counts as observed, as ``twin.operational`` counts them from
-    its ledger's assimilated rows."""
-    assimilated = (np.asarray(slot_disposition) == disp.ASSIMILATED) & (cycle_obs.slot_group >= 0)
-    return np.unique(np.asarray(cycle_obs.group_state_index)[cycle_obs.slot_group[assimilated]])
+def assimilated_groups(cycle_obs, dispositions: np.ndarray) -> np.ndarray:
+    """(G,) bool: the super-observations the filter assimilated, from the rows' ``dispositions``."""
+    used = np.zeros(cycle_obs.group_cycle.size, bool)
+    used[cycle_obs.row_group[dispositions == disp.ASSIMILATED]] = True
+    return used
 
 
 def write_products(work: Path, prepared, outputs, dispositions, baselines: dict, emulator, timings: dict,
@@ -451,7 +450,9 @@ def write_products(work: Path, prepared, outputs, dispositions, baselines: dict,
         "timings": timings,
     }
     metrics.update(augmented_summary(prepared.config, prepared.layout, outputs,
-                                     assimilated_state_indices(prepared.cycle_obs, outputs.disposition),
+                                     # observed: as the store counts them from its assimilated rows
+                                     np.unique(prepared.cycle_obs.group_state_index[
+                                         assimilated_groups(prepared.cycle_obs, dispositions)]),
                                      parameter_inputs, truth=lambda name: true_sensor_offset(prepared, name)))
     if prepared.truth is not None:
         metrics.update(truth_metrics(prepared, outputs, baselines, dispositions))

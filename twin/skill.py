@@ -36,12 +36,20 @@ def rmse(a, b) -> float:
     return float(np.sqrt(np.mean(d**2))) if d.size else float("nan")
 
 
+def mean_error(a, b) -> float:
+    """Mean of ``a - b`` over the finite differences (the bias of ``a`` against ``b``), NaN if none."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[np.isfinite(d)]
+    return float(np.mean(d)) if d.size else float("nan")
+
+
 BURN_IN_CYCLES = 30  # the first cycles, while the ensemble forgets its initial state, are not scored
 
 
 def truth_scores(analysis_mean: np.ndarray, analysis_sd: np.ndarray, truth: np.ndarray,
                  burn_in: int = BURN_IN_CYCLES) -> list[dict]:
-    """Per state element: RMSE of the analysis mean, mean spread and spread-skill ratio, CRPS.
+    """Per state element: RMSE and bias (mean error) of the analysis mean, mean spread and spread-skill ratio,
+    CRPS.
 
     Args:
         analysis_mean, analysis_sd, truth: (T, n) on the same times.
@@ -51,7 +59,8 @@ def truth_scores(analysis_mean: np.ndarray, analysis_sd: np.ndarray, truth: np.n
     for i in range(truth.shape[1]):
         r = rmse(analysis_mean[sl, i], truth[sl, i])
         spread = float(np.sqrt(np.mean(analysis_sd[sl, i] ** 2)))
-        out.append({"rmse": r, "spread": spread, "spread_skill": spread / r if r > 0 else float("nan"),
+        out.append({"rmse": r, "bias": mean_error(analysis_mean[sl, i], truth[sl, i]), "spread": spread,
+                    "spread_skill": spread / r if r > 0 else float("nan"),
                     "crps": float(np.mean(gaussian_crps(analysis_mean[sl, i], analysis_sd[sl, i], truth[sl, i])))})
     return out
 
