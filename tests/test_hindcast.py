@@ -128,9 +128,14 @@ def test_desroziers_estimate_recovers_the_observation_error():
 
 
 def test_report_embeds_its_figures(run):
-    out, _ = run
+    out, metrics = run
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 2 and "<h2>Skill against the truth" in page
+    assert "<th>bias twin</th>" in page and "<th>bias free run</th>" in page
+    # The metrics' bias is the mean error, bounded by the RMSE.
+    for name, e in metrics["truth"].items():
+        for label in ("twin", "free_run", "process_model"):
+            assert abs(e[label]["bias"]) <= e[label]["rmse"] * (1 + 1e-9), f"{name} {label}"
 
 
 def test_alerts_are_verified_against_observations_and_truth(run):

@@ -313,12 +313,16 @@ def write_report(path: Path, prepared, outputs, dispositions, metrics: dict, bas
                          e.get("free_run", {}).get("rmse", float("nan")),
                          e.get("process_model", {}).get("rmse", float("nan")),
                          e.get("observation_error", float("nan")),
-                         _or_nan(e["twin"].get("rmse_at_observations")), e["twin"]["spread_skill"]])
+                         _or_nan(e["twin"].get("rmse_at_observations")), e["twin"]["spread_skill"],
+                         _or_nan(e["twin"].get("bias")), _or_nan(e.get("free_run", {}).get("bias"))])
         parts += ["<h2>Skill against the truth (twin experiment)</h2>",
                   "<p>RMSE over every day after a 30-day burn-in; \"at obs.\": the analysis RMSE on the days "
-                  "a value of the variable was assimilated, the one to set beside its observation error.</p>",
+                  "a value of the variable was assimilated, the one to set beside its observation error; bias: "
+                  "the mean error over the same days (RMSE<sup>2</sup> = bias<sup>2</sup> + the variance of the "
+                  "error).</p>",
                   html_table(rows, ["variable", "", "RMSE twin", "RMSE free run", "RMSE process model",
-                                "obs. error", "RMSE twin at obs.", "spread / RMSE"])]
+                                "obs. error", "RMSE twin at obs.", "spread / RMSE", "bias twin",
+                                "bias free run"])]
     if "validation" in metrics:
         rows = [[k, e["n"], e["twin"]["rmse"], e["persistence"]["rmse"], e["climatology"]["rmse"],
                  e["twin"]["crps"], e["twin"]["coverage_90"],
