@@ -108,33 +108,30 @@ def sort_members(members: jax.Array) -> jax.Array:
 def ensemble_quantiles(members: jax.Array, quantiles=QUANTILES) -> jax.Array:
     """``jnp.quantile(members, quantiles, axis=0)`` (linear interpolation between order statistics, NaN
     where a member is NaN), through :func:`sort_members`: (len(quantiles), ...)."""
-    num = members.shape[0]
     ordered = sort_members(members)
+    out = jnp.stack(_interpolate(lambda k: ordered[k], members.shape[0], quantiles))
+    return jnp.where(jnp.isnan(members).any(axis=0), jnp.nan, out)
+
+
+def _interpolate(order_statistic, num: int, quantiles) -> list:
+    """Each quantile by linear interpolation between the order statistics of ``num`` values (``jnp.quantile``'s
+    default), from ``order_statistic(k)``, the k-th smallest (0-based), for JAX and NumPy arrays alike."""
     rows = []
     for q in quantiles:
         pos = q * (num - 1)
         lo = int(pos // 1)
         hi = min(lo + 1, num - 1)
         frac = pos - lo
-        rows.append(ordered[lo] * (1.0 - frac) + ordered[hi] * frac if frac else ordered[lo])
-    out = jnp.stack(rows)
-    return jnp.where(jnp.isnan(members).any(axis=0), jnp.nan, out)
+        rows.append(order_statistic(lo) * (1.0 - frac) + order_statistic(hi) * frac if frac else order_statistic(lo))
+    return rows
 
 
 def _sorted_quantiles(members: np.ndarray, quantiles=QUANTILES) -> np.ndarray:
     """:func:`ensemble_quantiles` of ``members`` (T, N, n) for each of the T records, in NumPy: (T, 3, n)."""
     members = np.asarray(members)  # the host call may hand over a jax.Array: its methods would dispatch to XLA
-    num = members.shape[1]
     ordered = np.ascontiguousarray(np.swapaxes(members, 1, 2))              # (T, n, N): rows contiguous
     ordered.sort(axis=2)                                                    # NaN sorts last
-    rows = []
-    for q in quantiles:
-        pos = q * (num - 1)
-        lo = int(pos // 1)
-        hi = min(lo + 1, num - 1)
-        frac = pos - lo
-        rows.append(ordered[..., lo] * (1.0 - frac) + ordered[..., hi] * frac if frac else ordered[..., lo])
-    out = np.stack(rows, axis=1)
+    out = np.stack(_interpolate(lambda k: ordered[..., k], members.shape[1], quantiles), axis=1)
     out[np.broadcast_to(np.isnan(ordered[:, None, :, -1]), out.shape)] = np.nan
     return out.astype(members.dtype, copy=False)
 

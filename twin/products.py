@@ -199,8 +199,8 @@ def truth_metrics(prepared, outputs, baselines: dict, dispositions: np.ndarray) 
     for i, name in ((i, names[i]) for i in scored):
         entry = {"twin": twin[i]}
         for label, series in baselines.items():
-            entry[label] = {"rmse": rmse(series[BURN_IN_CYCLES:, i], prepared.truth[BURN_IN_CYCLES:, i]),
-                            "bias": mean_error(series[BURN_IN_CYCLES:, i], prepared.truth[BURN_IN_CYCLES:, i])}
+            scored_days = (series[BURN_IN_CYCLES:, i], prepared.truth[BURN_IN_CYCLES:, i])
+            entry[label] = {"rmse": rmse(*scored_days), "bias": mean_error(*scored_days)}
         if name in obs_error:
             entry["observation_error"] = obs_error[name]
         if i in at_obs:

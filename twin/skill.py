@@ -30,16 +30,19 @@ def lognormal_interval(mean, sd, z: float) -> tuple[np.ndarray, np.ndarray]:
     return median * np.exp(-z * np.sqrt(s2)), median * np.exp(z * np.sqrt(s2))
 
 
-def rmse(a, b) -> float:
+def _finite_differences(a, b) -> np.ndarray:
     d = np.asarray(a, float) - np.asarray(b, float)
-    d = d[np.isfinite(d)]
+    return d[np.isfinite(d)]
+
+
+def rmse(a, b) -> float:
+    d = _finite_differences(a, b)
     return float(np.sqrt(np.mean(d**2))) if d.size else float("nan")
 
 
 def mean_error(a, b) -> float:
     """Mean of ``a - b`` over the finite differences (the bias of ``a`` against ``b``), NaN if none."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    d = d[np.isfinite(d)]
+    d = _finite_differences(a, b)
     return float(np.mean(d)) if d.size else float("nan")
 
 
