@@ -8,7 +8,12 @@ compilation cache; the goal is under 5 s per call after it on 2 CPU cores. Basel
 cycles called in one warm process, to show what a process start costs; both stores must end with the same
 ensemble. Last line JSON.
 
-Usage: python bench/operational.py [--days 20] [--members 32]     (--days 100: the issue's operational run)
+With ``--augmented`` the store also estimates what the demo does besides the state (``configs/demo.yaml``: the
+buoy oxygen sensor's offset, the surface Chl:N error, the growth and grazing rates), and each call also reports
+them (``twin.operational.augmented_status``, which reloads the emulator for the parameters' ranges).
+
+Usage: python bench/operational.py [--days 20] [--members 32] [--augmented]
+       (--days 100: the issue's operational run)
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from twin.operational import init_store, run_cycle  # noqa: E402
 from twin.osse import BUOY_ERROR, ExperimentSpec, write_daily_experiment  # noqa: E402
 
 
-def config(incoming: Path, members: int) -> dict:
+def config(incoming: Path, members: int, augmented: bool = False) -> dict:
     buoy_sd = {k: BUOY_ERROR[k] for k in ("temperature", "salinity", "oxygen", "fluorescence")}
     buoy_sd["chlorophyll"] = BUOY_ERROR["fluorescence"]
     return {"name": "bench-ops",
@@ -40,18 +45,25 @@ def config(incoming: Path, members: int) -> dict:
                        "bottom_depth_m": 60.0}],
             "sources": [{"path": str(incoming / "*" / "somlit.csv"), "format": "somlit", **bottle_errors()},
                         {"path": str(incoming / "*" / "coasthf.csv"), "format": "coasthf", "error_sd": buoy_sd,
-                         "fluorescence_calibration": {"SYNTH01": [1.0, 0.0]}}],
+                         "fluorescence_calibration": {"SYNTH01": [1.0, 0.0]},
+                         **({"name": "buoy", "offsets": {"oxygen": {"sd": 0.05, "timescale_days": 3650}}}
+                            if augmented else {})}],
             "emulator": {"checkpoint": str(REPO / "configs" / "emulators" / "demo")},
             "filter": {"members": members},
             "hindcast": {"start": "2016-01-01", "forcing_mode": "causal"},
             "alerts": [{"variable": "oxygen", "site": "SYNTH-B", "layer": "bottom", "threshold": 200.0,
-                        "direction": "below", "probability": 0.3}]}
+                        "direction": "below", "probability": 0.3}],
+            **({"model": {"estimate_parameters": {p: {"sd": 0.15, "timescale_days": 365}
+                                                  for p in ("max_growth_rate", "max_grazing_rate")},
+                          "bias": {"chlorophyll": {"sd_per_day": {"surface": 0.25}, "timescale_days": 60}}}}
+               if augmented else {})}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=20)
     parser.add_argument("--members", type=int, default=32)
+    parser.add_argument("--augmented", action="store_true", help="estimate the demo's offset, Chl:N error and rates")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ops-"))
     spec = ExperimentSpec(site="SYNTH-B", platform="SYNTH01", latitude=43.68, longitude=7.32,
@@ -60,7 +72,7 @@ def main() -> None:
     days = days[:args.days]
     (work / "incoming").mkdir()
     store = work / "store"
-    init_store(store, parse_config(config(work / "incoming", args.members)), quiet=True)
+    init_store(store, parse_config(config(work / "incoming", args.members, args.augmented)), quiet=True)
     walls = []
     for day, paths in days:
         t0 = time.perf_counter()
@@ -72,7 +84,7 @@ def main() -> None:
         print(f"{day}: {walls[-1]:.2f} s  {proc.stdout.strip()[:100]}", file=sys.stderr, flush=True)
     # Baseline: the same kind of cycle in this (warm) process, on a copy fed the same days.
     store2 = work / "store-inproc"
-    init_store(store2, parse_config(config(work / "incoming", args.members)), quiet=True)
+    init_store(store2, parse_config(config(work / "incoming", args.members, args.augmented)), quiet=True)
     inproc = []
     for _, paths in days:
         t0 = time.perf_counter()
@@ -90,9 +102,10 @@ def main() -> None:
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
               "goal_seconds": 5.0, "cycles_over_goal_after_first": int(np.sum(after_first >= 5.0)),
               "final_members_max_abs_diff_process_vs_in_process": float(np.max(np.abs(final[0] - final[1]))),
-              "members": args.members}
-    print(f"twin cycle, one process per day: first {walls[0]:.1f} s, then median {result['median_seconds_after_first']:.2f} s "
-          f"(max {result['max_seconds_after_first']:.2f} s); in-process median {result['median_seconds_in_process']:.2f} s; "
+              "members": args.members, "augmented": args.augmented}
+    print(f"twin cycle, one process per day: first {walls[0]:.1f} s, then median "
+          f"{result['median_seconds_after_first']:.2f} s (max {result['max_seconds_after_first']:.2f} s); "
+          f"in-process median {result['median_seconds_in_process']:.2f} s; "
           f"peak RSS of a cycle process {result['peak_rss_mb']:.0f} MiB")
     print(json.dumps(result))
 
