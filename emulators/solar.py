@@ -31,6 +31,7 @@ __all__ = [
 
 SOLAR_CONSTANT = 1361.0  # W m-2, Kopp and Lean 2011
 PHOTONS_PER_JOULE_PAR = 4.57  # umol J-1, McCree 1972
+SEA_SURFACE_ALBEDO = 0.06  # share of PAR reflected at the sea surface
 
 
 def _xp(*args):
@@ -111,7 +112,7 @@ def clear_sky_par(
     day_of_year: jax.Array,
     transmissivity: float = 0.75,
     par_fraction: float = 0.45,
-    surface_albedo: float = 0.06,
+    surface_albedo: float = SEA_SURFACE_ALBEDO,
 ) -> jax.Array:
     """Daily mean clear-sky PAR just below the sea surface, umol photons m-2 s-1.
 

@@ -129,3 +129,47 @@ def test_river_water_from_data_is_the_mixing_line_end_member():
     river = config.sites[0].river
     assert river.nitrate == pytest.approx(40.0, abs=1e-3) and not river.nutrients_from_data
     assert river.silicate == 120.0 and report["Point B river water"] == {"nitrate": river.nitrate}
+
+
+def _with_meteorology(table, day0, num_days, par_daily, wind_daily, skip_hours=()):
+    """``table`` plus hourly above-surface PAR (a half sine from 06:00 to 18:00 whose day mean is
+    ``par_daily``) and wind speed (``wind_daily``), without the hours in ``skip_hours`` (hours since day0)."""
+    hours = np.setdiff1d(np.arange(num_days * 24), np.asarray(skip_hours, np.int64))
+    day, hour = hours // 24, hours % 24
+    shape = np.maximum(np.sin(np.pi * (hour - 6.0) / 12.0), 0.0)
+    shape = shape / np.maximum(np.sin(np.pi * (np.arange(24) - 6.0) / 12.0), 0.0).mean()
+    t = np.datetime64(day0, "ns") + hours * np.timedelta64(3600, "s")
+    met = make_observations(
+        time=np.concatenate([t, t]), site="Point B",
+        variable=np.array(["par"] * t.size + ["wind_speed"] * t.size, dtype=object), layer="air",
+        value=np.concatenate([par_daily[day] * shape, wind_daily[day]]), qc=np.ones(2 * t.size, np.int8),
+        native_qc="1", source="met")
+    import xarray as xr
+    return xr.concat([table, met], dim="obs")
+
+
+def test_measured_par_and_wind_are_the_forcing_where_a_day_has_them():
+    from emulators.solar import SEA_SURFACE_ALBEDO
+    day0, table = _weekly_temperature(years=1)
+    bare, _ = build_site_forcing(table, "Point B", 43.68, ("surface", "bottom"), day0, 60)
+    rng = np.random.default_rng(0)
+    par_daily, wind_daily = rng.uniform(100, 600, 60), rng.uniform(1, 12, 60)
+    # Day 10 loses 3 hours (too few left for a mean over the sun's course), day 11 two (kept), day 12 all.
+    skip = [10 * 24 + 12, 10 * 24 + 13, 10 * 24 + 14, 11 * 24 + 9, 11 * 24 + 10, *range(12 * 24, 13 * 24)]
+    table = _with_meteorology(table, day0, 60, par_daily, wind_daily, skip)
+    forcing, report = build_site_forcing(table, "Point B", 43.68, ("surface", "bottom"), day0, 60,
+                                         mode="causal")
+    par, wind = np.asarray(forcing.par), np.asarray(forcing.wind_speed)
+    measured = np.setdiff1d(np.arange(60), [10, 11, 12])
+    # Below the surface: the measured day mean times 1 - albedo (float32 forcing: relative 1e-6).
+    np.testing.assert_allclose(par[measured], par_daily[measured] * (1.0 - SEA_SURFACE_ALBEDO), rtol=1e-5)
+    np.testing.assert_allclose(wind[measured], wind_daily[measured], rtol=1e-5)
+    # Day 11: 22 hours, mean of the hours measured (the two missing were daylight: the mean is of the rest).
+    assert np.isfinite(par[11]) and par[11] != bare.par[11]
+    # Days 10 and 12 fall back to the clear-sky climatology and the fixed wind, as with no mast.
+    np.testing.assert_allclose(par[[10, 12]], np.asarray(bare.par)[[10, 12]])
+    np.testing.assert_allclose(wind[[10, 12]], np.asarray(bare.wind_speed)[[10, 12]])
+    assert report.filled_fraction["par/air"] == pytest.approx(2 / 60)
+    assert report.filled_fraction["wind_speed/air"] == pytest.approx(2 / 60)
+    assert "par/air" not in build_site_forcing(table.isel(obs=table["layer"].values != "air"), "Point B", 43.68,
+                                               ("surface", "bottom"), day0, 60)[1].filled_fraction

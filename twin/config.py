@@ -295,6 +295,8 @@ class TwinExperimentConfig(Frozen):
     buoy: bool = True
     buoy_gap_fraction: float = Field(default=0.15, ge=0, lt=0.9)
     oxygen_drift_per_year: float = -12.0
+    buoy_meteorology: bool = Field(default=False, description="the buoy also measures PAR and wind speed above "
+                                   "the surface (its met mast), which the twin's forcing then takes")
     buoy_offsets: dict[str, OffsetConfig] = Field(
         default_factory=dict, description="offsets of the buoy's sensors the filter estimates (the source "
                                           "'buoy'), e.g. {oxygen: {sd: 0.05, timescale_days: 365}} for its drift")

@@ -2,10 +2,12 @@
 
 Temperature and salinity per layer: daily means of the usable observations, interpolated across short gaps
 and filled from a harmonic climatology fitted on the same series across long ones
-(``emulators.forcing.fill_series``). PAR: clear-sky irradiance from latitude and date, scaled by a
-cloudiness factor. River: the seasonal discharge climatology and river-water nutrients of the site's
-``river`` config, if any. A layer without its own series borrows the other layer's (reported). This is the only
-place where observations become forcing; the result is plain arrays (``emulators.forcing.Forcing``).
+(``emulators.forcing.fill_series``). PAR and wind speed: the daily means of the site's above-surface
+(layer "air") measurements where a day has them (a met mast on a buoy, a weather station), else clear-sky
+irradiance from latitude and date scaled by a cloudiness factor, and a fixed wind (the days filled are
+reported). River: the seasonal discharge climatology and river-water nutrients of the site's ``river`` config,
+if any. A layer without its own series borrows the other layer's (reported). This is the only place where
+observations become forcing; the result is plain arrays (``emulators.forcing.Forcing``).
 """
 from __future__ import annotations
 
@@ -28,9 +30,13 @@ from emulators.forcing import (
     salinity_river_discharge,
 )
 from emulators.parameters import Site, default_site
+from emulators.solar import SEA_SURFACE_ALBEDO
 from twin import flags
 
 FORCING_VARIABLES = ("temperature", "salinity")
+METEOROLOGY = ("par", "wind_speed")  # measured above the surface: layer "air"
+# A day's mean of a series with a strong daily cycle (PAR) needs the whole day: at most two of its 24 hours empty.
+MIN_HOURS_PER_DAY = 22
 
 
 class ForcingReport(NamedTuple):
@@ -145,6 +151,24 @@ def _causal_series(raw, usable, variable, layers, day0, num_days, max_gap_days, 
     return out, filled, borrowed
 
 
+def daily_meteorology(table: xr.Dataset, site: str, variable: str, day0: np.datetime64, num_days: int
+                      ) -> np.ndarray | None:
+    """(num_days,) daily means of a site's usable above-surface ``variable`` measurements (layer "air"): the
+    mean of its hourly means, NaN on a day with fewer than ``MIN_HOURS_PER_DAY`` hours measured (PAR's mean
+    over part of a day would follow the sun, not the clouds); None when the site has no such measurement."""
+    times, values = usable_series(table, site, variable, "air")
+    if not values.size:
+        return None
+    hour = np.floor(days_since(times, day0) * 24.0).astype(np.int64)
+    inside = (hour >= 0) & (hour < num_days * 24)
+    hours, where = np.unique(hour[inside], return_inverse=True)
+    hourly = np.bincount(where, values[inside]) / np.bincount(where)
+    day = hours // 24
+    count = np.bincount(day, minlength=num_days)
+    total = np.bincount(day, hourly, minlength=num_days)
+    return np.where(count >= MIN_HOURS_PER_DAY, total / np.maximum(count, 1), np.nan)
+
+
 def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tuple[str, ...],
                        day0: np.datetime64, num_days: int, *, cloudiness: float = 0.25,
                        max_gap_days: float = 20.0, wind_speed: float = 5.0,
@@ -155,7 +179,8 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
     Args:
         table: canonical observation table (after QC).
         layers: the model layers, surface first ("surface", "bottom").
-        cloudiness: mean fractional reduction of clear-sky PAR.
+        cloudiness: mean fractional reduction of clear-sky PAR, on the days PAR is not measured.
+        wind_speed: m s-1, on the days wind is not measured.
         mode: "interpolate" or "causal" (see :func:`observed_daily_series`).
         river: the site's ``twin.config.RiverConfig``, or None (no river).
         model_site: the process model's ``emulators.parameters.Site`` of this station, whose surface exchange
@@ -168,6 +193,20 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
     times = np.datetime64(day0, "ns") + np.arange(num_days) * np.timedelta64(1, "D")
     doy = day_of_year_of(times)
     par = np.asarray(clear_sky_par(latitude, doy + 0.5)) * (1.0 - cloudiness)
+    wind = np.full(num_days, float(wind_speed))
+    met_filled = {}
+    for variable in METEOROLOGY:
+        measured = daily_meteorology(table, site, variable, day0, num_days)
+        if measured is None:
+            continue
+        if variable == "par":  # the model's PAR is just below the surface
+            measured = measured * (1.0 - SEA_SURFACE_ALBEDO)
+        ok = np.isfinite(measured)
+        if variable == "par":
+            par = np.where(ok, measured, par)
+        else:
+            wind = np.where(ok, measured, wind)
+        met_filled[f"{variable}/air"] = float(1.0 - ok.mean())
     rivers = {}
     if river is not None:
         rivers = {f"river_{nutrient}": getattr(river, nutrient) for nutrient in RIVER_WATER}
@@ -184,5 +223,5 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
             rivers["river_discharge"] = river_discharge_climatology(
                 doy + 0.5, river.mean_discharge_m3s, river.seasonal_amplitude, river.peak_day_of_year)
     forcing = make_forcing(temperature=temperature, salinity=salinity, day_of_year=doy, par=par,
-                           wind_speed=wind_speed, **rivers)
-    return forcing, ForcingReport({**filled_t, **filled_s}, {**borrowed_t, **borrowed_s})
+                           wind_speed=wind, **rivers)
+    return forcing, ForcingReport({**filled_t, **filled_s, **met_filled}, {**borrowed_t, **borrowed_s})

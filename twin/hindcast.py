@@ -83,7 +83,7 @@ def experiment_sources(config: TwinConfig, directory: Path, quiet: bool = True):
                           buoy_gap_fraction=exp.buoy_gap_fraction,
                           oxygen_drift_per_year=exp.oxygen_drift_per_year,
                           fluorescence_slope=exp.fluorescence_slope, parameter_spread=exp.parameter_spread,
-                          river_discharge_m3s=exp.river_discharge_m3s)
+                          river_discharge_m3s=exp.river_discharge_m3s, buoy_meteorology=exp.buoy_meteorology)
     _log(f"twin experiment: truth and observations for {exp.days} days -> {directory}", quiet)
     truth, paths = write_experiment(directory, spec)
     from twin.osse import BUOY_ERROR

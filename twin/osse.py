@@ -7,7 +7,8 @@ neither the emulator nor the process model with default parameters is perfect. I
   phosphate, silicate, chlorophyll, oxygen), with realistic errors, values below detection flagged 0 and
   about one week in ten missed;
 - like a COAST-HF buoy: hourly surface temperature, salinity, oxygen and fluorescence, with multi-day
-  gaps, a few spikes and a slow oxygen-sensor drift,
+  gaps, a few spikes and a slow oxygen-sensor drift; optionally (``buoy_meteorology``) a met mast's hourly
+  PAR and wind speed, which the twin's forcing then takes instead of its climatology,
 
 and written in those real formats (``twin.writers``), so the real readers and QC run on it. The truth
 itself (every state variable, daily) is saved for scoring.
@@ -25,6 +26,7 @@ import xarray as xr
 from emulators.forcing import Forcing, synthetic_forcing
 from emulators.parameters import ProcessParams, default_site, sample_params
 from emulators.process_model import chlorophyll, initial_state, run
+from emulators.solar import SEA_SURFACE_ALBEDO, day_length
 from twin.state_layout import StateLayout
 from twin.writers import write_coasthf, write_somlit_native
 
@@ -37,6 +39,10 @@ BOTTLE_RELATIVE_ERROR = {"nitrate": 0.05, "ammonium": 0.1, "phosphate": 0.05, "s
                          "chlorophyll": 0.1}
 DETECTION_LIMIT = {"nitrate": 0.05, "ammonium": 0.03, "phosphate": 0.01, "silicate": 0.1}
 BUOY_ERROR = {"temperature": 0.02, "salinity": 0.02, "oxygen": 4.0, "fluorescence": 0.08}
+# The buoy's met mast (layer "air", Coriolis LEVEL-1): hourly PAR's error is relative (sensor and passing
+# clouds, log sd), wind speed's absolute (gusts, m s-1).
+BUOY_MET_ERROR = {"par": 0.08, "wind_speed": 1.0}
+BUOY_LEVELS = {"par": -1, "wind_speed": -1}  # Coriolis LEVEL of each buoy column other than the first water level
 BUOY_SPIKE = {"temperature": 3.0, "salinity": 1.5, "oxygen": 60.0, "fluorescence": 3.0}
 
 
@@ -58,6 +64,7 @@ class ExperimentSpec(NamedTuple):
     fluorescence_slope: float = 1.0        # chlorophyll = slope * fluorescence (mg m-3 per FFU)
     parameter_spread: float = 0.25         # relative perturbation of the truth's parameters
     river_discharge_m3s: float = 0.0       # mean discharge of the site's river, m3 s-1 (0: none)
+    buoy_meteorology: bool = False         # the buoy also measures PAR and wind speed above the surface
 
 
 class Truth(NamedTuple):
@@ -163,7 +170,37 @@ def sample_buoy(truth: Truth, spec: ExperimentSpec, rng: np.random.Generator):
         spikes = rng.choice(true.size, size=min(spec.buoy_spikes, true.size), replace=False)
         value[spikes] += rng.choice([-1.0, 1.0], spikes.size) * BUOY_SPIKE[variable]
         columns[variable] = (np.maximum(value, 0.0) if variable != "temperature" else value, qc)
+    if spec.buoy_meteorology:
+        columns.update(sample_buoy_meteorology(truth, spec, times))
     return times, columns
+
+
+def sample_buoy_meteorology(truth: Truth, spec: ExperimentSpec, times: np.ndarray) -> dict:
+    """The buoy's met mast at ``times`` (hourly, from day 1): {variable: (values, qc digits)} for PAR above the
+    surface (umol m-2 s-1) and wind speed (m s-1), from the truth's forcing.
+
+    PAR follows the sun through each day, scaled so that the day's 24 hourly values average the truth's daily
+    mean (above the surface: the model's is below it), with ``BUOY_MET_ERROR`` log-normal noise; 0 at night.
+    Drawn from their own random stream: the water samples are the same with or without the mast.
+    """
+    rng = np.random.default_rng([spec.seed, 0x3E7])
+    hours = (times - truth.times[0]) / np.timedelta64(1, "h")
+    day = np.floor(hours / 24.0).astype(np.int64)
+    doy = np.asarray(truth.forcing.day_of_year, np.float64) + 0.5
+    # Daylight as a half sine between sunrise and sunset in local solar time, normalised per day over its
+    # 24 hourly samples.
+    length = np.asarray(day_length(spec.latitude, doy), np.float64)[:, None]           # (days, 1) hours
+    solar = np.arange(24.0)[None, :] + spec.longitude / 15.0
+    shape = np.maximum(np.sin(np.pi * (solar - (12.0 - length / 2.0)) / length), 0.0) * (np.abs(solar - 12.0)
+                                                                                            < length / 2.0)
+    norm = shape / shape.mean(axis=1, keepdims=True)
+    above = np.asarray(truth.forcing.par, np.float64) / (1.0 - SEA_SURFACE_ALBEDO)
+    hour_of_day = np.round(hours - 24.0 * day).astype(np.int64)
+    par = above[day] * norm[day, hour_of_day] * np.exp(BUOY_MET_ERROR["par"] * rng.standard_normal(times.size))
+    wind = np.asarray(truth.forcing.wind_speed, np.float64)[day] + BUOY_MET_ERROR["wind_speed"] \
+        * rng.standard_normal(times.size)
+    good = np.ones(times.size, int)
+    return {"par": (par, good), "wind_speed": (np.maximum(wind, 0.0), good.copy())}
 
 
 def write_experiment(directory: str | Path, spec: ExperimentSpec) -> tuple[Truth, dict[str, Path]]:
@@ -177,7 +214,7 @@ def write_experiment(directory: str | Path, spec: ExperimentSpec) -> tuple[Truth
     if spec.buoy:
         times, columns = sample_buoy(truth, spec, rng)
         paths["coasthf"] = write_coasthf(directory / "coasthf_synthetic.csv", spec.platform, spec.latitude,
-                                         spec.longitude, times, columns)
+                                         spec.longitude, times, columns, levels=BUOY_LEVELS)
     paths["truth"] = write_truth(directory / "truth.nc", truth)
     return truth, paths
 
@@ -220,7 +257,8 @@ def write_daily_experiment(directory: str | Path, spec: ExperimentSpec) -> tuple
             if sel.any():
                 paths.append(write_coasthf(directory / day / "coasthf.csv", spec.platform, spec.latitude,
                                            spec.longitude, times[sel],
-                                           {k: (v[sel], q[sel]) for k, (v, q) in columns.items()}))
+                                           {k: (v[sel], q[sel]) for k, (v, q) in columns.items()},
+                                           levels=BUOY_LEVELS))
         if paths:
             out.append((day, paths))
     write_truth(directory / "truth.nc", truth)

@@ -76,19 +76,21 @@ def write_somlit_native(path: str | Path, samples: pd.DataFrame, title: str = "s
 COASTHF_COLUMNS: dict[str, tuple[str, str]] = {
     "temperature": ("TEMP", "degree_Celsius"), "salinity": ("PSAL", "psu"), "oxygen": ("DOX1", "ml/l"),
     "fluorescence": ("FLU3", "FFU"), "chlorophyll": ("CPHL", "milligram/m3"), "turbidity": ("TUR4", "ntu"),
-    "par": ("LGH4", "micro einstein m-2 s-1"), "nitrate": ("NTRA", "millimole/m3"),
+    "par": ("LGH4", "micro einstein m-2 s-1"), "nitrate": ("NTRA", "millimole/m3"), "wind_speed": ("WSPD", "m/s"),
 }
 
 
 def write_coasthf(path: str | Path, platform: str, latitude: float, longitude: float, times,
-                  columns: dict[str, tuple[np.ndarray, np.ndarray]], level: int = 1) -> Path:
+                  columns: dict[str, tuple[np.ndarray, np.ndarray]], level: int = 1,
+                  levels: dict[str, int] | None = None) -> Path:
     """Write a COAST-HF / Coriolis-cotier CSV with its per-column QC string.
 
     Args:
         times: UTC times of the records.
         columns: canonical variable -> (values in canonical units, NaN missing; QC digits on the
             Copernicus scale, 1 good). A missing value is written as an empty cell with digit 9.
-        level: the LEVEL of every water column (1 = first water level).
+        level: the LEVEL of every column ``levels`` does not name (1 = first water level).
+        levels: canonical variable -> its LEVEL (-1: above the surface, the met mast).
     """
     times = pd.DatetimeIndex(times)
     n = len(times)
@@ -98,7 +100,7 @@ def write_coasthf(path: str | Path, platform: str, latitude: float, longitude: f
     digits = [np.full(n, "0"), np.full(n, "1"), np.full(n, "1"), np.full(n, "1")]
     for variable, (values, qc) in columns.items():
         code, unit = COASTHF_COLUMNS[variable]
-        header.append(f"{code} LEVEL{level} ({unit})")
+        header.append(f"{code} LEVEL{(levels or {}).get(variable, level)} ({unit})")
         native = _from_canonical(variable, unit, values)
         missing = ~np.isfinite(native)
         cells.append(np.where(missing, "", np.char.mod("%.4f", np.nan_to_num(native))).astype(object))
