@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -173,3 +175,29 @@ def test_measured_par_and_wind_are_the_forcing_where_a_day_has_them():
     assert report.filled_fraction["wind_speed/air"] == pytest.approx(2 / 60)
     assert "par/air" not in build_site_forcing(table.isel(obs=table["layer"].values != "air"), "Point B", 43.68,
                                                ("surface", "bottom"), day0, 60)[1].filled_fraction
+
+
+SWMP_MET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "swmp-apalachicola" / "apaebmet.csv.gz"
+
+
+@pytest.mark.skipif(not SWMP_MET.is_file(), reason=f"real SWMP data not present at {SWMP_MET}")
+def test_a_real_weather_stations_daily_light_and_wind():
+    """Apalachicola's weather station (NERRS SWMP, 15-minute data, 2012-2013), read by the real reader: the daily
+    PAR means lie under the clear-sky PAR above the surface (the sky's transmissivity 0.75 in the model: a day's
+    ratio at most 1.05) and average about 0.7 of it (clouds), wind's daily means in 0.5-15 m s-1. The station
+    flags much of its night-time PAR, so only some 40 % of its days are whole enough for a PAR mean."""
+    from emulators.solar import SEA_SURFACE_ALBEDO, clear_sky_par
+    from twin.forcing_builder import daily_meteorology
+    from twin.readers import swmp
+    table = swmp.read(SWMP_MET)
+    day0, num_days = np.datetime64("2012-01-02"), 729
+    par = daily_meteorology(table, "apaebmet", "par", day0, num_days)
+    wind = daily_meteorology(table, "apaebmet", "wind_speed", day0, num_days)
+    days = day0 + np.arange(num_days)
+    doy = (days - days.astype("datetime64[Y]")).astype(int) + 0.5
+    ratio = par / (np.asarray(clear_sky_par(29.7694, doy)) / (1.0 - SEA_SURFACE_ALBEDO))
+    ok = np.isfinite(ratio)
+    assert 0.3 < ok.mean() < 0.6
+    assert ratio[ok].max() < 1.05 and 0.6 < np.median(ratio[ok]) < 0.85 and ratio[ok].min() > 0.0
+    assert np.isfinite(wind).mean() > 0.8
+    assert 0.5 < np.nanmin(wind) and np.nanmax(wind) < 15.0
