@@ -97,6 +97,19 @@ def day_length(latitude: jax.Array, day_of_year: jax.Array) -> jax.Array:
     return 24.0 / np.pi * _sunset_hour_angle(latitude, day_of_year)
 
 
+def hourly_sun_height(latitude: float, longitude: float, day0: np.datetime64, num_days: int) -> np.ndarray:
+    """(num_days, 24) cosine of the sun's zenith angle at the middle of each UTC hour of the days from ``day0``
+    (00:00 UTC), 0 while the sun is below the horizon: the shape of a clear day's light (NumPy)."""
+    hours = np.arange(num_days * 24, dtype=np.float64) + 0.5
+    times = np.datetime64(day0, "ns") + (hours * 3600e9).astype("timedelta64[ns]")
+    day_of_year = (times - times.astype("datetime64[Y]").astype("datetime64[ns]")) / np.timedelta64(1, "D")
+    phi = np.radians(latitude)
+    delta = np.radians(solar_declination(day_of_year))
+    hour_angle = np.radians(15.0 * ((hours % 24.0) + longitude / 15.0 - 12.0))
+    cos_zenith = np.sin(phi) * np.sin(delta) + np.cos(phi) * np.cos(delta) * np.cos(hour_angle)
+    return np.maximum(cos_zenith, 0.0).reshape(num_days, 24)
+
+
 def daily_extraterrestrial_irradiance(latitude: jax.Array, day_of_year: jax.Array) -> jax.Array:
     """Daily mean shortwave irradiance on a horizontal surface at the top of the atmosphere, W m-2 (Iqbal 1983)."""
     xp = _xp(latitude, day_of_year)

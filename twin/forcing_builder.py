@@ -30,13 +30,15 @@ from emulators.forcing import (
     salinity_river_discharge,
 )
 from emulators.parameters import Site, default_site
-from emulators.solar import SEA_SURFACE_ALBEDO
+from emulators.solar import SEA_SURFACE_ALBEDO, hourly_sun_height
 from twin import flags
 
 FORCING_VARIABLES = ("temperature", "salinity")
 METEOROLOGY = ("par", "wind_speed")  # measured above the surface: layer "air"
-# A day's mean of a series with a strong daily cycle (PAR) needs the whole day: at most two of its 24 hours empty.
-MIN_HOURS_PER_DAY = 22
+# A day's mean needs most of the day: 18 of its 24 hours (wind), or for light the hours that hold three quarters
+# of a clear day's light.
+MIN_HOURS_PER_DAY = 18
+MIN_SUNLIGHT_SHARE = 0.75
 
 
 class ForcingReport(NamedTuple):
@@ -151,11 +153,18 @@ def _causal_series(raw, usable, variable, layers, day0, num_days, max_gap_days, 
     return out, filled, borrowed
 
 
-def daily_meteorology(table: xr.Dataset, site: str, variable: str, day0: np.datetime64, num_days: int
-                      ) -> np.ndarray | None:
-    """(num_days,) daily means of a site's usable above-surface ``variable`` measurements (layer "air"): the
-    mean of its hourly means, NaN on a day with fewer than ``MIN_HOURS_PER_DAY`` hours measured (PAR's mean
-    over part of a day would follow the sun, not the clouds); None when the site has no such measurement."""
+def daily_meteorology(table: xr.Dataset, site: str, variable: str, day0: np.datetime64, num_days: int,
+                      sun: np.ndarray | None = None) -> np.ndarray | None:
+    """(num_days,) daily means of a site's usable above-surface ``variable`` measurements (layer "air"), from
+    their hourly means; None when the site has no such measurement.
+
+    Without ``sun``: the mean of the hours measured, NaN on a day with fewer than ``MIN_HOURS_PER_DAY``. With
+    ``sun`` (num_days, 24), the shape of a clear day's light (``emulators.solar.hourly_sun_height``), for PAR:
+    the day's mean is the light measured over the light a clear sky would have given in the same hours, times
+    the clear day's mean (the mean of the 24 hours when all were measured), NaN on a day whose measured hours
+    hold less than ``MIN_SUNLIGHT_SHARE`` of its clear-sky light. Night hours then count for nothing, measured
+    or not (stations flag night-time PAR), and a day cut by a gap keeps the shape of the sun.
+    """
     times, values = usable_series(table, site, variable, "air")
     if not values.size:
         return None
@@ -164,13 +173,19 @@ def daily_meteorology(table: xr.Dataset, site: str, variable: str, day0: np.date
     hours, where = np.unique(hour[inside], return_inverse=True)
     hourly = np.bincount(where, values[inside]) / np.bincount(where)
     day = hours // 24
-    count = np.bincount(day, minlength=num_days)
-    total = np.bincount(day, hourly, minlength=num_days)
-    return np.where(count >= MIN_HOURS_PER_DAY, total / np.maximum(count, 1), np.nan)
+    if sun is None:
+        count = np.bincount(day, minlength=num_days)
+        total = np.bincount(day, hourly, minlength=num_days)
+        return np.where(count >= MIN_HOURS_PER_DAY, total / np.maximum(count, 1), np.nan)
+    light = np.bincount(day, hourly, minlength=num_days)
+    clear_measured = np.bincount(day, sun.reshape(-1)[hours], minlength=num_days)
+    clear_day = sun.sum(axis=1)
+    enough = (clear_day > 0) & (clear_measured >= MIN_SUNLIGHT_SHARE * clear_day)
+    return np.where(enough, light / np.maximum(clear_measured, 1e-12) * clear_day / 24.0, np.nan)
 
 
 def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tuple[str, ...],
-                       day0: np.datetime64, num_days: int, *, cloudiness: float = 0.25,
+                       day0: np.datetime64, num_days: int, *, longitude: float = 0.0, cloudiness: float = 0.25,
                        max_gap_days: float = 20.0, wind_speed: float = 5.0,
                        mode: str = "interpolate", river=None, model_site: Site | None = None
                        ) -> tuple[Forcing, ForcingReport]:
@@ -179,6 +194,7 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
     Args:
         table: canonical observation table (after QC).
         layers: the model layers, surface first ("surface", "bottom").
+        longitude: degrees east (the sun's course in UTC, for a day's mean of measured PAR).
         cloudiness: mean fractional reduction of clear-sky PAR, on the days PAR is not measured.
         wind_speed: m s-1, on the days wind is not measured.
         mode: "interpolate" or "causal" (see :func:`observed_daily_series`).
@@ -196,7 +212,8 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
     wind = np.full(num_days, float(wind_speed))
     met_filled = {}
     for variable in METEOROLOGY:
-        measured = daily_meteorology(table, site, variable, day0, num_days)
+        sun = hourly_sun_height(latitude, longitude, day0, num_days) if variable == "par" else None
+        measured = daily_meteorology(table, site, variable, day0, num_days, sun)
         if measured is None:
             continue
         if variable == "par":  # the model's PAR is just below the surface

@@ -183,7 +183,7 @@ def prepare(config: TwinConfig, work: Path, quiet: bool = False) -> Prepared:
     forcings, structs = [], []
     for s in config.sites:
         struct = site_struct(s, num_layers)
-        f, rep = build_site_forcing(table, s.name, s.latitude, layout.layers, day0, num_days,
+        f, rep = build_site_forcing(table, s.name, s.latitude, layout.layers, day0, num_days, longitude=s.longitude,
                                     max_gap_days=config.hindcast.forcing_max_gap_days,
                                     mode=config.hindcast.forcing_mode, river=s.river, model_site=struct)
         forcings.append(f)

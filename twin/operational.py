@@ -370,7 +370,7 @@ def store_forcing(config, ledger, layout, day0, num_days):
     from twin.forecast import site_struct
     usable = ledger.isel(obs=np.flatnonzero(np.isin(ledger["qc"].values, flags.USABLE_QC)))
     try:
-        per_site = [build_site_forcing(usable, s.name, s.latitude, layout.layers, day0, num_days,
+        per_site = [build_site_forcing(usable, s.name, s.latitude, layout.layers, day0, num_days, longitude=s.longitude,
                                        max_gap_days=config.hindcast.forcing_max_gap_days, mode="causal",
                                        river=s.river, model_site=site_struct(s, layout.num_layers))[0]
                     for s in config.sites]

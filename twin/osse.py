@@ -26,7 +26,7 @@ import xarray as xr
 from emulators.forcing import Forcing, synthetic_forcing
 from emulators.parameters import ProcessParams, default_site, sample_params
 from emulators.process_model import chlorophyll, initial_state, run
-from emulators.solar import SEA_SURFACE_ALBEDO, day_length
+from emulators.solar import SEA_SURFACE_ALBEDO, hourly_sun_height
 from twin.state_layout import StateLayout
 from twin.writers import write_coasthf, write_somlit_native
 
@@ -179,21 +179,18 @@ def sample_buoy_meteorology(truth: Truth, spec: ExperimentSpec, times: np.ndarra
     """The buoy's met mast at ``times`` (hourly, from day 1): {variable: (values, qc digits)} for PAR above the
     surface (umol m-2 s-1) and wind speed (m s-1), from the truth's forcing.
 
-    PAR follows the sun through each day, scaled so that the day's 24 hourly values average the truth's daily
-    mean (above the surface: the model's is below it), with ``BUOY_MET_ERROR`` log-normal noise; 0 at night.
+    PAR follows the sun through each day (``emulators.solar.hourly_sun_height``), scaled so that the day's 24
+    hourly values average the truth's daily mean (above the surface: the model's is below it), with
+    ``BUOY_MET_ERROR`` log-normal noise; 0 at night.
     Drawn from their own random stream: the water samples are the same with or without the mast.
     """
+    if not times.size:
+        return {v: (np.zeros(0), np.zeros(0, int)) for v in BUOY_MET_ERROR}
     rng = np.random.default_rng([spec.seed, 0x3E7])
     hours = (times - truth.times[0]) / np.timedelta64(1, "h")
     day = np.floor(hours / 24.0).astype(np.int64)
-    doy = np.asarray(truth.forcing.day_of_year, np.float64) + 0.5
-    # Daylight as a half sine between sunrise and sunset in local solar time, normalised per day over its
-    # 24 hourly samples.
-    length = np.asarray(day_length(spec.latitude, doy), np.float64)[:, None]           # (days, 1) hours
-    solar = np.arange(24.0)[None, :] + spec.longitude / 15.0
-    shape = np.maximum(np.sin(np.pi * (solar - (12.0 - length / 2.0)) / length), 0.0) * (np.abs(solar - 12.0)
-                                                                                            < length / 2.0)
-    norm = shape / shape.mean(axis=1, keepdims=True)
+    sun = hourly_sun_height(spec.latitude, spec.longitude, truth.times[0], day.max() + 1)
+    norm = sun / sun.mean(axis=1, keepdims=True)                  # a clear day's shape, mean 1 over its 24 hours
     above = np.asarray(truth.forcing.par, np.float64) / (1.0 - SEA_SURFACE_ALBEDO)
     hour_of_day = np.round(hours - 24.0 * day).astype(np.int64)
     par = above[day] * norm[day, hour_of_day] * np.exp(BUOY_MET_ERROR["par"] * rng.standard_normal(times.size))
