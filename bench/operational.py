@@ -31,13 +31,22 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from twin.config import parse_config  # noqa: E402
+from twin.config import load_config, parse_config  # noqa: E402
 from twin.hindcast import bottle_errors  # noqa: E402
 from twin.operational import init_store, run_cycle  # noqa: E402
 from twin.osse import BUOY_ERROR, ExperimentSpec, write_daily_experiment  # noqa: E402
 
 
+def demo_augmented() -> tuple[dict, dict]:
+    """The demo's estimated elements, as ``configs/demo.yaml`` sets them: (the buoy's offsets, the model's
+    ``estimate_parameters`` and ``bias``)."""
+    demo = load_config(REPO / "configs" / "demo.yaml").model_dump(mode="json")
+    model = {k: demo["model"][k] for k in ("estimate_parameters", "bias")}
+    return demo["experiment"]["buoy_offsets"], model
+
+
 def config(incoming: Path, members: int, augmented: bool = False) -> dict:
+    offsets, model = demo_augmented() if augmented else ({}, {})
     buoy_sd = {k: BUOY_ERROR[k] for k in ("temperature", "salinity", "oxygen", "fluorescence")}
     buoy_sd["chlorophyll"] = BUOY_ERROR["fluorescence"]
     return {"name": "bench-ops",
@@ -46,17 +55,13 @@ def config(incoming: Path, members: int, augmented: bool = False) -> dict:
             "sources": [{"path": str(incoming / "*" / "somlit.csv"), "format": "somlit", **bottle_errors()},
                         {"path": str(incoming / "*" / "coasthf.csv"), "format": "coasthf", "error_sd": buoy_sd,
                          "fluorescence_calibration": {"SYNTH01": [1.0, 0.0]},
-                         **({"name": "buoy", "offsets": {"oxygen": {"sd": 0.05, "timescale_days": 3650}}}
-                            if augmented else {})}],
+                         **({"name": "buoy", "offsets": offsets} if augmented else {})}],
             "emulator": {"checkpoint": str(REPO / "configs" / "emulators" / "demo")},
             "filter": {"members": members},
             "hindcast": {"start": "2016-01-01", "forcing_mode": "causal"},
             "alerts": [{"variable": "oxygen", "site": "SYNTH-B", "layer": "bottom", "threshold": 200.0,
                         "direction": "below", "probability": 0.3}],
-            **({"model": {"estimate_parameters": {p: {"sd": 0.15, "timescale_days": 365}
-                                                  for p in ("max_growth_rate", "max_grazing_rate")},
-                          "bias": {"chlorophyll": {"sd_per_day": {"surface": 0.25}, "timescale_days": 60}}}}
-               if augmented else {})}
+            **({"model": model} if augmented else {})}
 
 
 def main() -> None:
