@@ -47,8 +47,7 @@ def test_the_buoys_met_mast_reads_back_as_the_truths_daily_light_and_wind(tmp_pa
     """With ``buoy_meteorology`` the buoy's file also holds hourly PAR and wind at LEVEL-1 (layer "air"), whose
     daily means (``twin.forcing_builder``) are the truth's forcing: PAR within 4 sigma of the mean of 9 or more
     daylight hours of 8 % noise (4 sigma: 11 %), wind within 4 sigma of 18 or more hours of 1 m s-1 (0.95 m
-    s-1). The
-    water samples are the same draws as without the mast."""
+    s-1). The water samples are the same draws as without the mast."""
     from emulators.solar import SEA_SURFACE_ALBEDO, hourly_sun_height
     from twin.forcing_builder import daily_meteorology
     spec, truth, paths = experiment

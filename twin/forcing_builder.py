@@ -34,7 +34,6 @@ from emulators.solar import SEA_SURFACE_ALBEDO, hourly_sun_height
 from twin import flags
 
 FORCING_VARIABLES = ("temperature", "salinity")
-METEOROLOGY = ("par", "wind_speed")  # measured above the surface: layer "air"
 # A day's mean needs most of the day: 18 of its 24 hours (wind), or for light the hours that hold three quarters
 # of a clear day's light.
 MIN_HOURS_PER_DAY = 18
@@ -211,19 +210,15 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
     par = np.asarray(clear_sky_par(latitude, doy + 0.5)) * (1.0 - cloudiness)
     wind = np.full(num_days, float(wind_speed))
     met_filled = {}
-    for variable in METEOROLOGY:
-        sun = hourly_sun_height(latitude, longitude, day0, num_days) if variable == "par" else None
-        measured = daily_meteorology(table, site, variable, day0, num_days, sun)
-        if measured is None:
-            continue
-        if variable == "par":  # the model's PAR is just below the surface
-            measured = measured * (1.0 - SEA_SURFACE_ALBEDO)
-        ok = np.isfinite(measured)
-        if variable == "par":
-            par = np.where(ok, measured, par)
-        else:
-            wind = np.where(ok, measured, wind)
-        met_filled[f"{variable}/air"] = float(1.0 - ok.mean())
+    measured_par = daily_meteorology(table, site, "par", day0, num_days,
+                                     hourly_sun_height(latitude, longitude, day0, num_days))
+    if measured_par is not None:  # the model's PAR is just below the surface
+        par = np.where(np.isfinite(measured_par), measured_par * (1.0 - SEA_SURFACE_ALBEDO), par)
+        met_filled["par/air"] = float(np.isnan(measured_par).mean())
+    measured_wind = daily_meteorology(table, site, "wind_speed", day0, num_days)
+    if measured_wind is not None:
+        wind = np.where(np.isfinite(measured_wind), measured_wind, wind)
+        met_filled["wind_speed/air"] = float(np.isnan(measured_wind).mean())
     rivers = {}
     if river is not None:
         rivers = {f"river_{nutrient}": getattr(river, nutrient) for nutrient in RIVER_WATER}
