@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import twin  # noqa: E402,F401  (first: its settings for XLA and OpenBLAS precede JAX's and NumPy's start)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -488,6 +489,7 @@ def main() -> None:
         "analysis_finite": finite,
         "devices": [str(d) for d in jax.devices()],
         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     scaled = "" if numpy_years == args.years else f" (timed on {numpy_years} years, scaled)"
