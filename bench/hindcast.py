@@ -32,8 +32,8 @@ difference of the analysis means must stay below ``CHECK_RTOL`` and every observ
 disposition. The check is on a short span: float32 rounding (summation orders, two LAPACK eigensolver calls)
 is 1e-5 to 4e-5 over 20-120 cycles, but nothing bounds its growth through a nonlinear cycle over 25 years.
 
-Each side is timed ``--repeats`` times (default 3) and its fastest run counts. Prints both times, the ratio and
-peak memory (``resource.getrusage`` ru_maxrss); the last line is JSON.
+Each side is timed ``--repeats`` times (default 3), the two sides in turn, and its fastest run counts. Prints both
+times, the ratio and peak memory (``resource.getrusage`` ru_maxrss); the last line is JSON.
 
 On a few cores, run it with ``OPENBLAS_NUM_THREADS=1``: jaxlib's LAPACK (``eigh``) goes through OpenBLAS, whose
 threads fight XLA's inside the scan (64 members, 2 shared cores: 3 to 8.5 ms a cycle instead of 1.1 ms, and the
@@ -437,27 +437,25 @@ def main() -> None:
     first_window = problem.config.hindcast.window_days
     _log("twin: first window (compiles)")
     _, first = run_twin(problem, min(first_window, num_days))
-    # Each side runs --repeats times and its fastest run counts (as timeit does): on a shared 2-core VM the
-    # same warm 365-cycle window takes 230 to 370 us a cycle from one run to the next.
-    twin_runs = []
+    # Each side runs --repeats times and its fastest run counts (as timeit does), the two sides in turn: on a
+    # shared 2-core VM the same warm 365-cycle window takes 150 to 280 us a cycle from one minute to the next, and
+    # timing all of one side first could give one side the fast spell and the other the slow one.
+    numpy_days = 365 * numpy_years
+    model = numpy_model(problem)
+    inputs = numpy_inputs(problem, numpy_days)
+    twin_runs, numpy_runs = [], []
     for r in range(args.repeats):
         _log(f"twin: {num_days} cycles, warm (run {r + 1} of {args.repeats})")
         twin_out, window_seconds = run_twin(problem, num_days)
         twin_runs.append(window_seconds)
-    window_seconds = min(twin_runs, key=sum)
-    seconds_twin = sum(window_seconds)
-    compile_seconds = first[0] - min(runs[0] for runs in twin_runs)
-    finite = bool(np.all(np.isfinite(twin_out.analysis_mean)))
-
-    numpy_days = 365 * numpy_years
-    model = numpy_model(problem)
-    inputs = numpy_inputs(problem, numpy_days)
-    numpy_runs = []
-    for r in range(args.repeats):
         _log(f"NumPy loop: {numpy_days} cycles (run {r + 1} of {args.repeats})")
         start = time.perf_counter()
         run_numpy(model, **inputs)
         numpy_runs.append(time.perf_counter() - start)
+    window_seconds = min(twin_runs, key=sum)
+    seconds_twin = sum(window_seconds)
+    compile_seconds = first[0] - min(runs[0] for runs in twin_runs)
+    finite = bool(np.all(np.isfinite(twin_out.analysis_mean)))
     seconds_numpy_measured = min(numpy_runs)
     seconds_numpy = seconds_numpy_measured * num_days / numpy_days
 
