@@ -8,27 +8,29 @@ from importlib.metadata import PackageNotFoundError, version
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-def _prefer_wide_vectors() -> None:
-    """On a CPU with AVX-512, ask XLA:CPU for 512-bit vectors, unless XLA_FLAGS already says.
+def prefer_wide_vectors(environ=os.environ, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """On a CPU with AVX-512, ask XLA:CPU for 512-bit vectors in ``environ["XLA_FLAGS"]``, unless it already says;
+    True when the flag was added.
 
     XLA emits 256-bit code by default (wide vectors slowed the clock of older Xeons); here the twin's cycle, small
     fused loops around the emulator's matrix products, ran 15-25 % faster with 512 (bench/hindcast.py, 2-core
     Xeon with AVX-512: 150-160 against 180-190 us a cycle). Like the line above, effective when twin is imported
     before JAX starts its CPU backend.
     """
-    flags = os.environ.get("XLA_FLAGS", "")
+    flags = environ.get("XLA_FLAGS", "")
     if "xla_cpu_prefer_vector_width" in flags:
-        return
+        return False
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            wide = any(line.startswith("flags") and " avx512f" in line for line in cpuinfo)
+        with open(cpuinfo, encoding="ascii", errors="replace") as lines:
+            wide = any(line.startswith("flags") and "avx512f" in line.split() for line in lines)
     except OSError:  # not Linux: leave XLA's default
-        return
+        return False
     if wide:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_prefer_vector_width=512".strip()
+        environ["XLA_FLAGS"] = f"{flags} --xla_cpu_prefer_vector_width=512".strip()
+    return wide
 
 
-_prefer_wide_vectors()
+prefer_wide_vectors()
 
 try:
     __version__ = version("coastal-twin")
