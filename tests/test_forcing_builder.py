@@ -193,13 +193,12 @@ def test_a_real_weather_stations_daily_light_and_wind():
     ratio at most 1.05) and are 0.66 of it at the median (clouds), wind's daily means in 0.5-15 m s-1. The
     station flags much of its night-time PAR: weighted by the sun's course, 91 % of its days give a PAR mean
     (40 % had the 22 of 24 hours a plain mean would need)."""
-    from emulators.solar import SEA_SURFACE_ALBEDO, clear_sky_par, hourly_sun_height
+    from emulators.solar import SEA_SURFACE_ALBEDO, clear_sky_par
     from twin.forcing_builder import daily_meteorology
     from twin.readers import swmp
     table = swmp.read(SWMP_MET)
     day0, num_days = np.datetime64("2012-01-02"), 729
-    par = daily_meteorology(table, "apaebmet", "par", day0, num_days,
-                            hourly_sun_height(29.7694, -84.8815, day0, num_days))
+    par = daily_meteorology(table, "apaebmet", "par", day0, num_days, sun_at=(29.7694, -84.8815))
     wind = daily_meteorology(table, "apaebmet", "wind_speed", day0, num_days)
     days = day0 + np.arange(num_days)
     doy = (days - days.astype("datetime64[Y]")).astype(int) + 0.5

@@ -48,7 +48,7 @@ def test_the_buoys_met_mast_reads_back_as_the_truths_daily_light_and_wind(tmp_pa
     daily means (``twin.forcing_builder``) are the truth's forcing: PAR within 4 sigma of the mean of 9 or more
     daylight hours of 8 % noise (4 sigma: 11 %), wind within 4 sigma of 18 or more hours of 1 m s-1 (0.95 m
     s-1). The water samples are the same draws as without the mast."""
-    from emulators.solar import SEA_SURFACE_ALBEDO, hourly_sun_height
+    from emulators.solar import SEA_SURFACE_ALBEDO
     from twin.forcing_builder import daily_meteorology
     spec, truth, paths = experiment
     met_truth, met_paths = write_experiment(tmp_path, spec._replace(buoy_meteorology=True))
@@ -59,8 +59,8 @@ def test_the_buoys_met_mast_reads_back_as_the_truths_daily_light_and_wind(tmp_pa
     np.testing.assert_array_equal(table["value"].values[~air], water["value"].values)
     table = table.assign(site=("obs", np.full(table.sizes["obs"], spec.site, object)))
     day0 = np.datetime64(spec.start)
-    sun = hourly_sun_height(spec.latitude, spec.longitude, day0, spec.num_days)
-    par = daily_meteorology(table, spec.site, "par", day0, spec.num_days, sun) * (1.0 - SEA_SURFACE_ALBEDO)
+    par = daily_meteorology(table, spec.site, "par", day0, spec.num_days, sun_at=(spec.latitude, spec.longitude)) \
+        * (1.0 - SEA_SURFACE_ALBEDO)
     wind = daily_meteorology(table, spec.site, "wind_speed", day0, spec.num_days)
     ok = np.isfinite(par)
     assert 0.5 * spec.num_days < ok.sum() < spec.num_days       # the buoy's outages leave days without a mean

@@ -153,15 +153,16 @@ def _causal_series(raw, usable, variable, layers, day0, num_days, max_gap_days, 
 
 
 def daily_meteorology(table: xr.Dataset, site: str, variable: str, day0: np.datetime64, num_days: int,
-                      sun: np.ndarray | None = None) -> np.ndarray | None:
+                      sun_at: tuple[float, float] | None = None) -> np.ndarray | None:
     """(num_days,) daily means of a site's usable above-surface ``variable`` measurements (layer "air"), from
     their hourly means; None when the site has no such measurement.
 
-    Without ``sun``: the mean of the hours measured, NaN on a day with fewer than ``MIN_HOURS_PER_DAY``. With
-    ``sun`` (num_days, 24), the shape of a clear day's light (``emulators.solar.hourly_sun_height``), for PAR:
-    the day's mean is the light measured over the light a clear sky would have given in the same hours, times
-    the clear day's mean (the mean of the 24 hours when all were measured), NaN on a day whose measured hours
-    hold less than ``MIN_SUNLIGHT_SHARE`` of its clear-sky light. Night hours then count for nothing, measured
+    Without ``sun_at``: the mean of the hours measured, NaN on a day with fewer than ``MIN_HOURS_PER_DAY``. With
+    ``sun_at`` (latitude, longitude), for PAR, weighted by the shape of a clear day's light there
+    (``emulators.solar.hourly_sun_height``, computed only when the site has measurements): the day's mean is
+    the light measured over the light a clear sky would have given in the same hours, times the clear day's
+    mean (the mean of the 24 hours when all were measured), NaN on a day whose measured hours hold less than
+    ``MIN_SUNLIGHT_SHARE`` of its clear-sky light. Night hours then count for nothing, measured
     or not (stations flag night-time PAR), and a day cut by a gap keeps the shape of the sun.
     """
     times, values = usable_series(table, site, variable, "air")
@@ -172,10 +173,11 @@ def daily_meteorology(table: xr.Dataset, site: str, variable: str, day0: np.date
     hours, where = np.unique(hour[inside], return_inverse=True)
     hourly = np.bincount(where, values[inside]) / np.bincount(where)
     day = hours // 24
-    if sun is None:
+    if sun_at is None:
         count = np.bincount(day, minlength=num_days)
         total = np.bincount(day, hourly, minlength=num_days)
         return np.where(count >= MIN_HOURS_PER_DAY, total / np.maximum(count, 1), np.nan)
+    sun = hourly_sun_height(*sun_at, day0, num_days)
     light = np.bincount(day, hourly, minlength=num_days)
     clear_measured = np.bincount(day, sun.reshape(-1)[hours], minlength=num_days)
     clear_day = sun.sum(axis=1)
@@ -210,8 +212,7 @@ def build_site_forcing(table: xr.Dataset, site: str, latitude: float, layers: tu
     par = np.asarray(clear_sky_par(latitude, doy + 0.5)) * (1.0 - cloudiness)
     wind = np.full(num_days, float(wind_speed))
     met_filled = {}
-    measured_par = daily_meteorology(table, site, "par", day0, num_days,
-                                     hourly_sun_height(latitude, longitude, day0, num_days))
+    measured_par = daily_meteorology(table, site, "par", day0, num_days, sun_at=(latitude, longitude))
     if measured_par is not None:  # the model's PAR is just below the surface
         par = np.where(np.isfinite(measured_par), measured_par * (1.0 - SEA_SURFACE_ALBEDO), par)
         met_filled["par/air"] = float(np.isnan(measured_par).mean())
