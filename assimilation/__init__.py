@@ -53,7 +53,15 @@ from assimilation.analysis import (
     letkf_update,
     predict_observations,
 )
-from assimilation.cycling import CycleResult, ForecastFn, cycle_scan, make_observations, run_cycles, stack_observations
+from assimilation.cycling import (
+    CycleResult,
+    ForecastFn,
+    cycle_scan,
+    make_observations,
+    run_cycles,
+    stack_observations,
+    standard_normal,
+)
 from assimilation.dispositions import (
     ASSIMILATED,
     BAD_QC,
@@ -101,5 +109,5 @@ __all__ = [
     "enkf_update", "ensrf_update", "etkf_update", "from_transformed", "gaspari_cohn", "get_analysis_kernel",
     "half_width", "inflate", "initial_inflation_state", "letkf_update", "localization_1d",
     "localization_from_distances", "lognormal_obs", "make_observations", "predict_observations", "random_rotation",
-    "relax_to_prior_spread", "run_cycles", "stack_observations", "to_transformed",
+    "relax_to_prior_spread", "run_cycles", "stack_observations", "standard_normal", "to_transformed",
 ]

@@ -79,7 +79,7 @@ def cycle_scan(forecast: ForecastFn, ensemble: Ensemble, observations: Observati
     perturbations = None
     if params.method == "enkf":
         shape = (num_cycles, ensemble.members.shape[0], observations.value.shape[-1])
-        perturbations = _standard_normal(jax.random.fold_in(key, 0x5EED), shape, ensemble.members.dtype)
+        perturbations = standard_normal(jax.random.fold_in(key, 0x5EED), shape, ensemble.members.dtype)
 
     def step(carry, inputs):
         members, infl = carry
@@ -97,7 +97,7 @@ def cycle_scan(forecast: ForecastFn, ensemble: Ensemble, observations: Observati
     return CycleResult(Ensemble(members), infl, mean, spread, diagnostics, disposition)
 
 
-def _standard_normal(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+def standard_normal(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
     """N(0, 1) draws of ``shape``, a function of ``key``, at half the cost of ``jax.random.normal`` in float32.
 
     ``jax.random.normal`` with JAX's default (partitionable) threefry evaluates the threefry2x32 hash once

@@ -61,7 +61,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from assimilation import Diagnostics, FilterParams, Observations, initial_inflation_state  # noqa: E402
+from assimilation import Diagnostics, FilterParams, Observations, initial_inflation_state, standard_normal  # noqa: E402
 from assimilation import dispositions as dsp  # noqa: E402
 from emulators.checkpoint import load_checkpoint  # noqa: E402
 from emulators.forcing import synthetic_forcing  # noqa: E402
@@ -203,7 +203,7 @@ def forecast_noise(problem: Problem, num_days: int) -> np.ndarray:
     """The standard normals of the twin's model error, (T, N, S, 16): ``run_window`` gives cycle i the key
     ``twin.engine.cycle_keys``, splits it into (forecast, analysis), and ``make_forecast`` draws from the first."""
     shape = (problem.members0.shape[0], len(problem.layout.sites), problem.layout.model_dim)
-    draw = jax.vmap(lambda k: jax.random.normal(jax.random.split(k)[0], shape, jnp.float32))
+    draw = jax.vmap(lambda k: standard_normal(jax.random.split(k)[0], shape, jnp.float32))
     # A window at a time, as the engine draws them: all 25 years at once added ~140 MB to the peak memory.
     return np.concatenate([np.asarray(draw(cycle_keys(cycle_key(problem), start, stop - start)))
                            for start, stop in window_bounds(num_days, problem.config.hindcast.window_days)])

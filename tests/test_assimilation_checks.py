@@ -206,11 +206,11 @@ def test_window_perturbations_are_standard_normal_and_reproducible():
     """The EnKF's observation perturbations for a window (two draws per threefry evaluation): the same key
     gives the same draws, another key others; mean, sd and lag-one correlation within 5 sampling sd of
     N(0, 1), for 10^6 draws; float64 goes to jax.random.normal."""
-    from assimilation.cycling import _standard_normal
+    from assimilation import standard_normal
     shape = (625, 40, 40)
-    draws = np.asarray(_standard_normal(jax.random.key(5), shape))
-    again = np.asarray(jax.jit(_standard_normal, static_argnums=(1, 2))(jax.random.key(5), shape, jnp.float32))
-    other = np.asarray(_standard_normal(jax.random.key(6), shape))
+    draws = np.asarray(standard_normal(jax.random.key(5), shape))
+    again = np.asarray(jax.jit(standard_normal, static_argnums=(1, 2))(jax.random.key(5), shape, jnp.float32))
+    other = np.asarray(standard_normal(jax.random.key(6), shape))
     np.testing.assert_array_equal(draws, again)
     assert draws.dtype == np.float32 and draws.shape == shape and np.all(np.isfinite(draws))
     assert np.mean(draws == other) < 1e-3
@@ -222,7 +222,7 @@ def test_window_perturbations_are_standard_normal_and_reproducible():
     half = flat.size // 2  # the two words of one threefry evaluation
     assert abs(np.mean(flat[:half] * flat[half:])) < 5 * np.sqrt(2.0) * sd_of_mean
     with jax.enable_x64(True):
-        wide = _standard_normal(jax.random.key(5), (3, 4), jnp.float64)
+        wide = standard_normal(jax.random.key(5), (3, 4), jnp.float64)
         np.testing.assert_array_equal(np.asarray(wide), np.asarray(jax.random.normal(jax.random.key(5), (3, 4),
                                                                                       jnp.float64)))
 
