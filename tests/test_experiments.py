@@ -22,7 +22,9 @@ TINY = {
     "hindcast": {"window_days": 120},
 }
 STUDY = {"description": "test", "runs": [{"name": "all-data"},
-                                         {"name": "no-bottom", "rules": [{"kind": "no_layer", "layer": "bottom"}]}]}
+                                         {"name": "no-bottom", "rules": [{"kind": "no_layer", "layer": "bottom"}]},
+                                         {"name": "all-data-seed-5", "seed": 5}]}
+RUNS = ["all-data", "no-bottom", "all-data-seed-5"]
 
 
 def _experiment(data):
@@ -45,6 +47,7 @@ def _experiment(data):
     ({"runs": [{"name": "a"}, {"name": "a"}]}, r"run names repeat: \['a'\]"),
     ({"refit_study": {"intervals": [None, 3]}}, r"refit intervals must be null \(never\) or >= 7 days"),
     ({}, r"the experiment has no run"),
+    ({"runs": [{"name": "a", "seed": -1}]}, r"runs.0.seed: .*greater than or equal to 0"),
 ])
 def test_schema_rejects_mistakes_with_a_hint(data, match):
     with pytest.raises(ConfigError, match=match):
@@ -75,6 +78,18 @@ def test_no_buoy_drops_the_tapers_on_the_buoy_s_offset():
     assert pairs["oxygen"] == demo.filter.cross_variable_localization["oxygen"]
     parse_config(run.model_dump(mode="json"))                       # validates: no taper on an absent element
     assert run_config(demo, RunSpec(name="all")).filter == demo.filter
+
+
+def test_a_run_s_seed_replaces_the_config_s_and_nothing_else():
+    from twin.config import load_config
+    from twin.experiments import RunSpec, run_config
+    from pathlib import Path
+    demo = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    seeded = run_config(demo, RunSpec(name="s", seed=demo.seed + 3))
+    same = run_config(demo, RunSpec(name="s"))
+    assert seeded.seed == demo.seed + 3 and same.seed == demo.seed
+    assert seeded.model_copy(update={"seed": demo.seed}) == same
+    assert seeded.experiment == demo.experiment  # the truth's own seed stays
 
 
 def test_config_dependent_mistakes_fail_before_any_run():
@@ -122,14 +137,33 @@ def test_cli_writes_the_table_plot_and_report(study):
     assert {p.name for p in out.iterdir()} >= {"osse.json", "osse.csv", "skill_vs_data.png", "report.html",
                                                "experiment.yaml", "resolved_config.yaml", "all-data", "no-bottom"}
     assert json.loads((out / "osse.json").read_text())["runs"][0]["name"] == "all-data"
-    assert result["skill_basis"] == "truth" and [r["name"] for r in result["runs"]] == ["all-data", "no-bottom"]
+    assert result["skill_basis"] == "truth" and [r["name"] for r in result["runs"]] == RUNS
     import pandas as pd
     table = pd.read_csv(out / "osse.csv")
-    assert len(table) == 2 * 18 and set(table["run"]) == {"all-data", "no-bottom"}
+    assert len(table) == 3 * 18 and set(table["run"]) == set(RUNS)
     assert np.isfinite(table["rmse"]).all() and (table["crps"] >= 0).all()
+    assert (table["spread_skill"] > 0).all()
+    assert set(table.loc[table["run"] == "all-data-seed-5", "seed"]) == {5}
+    assert set(table.loc[table["run"] == "all-data", "seed"]) == {0}
+    report = (out / "report.html").read_text()
+    assert "Spread/RMSE per variable" in report
     assert (out / "skill_vs_data.png").read_bytes()[:4] == b"\x89PNG"
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert any(line.startswith("no-bottom") for line in lines)  # the printed table
+    assert any(line.startswith("spread/RMSE") for line in lines)
+
+
+def test_another_seed_draws_another_ensemble_on_the_same_data(study):
+    """The seed run assimilates the same observations (same truth, same data) with other draws: the same
+    counts (but for the gross-error check, which depends on the ensemble), and other scores."""
+    _, result, _ = study
+    runs = {r["name"]: r for r in result["runs"]}
+    a, b = runs["all-data"], runs["all-data-seed-5"]
+    assert a["observations"]["rows_denied"] == b["observations"]["rows_denied"] == 0
+    assert abs(a["observations"]["rows_assimilated"] - b["observations"]["rows_assimilated"]) \
+        <= 0.02 * a["observations"]["rows_assimilated"]  # only the gross-error check may differ
+    diffs = [abs(a["skill"][v]["rmse"] - b["skill"][v]["rmse"]) / a["skill"][v]["rmse"] for v in a["skill"]]
+    assert max(diffs) > 1e-3 and np.median(diffs) < 0.5
 
 
 def test_no_layer_bottom_assimilates_no_bottom_observation(study):
@@ -145,7 +179,9 @@ def test_no_layer_bottom_assimilates_no_bottom_observation(study):
     runs = {r["name"]: r for r in result["runs"]}
     # the bottom rows the full run assimilated are the ones denied (the others were rejected or below usable QC)
     assert runs["no-bottom"]["observations"]["rows_denied"] >= bottom_assimilated
-    assert runs["all-data"]["data_kept"] == 1.0 and 0.5 < runs["no-bottom"]["data_kept"] < 1.0
+    # relative to the run that assimilated most: one of the two all-data runs (their gross-error checks differ)
+    assert max(runs["all-data"]["data_kept"], runs["all-data-seed-5"]["data_kept"]) == 1.0
+    assert runs["all-data"]["data_kept"] > 0.98 and 0.5 < runs["no-bottom"]["data_kept"] < 0.98
 
 
 def test_more_data_is_no_worse_where_it_was_denied(study):
@@ -169,7 +205,7 @@ def test_dask_workers_give_the_same_study_as_runs_in_turn(study, tmp_path):
                      "--json", "--quiet", "--workers", "2"])
     assert code == 0
     parallel = json.loads(buf.getvalue().strip().splitlines()[-1])
-    assert [r["name"] for r in parallel["runs"]] == ["all-data", "no-bottom"]
+    assert [r["name"] for r in parallel["runs"]] == RUNS
     for a, b in zip(in_turn["runs"], parallel["runs"]):
         assert a["skill"] == b["skill"], a["name"]
         assert a["observations"] == b["observations"], a["name"]

@@ -2,11 +2,12 @@
 
 An experiment file lists runs; each run is the config's hindcast with some observations denied (DESIGN
 section 8, "data denial / minimum data") and optionally another refit interval (DESIGN section 1, question 5:
-how often should the learned relationships be refit). Every run is an independent hindcast written to
-``DIR/<run name>/``; the study collects, per run and variable, RMSE and CRPS against the truth (twin
-experiment) or against the config's withheld observations (real stations: cross-validation), how much was
-assimilated, and the wall time, and writes ``osse.json``, ``osse.csv``, ``skill_vs_data.png``,
-``refit_interval.png`` (when runs vary the refit interval) and ``report.html``.
+how often should the learned relationships be refit), or another seed for the ensemble's draws (how much of a
+score is the draw). Every run is an independent hindcast written to
+``DIR/<run name>/``; the study collects, per run and variable, RMSE, CRPS and spread/RMSE against the truth
+(twin experiment) or RMSE and CRPS against the config's withheld observations (real stations:
+cross-validation), how much was assimilated, and the wall time, and writes ``osse.json``, ``osse.csv``,
+``skill_vs_data.png``, ``refit_interval.png`` (when runs vary the refit interval) and ``report.html``.
 
 Rules and how each is applied:
 
@@ -127,10 +128,14 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 class RunSpec(Frozen):
     """One run: its name (the output folder), the rules applied together, and optionally the refit interval
-    (days, >= 7; ``null``: never; absent: the config's)."""
+    (days, >= 7; ``null``: never; absent: the config's) and the ensemble's seed (absent: the config's)."""
     name: str = Field(min_length=1, max_length=80)
     rules: tuple[DenialRule, ...] = ()
     refit_interval_days: int | None = Field(default=None, ge=7)
+    seed: int | None = Field(default=None, ge=0, description=(
+        "the config's top-level seed for this run: the initial members, the model errors and the EnKF's "
+        "perturbations are drawn anew, the data (and a twin experiment's truth) stay; runs that differ only "
+        "in it show how much of a score is the draw"))
 
     @field_validator("name")
     @classmethod
@@ -209,12 +214,15 @@ def buoy_source(source) -> bool:
 
 
 def run_config(config: TwinConfig, run: RunSpec, keep_alerts: bool = False) -> TwinConfig:
-    """The config of one run: the refit interval, the buoy removed for ``no_buoy``, alerts dropped unless kept."""
+    """The config of one run: the refit interval, the seed, the buoy removed for ``no_buoy``, alerts dropped
+    unless kept."""
     update: dict[str, Any] = {"name": f"{config.name}/{run.name}"}
     if not keep_alerts:
         update["alerts"] = ()
     if run.sets_refit:
         update["refit"] = config.refit.model_copy(update={"interval_days": run.refit_interval_days})
+    if run.seed is not None:
+        update["seed"] = run.seed
     if any(r.kind == "no_buoy" for r in run.rules):
         sources = tuple(s for s in config.sources if not buoy_source(s))
         has_buoy = len(sources) < len(config.sources) or (config.experiment is not None and config.experiment.buoy)
@@ -357,6 +365,7 @@ def run_one(config: TwinConfig, run: RunSpec, out: str | Path, keep_alerts: bool
         "name": run.name,
         "rules": [r.label() for r in run.rules] or ["all"],
         "refit_interval_days": cfg.refit.interval_days,
+        "seed": cfg.seed,
         "observations": {"rows_assimilated": int(assimilated.sum()), "superobs_assimilated": int(superobs),
                          "rows_denied": int(denied.sum()),
                          "rows_denied_assimilable": int((denied & ~base_withheld).sum()),
@@ -365,7 +374,8 @@ def run_one(config: TwinConfig, run: RunSpec, out: str | Path, keep_alerts: bool
     }
     if prepared.truth is not None:
         summary["skill_basis"] = "truth"
-        summary["skill"] = {name: {"rmse": e["twin"]["rmse"], "crps": e["twin"]["crps"]}
+        summary["skill"] = {name: {"rmse": e["twin"]["rmse"], "crps": e["twin"]["crps"],
+                                   "spread_skill": e["twin"]["spread_skill"]}
                             for name, e in metrics["truth"].items()}
         summary["unobserved"] = metrics["unobserved"]
     else:
@@ -496,7 +506,8 @@ def study_rows(study: dict) -> list[dict]:
     for s in study["runs"]:
         for var, e in s["skill"].items():
             rows.append({"run": s["name"], "variable": var, "rmse": e["rmse"], "crps": e["crps"],
-                         "n": e.get("n", ""), "data_kept": s["data_kept"],
+                         "spread_skill": e.get("spread_skill", ""),
+                         "n": e.get("n", ""), "data_kept": s["data_kept"], "seed": s.get("seed", ""),
                          "superobs_assimilated": s["observations"]["superobs_assimilated"],
                          "rows_assimilated": s["observations"]["rows_assimilated"],
                          "rows_denied": s["observations"]["rows_denied"],
@@ -626,17 +637,21 @@ def refit_figure(study: dict):
 
 
 def summary_rows(study: dict) -> list[list]:
-    """One row per run: name, rules, refit interval, data kept, super-observations and rows assimilated,
+    """One row per run: name, rules, refit interval, seed, data kept, super-observations and rows assimilated,
     rows denied, total and refit seconds."""
     return [[s["name"], " + ".join(s["rules"]),
-             "never" if s["refit_interval_days"] is None else s["refit_interval_days"], s["data_kept"],
+             "never" if s["refit_interval_days"] is None else s["refit_interval_days"], s.get("seed", ""),
+             s["data_kept"],
              s["observations"]["superobs_assimilated"], s["observations"]["rows_assimilated"],
              s["observations"]["rows_denied"], s["seconds"]["total"], s["seconds"]["refit"]]
             for s in study["runs"]]
 
 
-SUMMARY_HEADER = ["run", "rules", "refit interval (d)", "data kept", "super-obs assimilated", "rows assimilated",
-                  "rows denied", "seconds", "refit seconds"]
+SUMMARY_HEADER = ["run", "rules", "refit interval (d)", "seed", "data kept", "super-obs assimilated",
+                  "rows assimilated", "rows denied", "seconds", "refit seconds"]
+
+
+METRIC_TITLES = {"rmse": "RMSE", "crps": "CRPS", "spread_skill": "Spread/RMSE"}  # 0.7-1.3: calibrated
 
 
 def write_study_report(path: Path, study: dict, figures: dict[str, bytes]) -> Path:
@@ -649,16 +664,19 @@ def write_study_report(path: Path, study: dict, figures: dict[str, bytes]) -> Pa
              f"<p>{len(study['runs'])} runs in {study['seconds']:.0f} s. Skill against {basis}. Data kept: "
              "super-observations assimilated relative to the run that assimilated most.</p>",
              "<h2>Runs</h2>", html_table(summary_rows(study), SUMMARY_HEADER)]
-    for metric in ("rmse", "crps"):
+    for metric, title in METRIC_TITLES.items():
+        if not any(metric in e for s in study["runs"] for e in s["skill"].values()):
+            continue  # spread/RMSE is scored against a twin experiment's truth only
         rows = [[v] + [s["skill"].get(v, {}).get(metric, float("nan")) for s in study["runs"]] for v in variables]
-        parts += [f"<h2>{metric.upper()} per variable</h2>",
+        parts += [f"<h2>{title} per variable</h2>",
                   html_table(rows, ["variable"] + [s["name"] for s in study["runs"]])]
     parts += [png_html(png, name) for name, png in figures.items()]
     return write_html_page(path, f"twin osse {study['config']}", parts, max_width_px=1500)
 
 
 def format_study(study: dict) -> list[str]:
-    """Printed summary: one line per run, then RMSE per variable (runs as columns)."""
+    """Printed summary: one line per run, then RMSE per variable (runs as columns), and against a twin
+    experiment's truth the spread/RMSE too."""
     lines = [f"osse {study['config']}: {len(study['runs'])} runs in {study['seconds']:.0f} s; skill against "
              f"{'the truth' if study['skill_basis'] == 'truth' else 'withheld observations'}"]
     lines.append(f"{'run':<24} {'kept':>6} {'superobs':>9} {'rows':>7} {'denied':>7} {'seconds':>8} {'refit s':>8}"
@@ -671,8 +689,11 @@ def format_study(study: dict) -> list[str]:
                      + " + ".join(s["rules"]))
     names = [s["name"] for s in study["runs"]]
     width = max(10, *(len(n) + 1 for n in names))
-    lines.append("RMSE " + " " * 30 + "".join(f"{n:>{width}}" for n in names))
-    for v in _variables(study):
-        lines.append(f"{v:<35}" + "".join(f"{s['skill'].get(v, {}).get('rmse', float('nan')):>{width}.4g}"
-                                          for s in study["runs"]))
+    for metric, title in (("rmse", "RMSE"), ("spread_skill", "spread/RMSE")):
+        if metric != "rmse" and not any(metric in e for s in study["runs"] for e in s["skill"].values()):
+            continue
+        lines.append(f"{title:<35}" + "".join(f"{n:>{width}}" for n in names))
+        for v in _variables(study):
+            lines.append(f"{v:<35}" + "".join(f"{s['skill'].get(v, {}).get(metric, float('nan')):>{width}.4g}"
+                                              for s in study["runs"]))
     return lines
