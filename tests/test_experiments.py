@@ -92,6 +92,21 @@ def test_a_run_s_seed_replaces_the_config_s_and_nothing_else():
     assert seeded.experiment == demo.experiment  # the truth's own seed stays
 
 
+def test_a_run_s_experiment_seed_makes_another_truth_and_needs_a_twin_experiment():
+    from twin.config import load_config
+    from twin.experiments import RunSpec, run_config
+    from pathlib import Path
+    demo = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    other = run_config(demo, RunSpec(name="t", experiment_seed=demo.experiment.seed + 1))
+    assert other.experiment.seed == demo.experiment.seed + 1 and other.seed == demo.seed
+    assert other.experiment.model_copy(update={"seed": demo.experiment.seed}) == demo.experiment
+    both = run_config(demo, RunSpec(name="t", experiment_seed=7, rules=({"kind": "no_buoy"},)))
+    assert both.experiment.seed == 7 and not both.experiment.buoy       # the two updates compose
+    real = parse_config({"name": "real"})
+    with pytest.raises(ConfigError, match=r"run 't': experiment_seed needs a twin experiment"):
+        check_runs(real, _experiment({"runs": [{"name": "t", "experiment_seed": 2}]}))
+
+
 def test_config_dependent_mistakes_fail_before_any_run():
     config = parse_config({**TINY, "experiment": {**TINY["experiment"], "buoy": False}})
     bad = _experiment({"runs": [{"name": "a", "rules": [{"kind": "no_buoy"}]},

@@ -3,11 +3,12 @@
 An experiment file lists runs; each run is the config's hindcast with some observations denied (DESIGN
 section 8, "data denial / minimum data") and optionally another refit interval (DESIGN section 1, question 5:
 how often should the learned relationships be refit), or another seed for the ensemble's draws (how much of a
-score is the draw). Every run is an independent hindcast written to
-``DIR/<run name>/``; the study collects, per run and variable, RMSE, CRPS and spread/RMSE against the truth
-(twin experiment) or RMSE and CRPS against the config's withheld observations (real stations:
-cross-validation), how much was assimilated, and the wall time, and writes ``osse.json``, ``osse.csv``,
-``skill_vs_data.png``, ``refit_interval.png`` (when runs vary the refit interval) and ``report.html``.
+score is the draw) or, in a twin experiment, for the truth (whether settings hold on other truths). Every run
+is an independent hindcast written to ``DIR/<run name>/``; the study collects, per run and variable, RMSE,
+CRPS and spread/RMSE against the truth (twin experiment) or RMSE and CRPS against the config's withheld
+observations (real stations: cross-validation), how much was assimilated, and the wall time, and writes
+``osse.json``, ``osse.csv``, ``skill_vs_data.png``, ``refit_interval.png`` (when runs vary the refit interval)
+and ``report.html``.
 
 Rules and how each is applied:
 
@@ -128,7 +129,8 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 class RunSpec(Frozen):
     """One run: its name (the output folder), the rules applied together, and optionally the refit interval
-    (days, >= 7; ``null``: never; absent: the config's) and the ensemble's seed (absent: the config's)."""
+    (days, >= 7; ``null``: never; absent: the config's), the ensemble's seed and, in a twin experiment, the
+    truth's seed (absent: the config's)."""
     name: str = Field(min_length=1, max_length=80)
     rules: tuple[DenialRule, ...] = ()
     refit_interval_days: int | None = Field(default=None, ge=7)
@@ -136,6 +138,10 @@ class RunSpec(Frozen):
         "the config's top-level seed for this run: the initial members, the model errors and the EnKF's "
         "perturbations are drawn anew, the data (and a twin experiment's truth) stay; runs that differ only "
         "in it show how much of a score is the draw"))
+    experiment_seed: int | None = Field(default=None, ge=0, description=(
+        "a twin experiment's experiment.seed for this run: another truth (its parameters, weather, sampling "
+        "and errors) under the same settings; runs that differ in it show whether settings chosen on one truth "
+        "hold on others"))
 
     @field_validator("name")
     @classmethod
@@ -223,6 +229,11 @@ def run_config(config: TwinConfig, run: RunSpec, keep_alerts: bool = False) -> T
         update["refit"] = config.refit.model_copy(update={"interval_days": run.refit_interval_days})
     if run.seed is not None:
         update["seed"] = run.seed
+    if run.experiment_seed is not None:
+        if config.experiment is None:
+            raise ValueError(f"run {run.name!r}: experiment_seed needs a twin experiment (the config has no "
+                             f"'experiment' section: its data are real)")
+        update["experiment"] = config.experiment.model_copy(update={"seed": run.experiment_seed})
     if any(r.kind == "no_buoy" for r in run.rules):
         sources = tuple(s for s in config.sources if not buoy_source(s))
         has_buoy = len(sources) < len(config.sources) or (config.experiment is not None and config.experiment.buoy)
@@ -231,7 +242,7 @@ def run_config(config: TwinConfig, run: RunSpec, keep_alerts: bool = False) -> T
                              f"{', '.join(BUOY_FORMATS)} and no twin experiment buoy)")
         update["sources"] = sources
         if config.experiment is not None:
-            update["experiment"] = config.experiment.model_copy(update={"buoy": False})
+            update["experiment"] = update.get("experiment", config.experiment).model_copy(update={"buoy": False})
     return config.model_copy(update=update).without_absent_tapers()
 
 
@@ -366,6 +377,7 @@ def run_one(config: TwinConfig, run: RunSpec, out: str | Path, keep_alerts: bool
         "rules": [r.label() for r in run.rules] or ["all"],
         "refit_interval_days": cfg.refit.interval_days,
         "seed": cfg.seed,
+        "experiment_seed": cfg.experiment.seed if cfg.experiment is not None else None,
         "observations": {"rows_assimilated": int(assimilated.sum()), "superobs_assimilated": int(superobs),
                          "rows_denied": int(denied.sum()),
                          "rows_denied_assimilable": int((denied & ~base_withheld).sum()),
@@ -508,6 +520,7 @@ def study_rows(study: dict) -> list[dict]:
             rows.append({"run": s["name"], "variable": var, "rmse": e["rmse"], "crps": e["crps"],
                          "spread_skill": e.get("spread_skill", ""),
                          "n": e.get("n", ""), "data_kept": s["data_kept"], "seed": s.get("seed", ""),
+                         "experiment_seed": "" if s.get("experiment_seed") is None else s["experiment_seed"],
                          "superobs_assimilated": s["observations"]["superobs_assimilated"],
                          "rows_assimilated": s["observations"]["rows_assimilated"],
                          "rows_denied": s["observations"]["rows_denied"],
@@ -637,17 +650,18 @@ def refit_figure(study: dict):
 
 
 def summary_rows(study: dict) -> list[list]:
-    """One row per run: name, rules, refit interval, seed, data kept, super-observations and rows assimilated,
-    rows denied, total and refit seconds."""
+    """One row per run: name, rules, refit interval, seed, truth's seed, data kept, super-observations and rows
+    assimilated, rows denied, total and refit seconds."""
     return [[s["name"], " + ".join(s["rules"]),
              "never" if s["refit_interval_days"] is None else s["refit_interval_days"], s.get("seed", ""),
+             "" if s.get("experiment_seed") is None else s["experiment_seed"],
              s["data_kept"],
              s["observations"]["superobs_assimilated"], s["observations"]["rows_assimilated"],
              s["observations"]["rows_denied"], s["seconds"]["total"], s["seconds"]["refit"]]
             for s in study["runs"]]
 
 
-SUMMARY_HEADER = ["run", "rules", "refit interval (d)", "seed", "data kept", "super-obs assimilated",
+SUMMARY_HEADER = ["run", "rules", "refit interval (d)", "seed", "truth's seed", "data kept", "super-obs assimilated",
                   "rows assimilated", "rows denied", "seconds", "refit seconds"]
 
 
