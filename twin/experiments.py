@@ -519,8 +519,8 @@ def study_rows(study: dict) -> list[dict]:
         for var, e in s["skill"].items():
             rows.append({"run": s["name"], "variable": var, "rmse": e["rmse"], "crps": e["crps"],
                          "spread_skill": e.get("spread_skill", ""),
-                         "n": e.get("n", ""), "data_kept": s["data_kept"], "seed": s.get("seed", ""),
-                         "experiment_seed": "" if s.get("experiment_seed") is None else s["experiment_seed"],
+                         "n": e.get("n", ""), "data_kept": s["data_kept"], "seed": s["seed"],
+                         "experiment_seed": "" if s["experiment_seed"] is None else s["experiment_seed"],
                          "superobs_assimilated": s["observations"]["superobs_assimilated"],
                          "rows_assimilated": s["observations"]["rows_assimilated"],
                          "rows_denied": s["observations"]["rows_denied"],
@@ -653,8 +653,8 @@ def summary_rows(study: dict) -> list[list]:
     """One row per run: name, rules, refit interval, seed, truth's seed, data kept, super-observations and rows
     assimilated, rows denied, total and refit seconds."""
     return [[s["name"], " + ".join(s["rules"]),
-             "never" if s["refit_interval_days"] is None else s["refit_interval_days"], s.get("seed", ""),
-             "" if s.get("experiment_seed") is None else s["experiment_seed"],
+             "never" if s["refit_interval_days"] is None else s["refit_interval_days"], s["seed"],
+             "" if s["experiment_seed"] is None else s["experiment_seed"],
              s["data_kept"],
              s["observations"]["superobs_assimilated"], s["observations"]["rows_assimilated"],
              s["observations"]["rows_denied"], s["seconds"]["total"], s["seconds"]["refit"]]
@@ -668,6 +668,11 @@ SUMMARY_HEADER = ["run", "rules", "refit interval (d)", "seed", "truth's seed", 
 METRIC_TITLES = {"rmse": "RMSE", "crps": "CRPS", "spread_skill": "Spread/RMSE"}  # 0.7-1.3: calibrated
 
 
+def _scored(study: dict, metric: str) -> bool:
+    """Whether the study's runs carry ``metric`` (spread/RMSE is scored against a twin experiment's truth only)."""
+    return any(metric in e for s in study["runs"] for e in s["skill"].values())
+
+
 def write_study_report(path: Path, study: dict, figures: dict[str, bytes]) -> Path:
     from twin.report import html_table, png_html, write_html_page
     variables = _variables(study)
@@ -679,8 +684,8 @@ def write_study_report(path: Path, study: dict, figures: dict[str, bytes]) -> Pa
              "super-observations assimilated relative to the run that assimilated most.</p>",
              "<h2>Runs</h2>", html_table(summary_rows(study), SUMMARY_HEADER)]
     for metric, title in METRIC_TITLES.items():
-        if not any(metric in e for s in study["runs"] for e in s["skill"].values()):
-            continue  # spread/RMSE is scored against a twin experiment's truth only
+        if not _scored(study, metric):
+            continue
         rows = [[v] + [s["skill"].get(v, {}).get(metric, float("nan")) for s in study["runs"]] for v in variables]
         parts += [f"<h2>{title} per variable</h2>",
                   html_table(rows, ["variable"] + [s["name"] for s in study["runs"]])]
@@ -704,7 +709,7 @@ def format_study(study: dict) -> list[str]:
     names = [s["name"] for s in study["runs"]]
     width = max(10, *(len(n) + 1 for n in names))
     for metric, title in (("rmse", "RMSE"), ("spread_skill", "spread/RMSE")):
-        if metric != "rmse" and not any(metric in e for s in study["runs"] for e in s["skill"].values()):
+        if not _scored(study, metric):
             continue
         lines.append(f"{title:<35}" + "".join(f"{n:>{width}}" for n in names))
         for v in _variables(study):

@@ -310,8 +310,8 @@ def make_forecast(stepper: Stepper, layout: StateLayout, sites: Site, log_error_
     no = offset_idx.shape[1]
 
     def draw_noise(members, key):
-        # One draw for the model error and the AR(1)s (without them, the same draws as before). Two normals
-        # per threefry hash (assimilation.standard_normal): 7 against 13 us a hindcast cycle.
+        # One draw for the model error and the AR(1)s. Two normals per threefry hash
+        # (assimilation.standard_normal): 7 against 13 us a hindcast cycle.
         shape = (members.shape[0], model_idx.shape[0], d + nb + no + npar)
         return standard_normal(key, shape, members.dtype)
 
